@@ -1,0 +1,10 @@
+FROM python:3.12-slim
+WORKDIR /app
+COPY pyproject.toml setup.py README.md ./
+COPY protos ./protos
+COPY service ./service
+COPY model_repository ./model_repository
+RUN pip install --no-cache-dir .
+VOLUME /data
+EXPOSE 50051
+CMD ["neardup", "serve", "--host=0.0.0.0", "--data-dir=/data"]

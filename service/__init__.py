@@ -1,0 +1,1 @@
+"""neardup: a gRPC near-duplicate image service backed by NVIDIA Triton."""

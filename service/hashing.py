@@ -1,0 +1,88 @@
+"""The hashing client: canvases to (feature, threshold) through Triton."""
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton
+from tritonclient.utils import InferenceServerException
+
+log = logging.getLogger(__name__)
+
+# Reconnect fast after Triton restarts: gRPC's default backoff grows to two minutes.
+CHANNEL_ARGS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+]
+
+
+class TritonUnavailable(RuntimeError):
+    """Triton or the model cannot answer now; retrying later may work."""
+
+
+class TritonTimeout(RuntimeError):
+    """Triton did not answer within the deadline."""
+
+
+class TritonRejected(RuntimeError):
+    """Triton answered with an error for this input: a bug or a model mismatch, not a transient fault."""
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    feature: np.ndarray  # float32 [512], unit length
+    threshold: float
+
+
+class Hasher:
+    """Sends canvases with their view counts to the Triton model and reads back descriptors."""
+
+    def __init__(self, url: str, model: str):
+        self.url = url
+        self.model = model
+        self.client = triton.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+
+    async def hash(self, canvases: np.ndarray, views: list[int], timeout_s: float) -> list[Descriptor]:
+        image = triton.InferInput("IMAGE", list(canvases.shape), "UINT8")
+        image.set_data_from_numpy(canvases)
+        view_counts = triton.InferInput("VIEWS", [len(views), 1], "INT32")
+        view_counts.set_data_from_numpy(np.array(views, dtype=np.int32).reshape(-1, 1))
+        try:
+            result = await self.client.infer(
+                self.model,
+                [image, view_counts],
+                outputs=[triton.InferRequestedOutput("FEATURE"), triton.InferRequestedOutput("THRESHOLD")],
+                client_timeout=max(timeout_s, 0.001),
+            )
+        except InferenceServerException as error:
+            raise self._classify(error) from None
+        features = result.as_numpy("FEATURE")
+        thresholds = result.as_numpy("THRESHOLD").reshape(-1)
+        return [Descriptor(f, float(t)) for f, t in zip(features, thresholds, strict=True)]
+
+    def _classify(self, error: InferenceServerException) -> Exception:
+        status = str(error.status() or "")
+        where = f"Triton at {self.url}, model {self.model!r}"
+        if status.endswith(grpc.StatusCode.DEADLINE_EXCEEDED.name):
+            return TritonTimeout(f"{where} did not answer in time")
+        if status.endswith(grpc.StatusCode.UNAVAILABLE.name) or "is not ready" in (error.message() or ""):
+            return TritonUnavailable(f"{where} is unavailable ({error.message()}); retry shortly")
+        return TritonRejected(f"{where} failed: {error.message()}")
+
+    async def ready(self) -> tuple[bool, str]:
+        """Whether the model can serve now, and if not, why."""
+        try:
+            if not await self.client.is_server_live(client_timeout=2):
+                return False, f"Triton at {self.url} is not live"
+            if not await self.client.is_model_ready(self.model, client_timeout=2):
+                return False, f"model {self.model!r} is not loaded in Triton at {self.url}"
+        except InferenceServerException as error:
+            return False, f"Triton at {self.url} is unreachable: {error.message()}"
+        return True, "ready"
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,140 @@
+"""The bundled tritonserver (from the nvidia-pytriton wheel) as a child process of the service."""
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it if the service dies, even by SIGKILL."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class BundledTriton:
+    """Starts, watches and stops the tritonserver of the nvidia-pytriton wheel on 127.0.0.1.
+
+    The wheel ships the binary, its libraries and one python-backend stub per Python version;
+    Triton expects the stub beside the backend, so a private backend folder is assembled in a
+    temporary directory. The model's Python code runs in this interpreter's environment.
+    If the server dies it is started again on the same ports after `restart_delay_s`.
+    """
+
+    def __init__(self, models: list[str], repository: Path, restart_delay_s: float = 2.0):
+        import pytriton
+
+        if not (repository / models[0] / "config.pbtxt").exists():
+            raise SystemExit(f"no Triton model {models[0]!r} in {repository}: pass --model-repository")
+        self.dist = Path(pytriton.__file__).parent / "tritonserver"
+        self.libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
+        self.models = models
+        self.repository = repository
+        self.restart_delay_s = restart_delay_s
+        self.grpc_port = free_port()
+        self.http_port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="neardup-triton-"))
+        self.process: subprocess.Popen | None = None
+        self._watch: asyncio.Task | None = None
+        self._stopping = False
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def _backend_directory(self) -> Path:
+        python_backend = self.workdir / "backends" / "python"
+        python_backend.mkdir(parents=True, exist_ok=True)
+        for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+            target = python_backend / name
+            if not target.exists():
+                target.symlink_to(self.dist / "backends" / "python" / name)
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = self.dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not stub.exists():
+            raise RuntimeError(f"nvidia-pytriton ships no python backend stub for Python {version}")
+        shutil.copy(stub, python_backend / "triton_python_backend_stub")
+        return python_backend.parent
+
+    def command(self) -> list[str]:
+        return [
+            str(self.dist / "bin" / "tritonserver"),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={self._backend_directory()}",
+            "--model-control-mode=explicit",
+            *[f"--load-model={model}" for model in self.models],
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--allow-metrics=false",
+            "--log-info=false",
+        ]
+
+    def environment(self) -> dict[str, str]:
+        """The stub embeds this Python: it finds the environment through the `python3` on PATH."""
+        env = dict(os.environ)
+        libraries = [str(self.libs), sysconfig.get_config_var("LIBDIR")]
+        if env.get("LD_LIBRARY_PATH"):
+            libraries.append(env["LD_LIBRARY_PATH"])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(libraries)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        return env
+
+    def start(self) -> None:
+        log.info("starting bundled tritonserver on %s (models: %s)", self.url, ", ".join(self.models))
+        self.process = subprocess.Popen(
+            self.command(),
+            env=self.environment(),
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._restart_when_dead())
+
+    async def _restart_when_dead(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(0.2)
+            if self.process is not None and self.process.poll() is not None and not self._stopping:
+                log.error(
+                    "tritonserver exited with code %s; starting it again in %.1f s",
+                    self.process.returncode,
+                    self.restart_delay_s,
+                )
+                await asyncio.sleep(self.restart_delay_s)
+                if not self._stopping:
+                    self.start()
+
+    async def stop(self, timeout_s: float = 15.0) -> None:
+        self._stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self.process is not None and self.process.poll() is None:
+            log.info("stopping tritonserver (pid %d)", self.process.pid)
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self.process.wait), timeout_s)
+            except TimeoutError:
+                log.warning("tritonserver did not stop in %.0f s; killing it", timeout_s)
+                self.process.kill()
+                await asyncio.to_thread(self.process.wait)
+        shutil.rmtree(self.workdir, ignore_errors=True)

