@@ -66,9 +66,7 @@ class NearDupServicer(pb_grpc.NearDupServicer):
 
     async def _canvas(self, image: bytes) -> np.ndarray:
         s = self.settings
-        return await asyncio.to_thread(
-            decode_canvas, image, s.canvas_size, s.max_image_pixels, s.min_image_side
-        )
+        return await asyncio.to_thread(decode_canvas, image, s.canvas_size, s.max_image_pixels, s.min_image_side)
 
     @grpc_errors
     async def Hash(self, request: pb.HashRequest, context: grpc.aio.ServicerContext) -> pb.HashResponse:
@@ -102,11 +100,7 @@ class TritonHealth:
             if ready != self.ready:
                 log.log(logging.INFO if ready else logging.WARNING, "health: %s", "SERVING" if ready else why)
                 self.ready = ready
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if ready
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
+            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", SERVICE_NAME):
                 await self.servicer.set(name, status)
             await asyncio.sleep(self.poll_s)

@@ -11,9 +11,7 @@ from pathlib import Path
 from tests.conftest import image_bytes
 
 # Installed beside the test interpreter by the test extra.
-GRPCURL = shutil.which(
-    "grpcurl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
-)
+GRPCURL = shutil.which("grpcurl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
 
 
 def grpcurl(service, *arguments: str, data: str | None = None) -> subprocess.CompletedProcess:
@@ -42,8 +40,6 @@ def test_grpcurl_hash_and_health(service):
 
 
 def test_grpcurl_shows_the_reason_for_a_bad_image(service):
-    bad = grpcurl(
-        service, "neardup.v1.NearDup/Hash", data=json.dumps({"image": base64.b64encode(b"nope").decode()})
-    )
+    bad = grpcurl(service, "neardup.v1.NearDup/Hash", data=json.dumps({"image": base64.b64encode(b"nope").decode()}))
     assert bad.returncode != 0
     assert "InvalidArgument" in bad.stderr and "not in a supported format" in bad.stderr

@@ -36,9 +36,7 @@ class ExternalTriton:
 
     def start(self) -> None:
         log = open(self.log_dir / "triton.log", "ab")  # noqa: SIM115 - the child keeps it
-        self.process = subprocess.Popen(
-            self.triton.command(), env=self.triton.environment(), stdout=log, stderr=log
-        )
+        self.process = subprocess.Popen(self.triton.command(), env=self.triton.environment(), stdout=log, stderr=log)
 
     def kill(self) -> None:
         self.process.kill()
@@ -81,17 +79,13 @@ def test_bundled_triton_is_restarted_after_it_dies_and_stopped_with_the_service(
     service = RunningService(tmp_path / "data", "--triton-restart-delay-s", "3")
     service.wait_serving()
     try:
-        [triton_pid] = [
-            pid for pid in children_of(service.process.pid) if process_name(pid) == "tritonserver"
-        ]
+        [triton_pid] = [pid for pid in children_of(service.process.pid) if process_name(pid) == "tritonserver"]
         subprocess.run(["kill", "-9", str(triton_pid)], check=True)
         assert_unavailable_within_deadline(service.stub)
         wait_for(lambda: health_status(service.channel) == NOT_SERVING, 10, "health to go NOT_SERVING")
         wait_for(lambda: health_status(service.channel) == SERVING, 120, "the restarted Triton to serve")
         assert len(service.stub.Hash(pb.HashRequest(image=JPEG), timeout=60).feature) == 512
-        [restarted_pid] = [
-            pid for pid in children_of(service.process.pid) if process_name(pid) == "tritonserver"
-        ]
+        [restarted_pid] = [pid for pid in children_of(service.process.pid) if process_name(pid) == "tritonserver"]
     finally:
         code = service.stop(signal.SIGINT)
     assert code == 0, service.output()

@@ -83,9 +83,7 @@ class TritonPythonModel:
                 pairs = zip(canvases, view_counts, strict=True)
                 view_batches.extend(make_views(canvas, int(count)) for canvas, count in pairs)
         embeddings = (
-            self.session.run(None, {self.input_name: np.concatenate(view_batches)})[0]
-            if view_batches
-            else None
+            self.session.run(None, {self.input_name: np.concatenate(view_batches)})[0] if view_batches else None
         )
         responses, offset = [], 0
         for plan in plans:
