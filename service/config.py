@@ -20,8 +20,16 @@ class Settings:
     model_repository: Path = Path(__file__).resolve().parent.parent / "model_repository"
     model: str = "sscd"
     input_size: int = 224
-    # Views per Hash (and later per enrolment); 50 is the seed's recipe.
-    views: int = 10
+    # Views embedded per Hash and per enrolment (50 is the seed's recipe), and per Check.
+    enroll_views: int = 10
+    check_views: int = 10  # as the seed: a query is hashed the way the enrolled images were
+    # Enroll: requests read ahead of the one being answered (then gRPC flow control slows the
+    # client), and items per Triton request / LMDB transaction.
+    enroll_window: int = 64
+    enroll_batch: int = 16
+    max_top_k: int = 100
+    # How often the service looks for a new index snapshot.
+    index_poll_s: float = 1.0
     max_request_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 64_000_000
     min_image_side: int = 32
@@ -31,6 +39,11 @@ class Settings:
     # Embedded Triton only: how long to wait after it dies before starting it again.
     triton_restart_delay_s: float = 2.0
     triton_start_timeout_s: float = 120.0
+
+    @property
+    def model_identity(self) -> str:
+        """What the store records as the source of its features: the model and its input side."""
+        return f"{self.model}@{self.input_size}"
 
     @property
     def canvas_size(self) -> int:
@@ -58,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_arguments(arguments: argparse.Namespace) -> Settings:
     settings = Settings(**{f.name: getattr(arguments, f.name) for f in fields(Settings)})
-    problem = validate_views(settings.views)
-    if problem:
-        raise SystemExit(f"--views: {problem}")
+    for flag, views in (("--enroll-views", settings.enroll_views), ("--check-views", settings.check_views)):
+        problem = validate_views(views)
+        if problem:
+            raise SystemExit(f"{flag}: {problem}")
     return settings

@@ -1,5 +1,6 @@
 """The hashing client: canvases to (feature, threshold) through Triton."""
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -18,6 +19,9 @@ CHANNEL_ARGS = [
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
 ]
+
+
+MAX_BATCH = 16  # max_batch_size in model_repository/*/config.pbtxt
 
 
 class TritonUnavailable(RuntimeError):
@@ -47,6 +51,14 @@ class Hasher:
         self.client = triton.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
 
     async def hash(self, canvases: np.ndarray, views: list[int], timeout_s: float) -> list[Descriptor]:
+        """Descriptors of the canvases, in order; batches over the model's limit go as several requests."""
+        chunks = range(0, len(canvases), MAX_BATCH)
+        parts = await asyncio.gather(
+            *(self._infer(canvases[i : i + MAX_BATCH], views[i : i + MAX_BATCH], timeout_s) for i in chunks)
+        )
+        return [descriptor for part in parts for descriptor in part]
+
+    async def _infer(self, canvases: np.ndarray, views: list[int], timeout_s: float) -> list[Descriptor]:
         image = triton.InferInput("IMAGE", list(canvases.shape), "UINT8")
         image.set_data_from_numpy(canvases)
         view_counts = triton.InferInput("VIEWS", [len(views), 1], "INT32")

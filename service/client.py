@@ -1,0 +1,61 @@
+"""Client helpers for people and tools: enrol files, check images (used by the CLI and tools/)."""
+
+import collections
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from tqdm import tqdm
+
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+def connect(address: str) -> pb_grpc.NearDupStub:
+    return pb_grpc.NearDupStub(grpc.insecure_channel(address))
+
+
+def image_paths(source: Path) -> list[Path]:
+    """A folder's images (recursively, sorted), or the paths listed one per line in a text file."""
+    if source.is_dir():
+        return sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    lines = source.read_text().splitlines()
+    return [Path(line.strip()) for line in lines if line.strip()]
+
+
+@dataclass
+class EnrollSummary:
+    counts: collections.Counter = field(default_factory=collections.Counter)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
+
+    def line(self) -> str:
+        parts = [f"{self.counts[name]} {name.lower()}" for name in ("ENROLLED", "UPDATED", "UNCHANGED", "INVALID")]
+        return ", ".join(parts) + (f", {len(self.failures)} failed" if self.failures else "")
+
+
+def enroll(
+    stub: pb_grpc.NearDupStub, items: Iterable[tuple[str, Path]], total: int | None = None, progress: bool = True
+) -> EnrollSummary:
+    """Streams (key, file) pairs to Enroll; an unreadable file is a failure, not the end."""
+    summary = EnrollSummary()
+
+    def requests() -> Iterator[pb.EnrollRequest]:
+        for key, path in items:
+            try:
+                image = path.read_bytes()
+            except OSError as error:
+                summary.failures.append((key, f"cannot read {path}: {error.strerror}"))
+                continue
+            yield pb.EnrollRequest(key=key, image=image)
+
+    with tqdm(total=total, unit="img", desc="enrolling", disable=not progress) as bar:
+        for result in stub.Enroll(requests()):
+            status = pb.EnrollResult.Status.Name(result.status)
+            summary.counts[status] += 1
+            if result.status == pb.EnrollResult.INVALID:
+                summary.failures.append((result.key, result.error))
+            bar.update(1)
+    return summary

@@ -1,0 +1,141 @@
+"""Enrolment: a stream of (key, image, metadata) to durable records, in batches."""
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.hashing import Hasher
+from service.imaging import ImageError
+from service.index import SearchIndex
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from service.store import MAX_KEY_BYTES, Enrolment, Store
+
+STATUS = {
+    "ENROLLED": pb.EnrollResult.ENROLLED,
+    "UPDATED": pb.EnrollResult.UPDATED,
+    "UNCHANGED": pb.EnrollResult.UNCHANGED,
+}
+
+
+@dataclass
+class Item:
+    request: pb.EnrollRequest
+    sha256: bytes = b""
+    canvas: np.ndarray | None = None
+    result: pb.EnrollResult | None = None
+
+
+def key_problem(key: str) -> str | None:
+    if not key:
+        return "key is empty: every image needs the caller's identifier (a path, a URL)"
+    if len(key.encode()) > MAX_KEY_BYTES:
+        return f"key is {len(key.encode())} bytes of UTF-8; at most {MAX_KEY_BYTES}"
+    return None
+
+
+class Enroller:
+    """Hashes and stores batches of enrolment requests.
+
+    Per batch: items whose key already holds the same bytes are UNCHANGED without hashing; the
+    rest are decoded in threads, embedded in one Triton request and written in one LMDB
+    transaction. Results are returned only after that transaction commits, so an
+    acknowledged item is durable.
+    """
+
+    def __init__(
+        self,
+        hasher: Hasher,
+        store: Store,
+        index: SearchIndex,
+        decode: Callable[[bytes], np.ndarray],
+        model_identity: str,
+        views: int,
+    ):
+        self.hasher = hasher
+        self.store = store
+        self.index = index
+        self.decode = decode
+        self.model_identity = model_identity
+        self.views = views
+
+    async def stream(
+        self, requests: AsyncIterator[pb.EnrollRequest], window: int, batch_size: int, timeout_s: Callable[[], float]
+    ) -> AsyncIterator[pb.EnrollResult]:
+        """Answers a request stream in order. At most `window` requests are read ahead of the
+        answers, so a client sending faster than the service hashes is held back by gRPC flow
+        control instead of filling memory."""
+        queue: asyncio.Queue = asyncio.Queue(maxsize=window)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await queue.put(request)
+            finally:
+                await queue.put(None)  # the end of the stream, or of what could be read
+
+        reader = asyncio.create_task(read())
+        try:
+            ended = False
+            while not ended:
+                batch = [await queue.get()]
+                while len(batch) < batch_size and not queue.empty():
+                    batch.append(queue.get_nowait())
+                if batch[-1] is None:
+                    batch.pop()
+                    ended = True
+                for result in await self.enroll(batch, timeout_s()) if batch else []:
+                    yield result
+            await reader  # raises what broke the request stream, if anything did
+        finally:
+            reader.cancel()
+
+    async def enroll(self, requests: list[pb.EnrollRequest], timeout_s: float) -> list[pb.EnrollResult]:
+        await asyncio.to_thread(self.store.check_model, self.model_identity)
+        items = [Item(request) for request in requests]
+        for item in items:
+            problem = key_problem(item.request.key)
+            item.result = self._invalid(item, problem) if problem else None
+            item.sha256 = hashlib.sha256(item.request.image).digest()
+        pending = await asyncio.to_thread(self._skip_unchanged, items)
+        await asyncio.gather(*(self._decode(item) for item in pending))
+        to_hash = [item for item in pending if item.result is None]
+        if to_hash:
+            canvases = np.stack([item.canvas for item in to_hash])
+            descriptors = await self.hasher.hash(canvases, [self.views] * len(to_hash), timeout_s)
+            enrolments = [
+                Enrolment(item.request.key, item.sha256, d.feature, d.threshold, dict(item.request.metadata))
+                for item, d in zip(to_hash, descriptors, strict=True)
+            ]
+            written = await asyncio.to_thread(self.store.enroll, self.model_identity, enrolments)
+            await asyncio.to_thread(self.index.catch_up)
+            for item, outcome in zip(to_hash, written, strict=True):
+                item.result = pb.EnrollResult(key=item.request.key, status=STATUS[outcome.status], id=outcome.record.id)
+        return [item.result for item in items]
+
+    def _skip_unchanged(self, items: list[Item]) -> list[Item]:
+        """Answers the items whose key already holds these bytes; returns the others."""
+        pending = []
+        with self.store.read() as view:
+            for item in items:
+                if item.result is not None:
+                    continue
+                existing = view.by_key(item.request.key)
+                if existing is not None and existing.sha256 == item.sha256:
+                    unchanged = pb.EnrollResult.UNCHANGED
+                    item.result = pb.EnrollResult(key=item.request.key, status=unchanged, id=existing.id)
+                else:
+                    pending.append(item)
+        return pending
+
+    async def _decode(self, item: Item) -> None:
+        try:
+            item.canvas = await asyncio.to_thread(self.decode, item.request.image)
+        except ImageError as error:
+            item.result = self._invalid(item, str(error))
+
+    @staticmethod
+    def _invalid(item: Item, error: str) -> pb.EnrollResult:
+        return pb.EnrollResult(key=item.request.key, status=pb.EnrollResult.INVALID, error=error)

@@ -1,0 +1,232 @@
+"""Nearest-neighbour search: a usearch snapshot built by tools/rebuild_index.py, plus live changes.
+
+The snapshot covers the store up to a change sequence number (its manifest says which). What
+came after lives in memory: a small exact usearch index of records enrolled since, and the ids
+deleted (or replaced) since, which are filtered out of the snapshot's answers. So a Check sees
+an enrolment or a deletion at once, and a rebuild only makes search cheaper.
+
+Files in DATA_DIR/index/: `manifest.json` (the current snapshot) and the `index-<generation>.usearch`
+files it names. The manifest is replaced by rename, so a reader sees the old or the new one.
+"""
+
+import json
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from usearch.index import Index
+
+from service.store import DELETE, ReadView, Store
+
+log = logging.getLogger(__name__)
+
+DIMENSIONS = 512
+METRIC = "l2sq"  # squared Euclidean over unit vectors; distances are reported as Euclidean
+MANIFEST = "manifest.json"
+
+
+class IndexError_(RuntimeError):
+    """The snapshot on disk cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    generation: int
+    count: int
+    model: str
+    snapshot_seq: int  # the store's change sequence number the snapshot includes
+    dtype: str
+    file: str
+    created_at: float
+    build_seconds: float = 0.0
+
+    @staticmethod
+    def path(index_dir: Path) -> Path:
+        return index_dir / MANIFEST
+
+    @classmethod
+    def read(cls, index_dir: Path) -> "Manifest | None":
+        path = cls.path(index_dir)
+        if not path.exists():
+            return None
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as error:
+            raise IndexError_(f"{path} is corrupt ({error}); run tools/rebuild_index.py") from None
+
+    def write(self, index_dir: Path) -> None:
+        write_atomically(self.path(index_dir), json.dumps(asdict(self), indent=1).encode())
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def new_index(dtype: str) -> Index:
+    return Index(ndim=DIMENSIONS, metric=METRIC, dtype=dtype)
+
+
+def load_snapshot(index_dir: Path, manifest: Manifest, model: str | None) -> Index:
+    """Memory-maps the snapshot a manifest names, after checking it belongs to this store."""
+    if model is not None and manifest.model != model:
+        raise IndexError_(
+            f"index generation {manifest.generation} was built for model {manifest.model!r}, "
+            f"the store holds {model!r}: run tools/rebuild_index.py"
+        )
+    path = index_dir / manifest.file
+    if not path.exists():
+        raise IndexError_(f"{path} named by {MANIFEST} is missing: run tools/rebuild_index.py")
+    try:
+        snapshot = Index.restore(str(path), view=True)
+    except Exception as error:  # usearch raises plain RuntimeError/ValueError for damaged files
+        raise IndexError_(f"{path} cannot be loaded ({error}): run tools/rebuild_index.py") from None
+    if snapshot is None or len(snapshot) != manifest.count or snapshot.ndim != DIMENSIONS:
+        found = "nothing" if snapshot is None else f"{len(snapshot)} vectors of {snapshot.ndim} dimensions"
+        raise IndexError_(
+            f"{path} holds {found}, its manifest says {manifest.count}: the file is damaged; run tools/rebuild_index.py"
+        )
+    return snapshot
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    id: int
+    distance: float
+
+
+class LiveChanges:
+    """What the store holds beyond a snapshot: records enrolled since (searched exactly) and
+    snapshot ids deleted or replaced since (filtered out)."""
+
+    def __init__(self, seq: int) -> None:
+        self.added = new_index("f16")
+        self.removed: set[int] = set()
+        self.seq = seq  # the last change applied
+
+    def catch_up(self, view: ReadView) -> None:
+        """Applies the store's changes after the last one applied, in commit order."""
+        for change in view.changes_after(self.seq):
+            self.seq = change.seq
+            if change.op == DELETE:
+                if change.id in self.added:
+                    self.added.remove(change.id)
+                else:
+                    self.removed.add(change.id)
+                continue
+            record = view.by_id(change.id)
+            if record is not None:  # else a later change in this log deletes it again
+                self.added.add(change.id, record.feature.astype(np.float32))
+
+
+class SearchIndex:
+    """The snapshot and the live changes since, searched as one. Thread-safe."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self.snapshot: Index | None = None
+        self.manifest: Manifest | None = None
+        self.live = LiveChanges(seq=0)
+        self.catch_up()
+
+    @property
+    def generation(self) -> int:
+        return self.manifest.generation if self.manifest else 0
+
+    @property
+    def snapshot_size(self) -> int:
+        return len(self.snapshot) if self.snapshot is not None else 0
+
+    @property
+    def unindexed(self) -> int:
+        """Records the snapshot does not hold (enrolled since it was built)."""
+        return len(self.live.added)
+
+    def catch_up(self) -> None:
+        """Brings the live changes up to the store's last commit; call after every write."""
+        with self._lock, self.store.read() as view:
+            self.live.catch_up(view)
+
+    def swap(self, snapshot: Index, manifest: Manifest) -> None:
+        """Makes a freshly loaded snapshot current, keeping every change it does not cover.
+
+        The new live changes are replayed from the store's log after the snapshot's seq, most of
+        them before taking the lock and the rest under it, so no request waits for the replay and
+        an enrolment committed meanwhile is not lost.
+        """
+        live = LiveChanges(seq=manifest.snapshot_seq)
+        with self.store.read() as view:
+            live.catch_up(view)
+        with self._lock, self.store.read() as view:
+            live.catch_up(view)
+            self.snapshot, self.manifest, self.live = snapshot, manifest, live
+
+    def search(self, feature: np.ndarray, k: int) -> list[Neighbour]:
+        query = np.asarray(feature, dtype=np.float32)
+        found: dict[int, float] = {}
+        with self._lock:
+            snapshot, live = self.snapshot, self.live
+            if snapshot is not None and len(snapshot):
+                matches = snapshot.search(query, min(k + len(live.removed), len(snapshot)))
+                for key, distance in zip(matches.keys, matches.distances, strict=True):
+                    if int(key) not in live.removed:
+                        found[int(key)] = float(distance)
+            if len(live.added):
+                matches = live.added.search(query, min(k, len(live.added)), exact=True)
+                for key, distance in zip(matches.keys, matches.distances, strict=True):
+                    found[int(key)] = float(distance)
+        best = sorted(found.items(), key=lambda item: item[1])[:k]
+        return [Neighbour(id_, float(np.sqrt(max(distance, 0.0)))) for id_, distance in best]
+
+
+class SnapshotLoader:
+    """Loads the snapshot the manifest names when it differs from the one in use.
+
+    Called from a background thread (a poll, SIGHUP or the ReloadIndex RPC): requests keep
+    being served from the current snapshot while the new one loads, then it is swapped in.
+    A missing, stale or damaged snapshot raises IndexError_ and leaves the current one in use.
+    """
+
+    def __init__(self, index: SearchIndex, index_dir: Path):
+        self.index = index
+        self.index_dir = index_dir
+        self._lock = threading.Lock()  # one load at a time
+        self.refused: Manifest | None = None  # the last manifest that failed, not retried unless forced
+
+    def load_if_new(self, force: bool = False) -> bool:
+        """True if a new snapshot was swapped in."""
+        with self._lock:
+            manifest = Manifest.read(self.index_dir)
+            if manifest is None or manifest == self.index.manifest or (manifest == self.refused and not force):
+                return False
+            try:
+                snapshot = load_snapshot(self.index_dir, manifest, self.index.store.model())
+            except IndexError_:
+                self.refused = manifest
+                raise
+            self.index.swap(snapshot, manifest)
+            log.info(
+                "index generation %d in use: %d vectors, snapshot at change %d, %d enrolled since",
+                manifest.generation,
+                manifest.count,
+                manifest.snapshot_seq,
+                self.index.unindexed,
+            )
+            return True

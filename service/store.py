@@ -1,0 +1,324 @@
+"""The LMDB store: one record per enrolled image, and a change log for the live index.
+
+Databases in one environment (`DATA_DIR/store.lmdb`):
+  records  id (u64 BE) -> Record         the enrolled images
+  keys     key (utf-8) -> id             the caller's keys, unique
+  digests  sha256      -> id  (dupsort)  byte-identical lookups
+  changes  seq (u64 BE) -> op + id       every enrolment and deletion, in commit order
+  meta     name -> value                 model identity, next id, last seq
+
+Each batch of writes is one transaction, committed with fsync: once `write` returns, every
+record in it survives a crash, and a crash mid-batch leaves none of it (no torn records).
+`changes` lets the index (a snapshot built at some seq) catch up with what came after.
+"""
+
+import json
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lmdb
+import numpy as np
+
+FEATURE_DTYPE = np.float16
+ENROLL, DELETE = b"E", b"D"
+MIN_MAP_SIZE = 1 << 30
+MAX_KEY_BYTES = 511  # LMDB's default limit on a key's length
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class ModelMismatch(StoreError):
+    """The store holds features of another model; mixing them would make every distance meaningless."""
+
+
+@dataclass(frozen=True)
+class Record:
+    key: str
+    feature: np.ndarray  # unit length, stored as float16
+    threshold: float
+    sha256: bytes
+    model: str
+    enrolled_at: float
+    metadata: dict[str, str] = field(default_factory=dict)
+    id: int = 0
+    seq: int = 0
+
+    _HEADER = struct.Struct("<BQQfdHHH")  # version, id, seq, threshold, enrolled_at, len(model), len(key), dim
+
+    def encode(self) -> bytes:
+        model, key = self.model.encode(), self.key.encode()
+        feature = np.asarray(self.feature, dtype=FEATURE_DTYPE)
+        header = self._HEADER.pack(
+            1, self.id, self.seq, self.threshold, self.enrolled_at, len(model), len(key), feature.size
+        )
+        metadata = json.dumps(self.metadata, ensure_ascii=False, sort_keys=True).encode()
+        return b"".join([header, self.sha256, feature.tobytes(), model, key, metadata])
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Record":
+        version, id_, seq, threshold, enrolled_at, model_len, key_len, dim = cls._HEADER.unpack_from(data)
+        if version != 1:
+            raise StoreError(f"record {id_} has unknown format version {version}")
+        at = cls._HEADER.size
+        sha, at = data[at : at + 32], at + 32
+        width = dim * np.dtype(FEATURE_DTYPE).itemsize
+        feature, at = np.frombuffer(data, FEATURE_DTYPE, dim, at), at + width
+        model, at = bytes(data[at : at + model_len]).decode(), at + model_len
+        key, at = bytes(data[at : at + key_len]).decode(), at + key_len
+        metadata = json.loads(bytes(data[at:]))
+        return cls(key, feature, threshold, bytes(sha), model, enrolled_at, metadata, id_, seq)
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    op: bytes  # ENROLL or DELETE
+    id: int
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """One image to write: the key, its bytes' digest, and what Triton made of it."""
+
+    key: str
+    sha256: bytes
+    feature: np.ndarray
+    threshold: float
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Written:
+    status: str  # "ENROLLED", "UPDATED" or "UNCHANGED"
+    record: Record
+    replaced_id: int | None = None  # the id an UPDATED record superseded
+
+
+def u64(value: int) -> bytes:
+    return value.to_bytes(8, "big")
+
+
+def from_u64(data: bytes) -> int:
+    return int.from_bytes(data, "big")
+
+
+class ReadWriteLock:
+    """Many readers or one writer; used only so the map can be grown while no transaction is open."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    def acquire_read(self) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._writing)
+            self._readers += 1
+
+    def release_read(self) -> None:
+        with self._condition:
+            self._readers -= 1
+            self._condition.notify_all()
+
+    def acquire_write(self) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._writing and self._readers == 0)
+            self._writing = True
+
+    def release_write(self) -> None:
+        with self._condition:
+            self._writing = False
+            self._condition.notify_all()
+
+
+class Store:
+    """The one LMDB environment of a data directory. Thread-safe; writes are serialised by LMDB."""
+
+    def __init__(self, data_dir: Path, readonly: bool = False, map_size: int = MIN_MAP_SIZE):
+        self.path = Path(data_dir) / "store.lmdb"
+        if readonly and not self.path.exists():
+            raise StoreError(f"no store at {self.path}: enrol images first, or check --data-dir")
+        self.path.mkdir(parents=True, exist_ok=True)
+        existing = (self.path / "data.mdb").stat().st_size if (self.path / "data.mdb").exists() else 0
+        self.env = lmdb.open(
+            str(self.path),
+            map_size=max(map_size, 2 * existing),
+            max_dbs=8,
+            readonly=readonly,
+            subdir=True,
+            max_readers=1024,
+        )
+        self.records = self.env.open_db(b"records", create=not readonly)
+        self.keys = self.env.open_db(b"keys", create=not readonly)
+        self.digests = self.env.open_db(b"digests", dupsort=True, create=not readonly)
+        self.changes = self.env.open_db(b"changes", create=not readonly)
+        self.meta = self.env.open_db(b"meta", create=not readonly)
+        self._lock = ReadWriteLock()
+
+    def close(self) -> None:
+        self.env.close()
+
+    # Reads -----------------------------------------------------------------------------------
+
+    def read(self) -> "ReadView":
+        """A consistent read-only view; use as a context manager."""
+        return ReadView(self)
+
+    def model(self) -> str | None:
+        with self.read() as view:
+            return view.model()
+
+    # Writes ----------------------------------------------------------------------------------
+
+    def _write(self, work):
+        """Runs work(txn) in one durable write transaction, growing the map if it is full."""
+        while True:
+            self._lock.acquire_read()
+            try:
+                with self.env.begin(write=True) as txn:
+                    return work(txn)
+            except lmdb.MapFullError:
+                pass
+            finally:
+                self._lock.release_read()
+            self._grow()
+
+    def _grow(self) -> None:
+        self._lock.acquire_write()
+        try:
+            self.env.set_mapsize(self.env.info()["map_size"] * 2)
+        finally:
+            self._lock.release_write()
+
+    def enroll(self, model: str, batch: list[Enrolment]) -> list[Written]:
+        """Writes a batch in one transaction; returns what became of each item, in order.
+
+        A key already enrolled with the same bytes is UNCHANGED; with other bytes it is UPDATED:
+        the old record is removed and the new one gets a new id, so an index snapshot that still
+        holds the old id can tell it is gone.
+        """
+
+        def work(txn: lmdb.Transaction) -> list[Written]:
+            self._check_model(txn, model, claim=True)
+            seq = from_u64(txn.get(b"seq", u64(0), db=self.meta))
+            next_id = from_u64(txn.get(b"next_id", u64(1), db=self.meta))
+            now = time.time()
+            written = []
+            for item in batch:
+                old_id = txn.get(item.key.encode(), db=self.keys)
+                old = Record.decode(txn.get(old_id, db=self.records)) if old_id else None
+                if old is not None and old.sha256 == item.sha256:
+                    written.append(Written("UNCHANGED", old))
+                    continue
+                if old is not None:
+                    seq += 1
+                    self._remove(txn, old, seq)
+                seq += 1
+                record = Record(
+                    item.key, item.feature, item.threshold, item.sha256, model, now, item.metadata, next_id, seq
+                )
+                next_id += 1
+                txn.put(u64(record.id), record.encode(), db=self.records)
+                txn.put(item.key.encode(), u64(record.id), db=self.keys)
+                txn.put(item.sha256, u64(record.id), db=self.digests)
+                txn.put(u64(seq), ENROLL + u64(record.id), db=self.changes)
+                written.append(Written("UPDATED" if old else "ENROLLED", record, old.id if old else None))
+            txn.put(b"seq", u64(seq), db=self.meta)
+            txn.put(b"next_id", u64(next_id), db=self.meta)
+            return written
+
+        return self._write(work)
+
+    def delete(self, key: str) -> Record | None:
+        """Removes the record of a key; None if there was none."""
+
+        def work(txn: lmdb.Transaction) -> Record | None:
+            id_ = txn.get(key.encode(), db=self.keys)
+            if id_ is None:
+                return None
+            record = Record.decode(txn.get(id_, db=self.records))
+            seq = from_u64(txn.get(b"seq", u64(0), db=self.meta)) + 1
+            self._remove(txn, record, seq)
+            txn.put(b"seq", u64(seq), db=self.meta)
+            return record
+
+        return self._write(work)
+
+    def _remove(self, txn: lmdb.Transaction, record: Record, seq: int) -> None:
+        txn.delete(u64(record.id), db=self.records)
+        txn.delete(record.key.encode(), db=self.keys)
+        txn.delete(record.sha256, u64(record.id), db=self.digests)
+        txn.put(u64(seq), DELETE + u64(record.id), db=self.changes)
+
+    def _check_model(self, txn: lmdb.Transaction, model: str, claim: bool) -> None:
+        stored = txn.get(b"model", db=self.meta)
+        if stored is None and claim:
+            txn.put(b"model", model.encode(), db=self.meta)
+        elif stored is not None and stored.decode() != model:
+            raise ModelMismatch(
+                f"the store in {self.path.parent} holds features of model {stored.decode()!r}, but the service "
+                f"runs {model!r}: serve with the store's model, or use another --data-dir"
+            )
+
+    def check_model(self, model: str) -> None:
+        with self.env.begin() as txn:
+            self._check_model(txn, model, claim=False)
+
+    def bytes_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+
+class ReadView:
+    """A read transaction: every method sees the same snapshot of the store."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def __enter__(self) -> "ReadView":
+        self.store._lock.acquire_read()
+        self.txn = self.store.env.begin(buffers=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.txn.abort()
+        self.store._lock.release_read()
+
+    def model(self) -> str | None:
+        stored = self.txn.get(b"model", db=self.store.meta)
+        return stored.decode() if stored else None
+
+    def seq(self) -> int:
+        return from_u64(self.txn.get(b"seq", u64(0), db=self.store.meta))
+
+    def count(self) -> int:
+        return self.txn.stat(self.store.records)["entries"]
+
+    def by_id(self, id_: int) -> Record | None:
+        data = self.txn.get(u64(id_), db=self.store.records)
+        return Record.decode(data) if data else None
+
+    def by_key(self, key: str) -> Record | None:
+        id_ = self.txn.get(key.encode(), db=self.store.keys)
+        return self.by_id(from_u64(id_)) if id_ else None
+
+    def by_digest(self, sha256: bytes) -> list[Record]:
+        cursor = self.txn.cursor(db=self.store.digests)
+        if not cursor.set_key(sha256):
+            return []
+        return [record for id_ in cursor.iternext_dup() if (record := self.by_id(from_u64(id_)))]
+
+    def records(self) -> Iterator[Record]:
+        for _, data in self.txn.cursor(db=self.store.records):
+            yield Record.decode(data)
+
+    def changes_after(self, seq: int) -> Iterator[Change]:
+        cursor = self.txn.cursor(db=self.store.changes)
+        if cursor.set_range(u64(seq + 1)):
+            for key, value in cursor:
+                yield Change(from_u64(key), value[:1], from_u64(value[1:]))
