@@ -48,12 +48,9 @@ class Manifest:
         return index_dir / MANIFEST
 
     @classmethod
-    def read(cls, index_dir: Path) -> "Manifest | None":
-        path = cls.path(index_dir)
-        if not path.exists():
-            return None
+    def parse(cls, raw: bytes, path: Path) -> "Manifest":
         try:
-            return cls(**json.loads(path.read_text()))
+            return cls(**json.loads(raw))
         except (ValueError, TypeError) as error:
             raise IndexError_(f"{path} is corrupt ({error}); run tools/rebuild_index.py") from None
 
@@ -208,20 +205,24 @@ class SnapshotLoader:
         self.index = index
         self.index_dir = index_dir
         self._lock = threading.Lock()  # one load at a time
-        self.refused: Manifest | None = None  # the last manifest that failed, not retried unless forced
+        self.loaded: bytes | None = None  # the manifest in use, as read
+        self.refused: bytes | None = None  # the last manifest that failed: not retried unless forced
 
     def load_if_new(self, force: bool = False) -> bool:
         """True if a new snapshot was swapped in."""
         with self._lock:
-            manifest = Manifest.read(self.index_dir)
-            if manifest is None or manifest == self.index.manifest or (manifest == self.refused and not force):
+            path = Manifest.path(self.index_dir)
+            raw = path.read_bytes() if path.exists() else None
+            if raw is None or raw == self.loaded or (raw == self.refused and not force):
                 return False
             try:
+                manifest = Manifest.parse(raw, path)
                 snapshot = load_snapshot(self.index_dir, manifest, self.index.store.model())
             except IndexError_:
-                self.refused = manifest
+                self.refused = raw
                 raise
             self.index.swap(snapshot, manifest)
+            self.loaded = raw
             log.info(
                 "index generation %d in use: %d vectors, snapshot at change %d, %d enrolled since",
                 manifest.generation,

@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -128,3 +129,53 @@ def pid_exists(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/status").read_text() if Path(f"/proc/{pid}").exists() else ""
     return "State:\tZ" not in status
+
+
+@pytest.fixture
+def start_service(tmp_path):
+    """Starts services (stopped at the end of the test): start_service(*flags, data_dir=...)."""
+    started: list[RunningService] = []
+
+    def start(*flags: str, data_dir: Path | None = None) -> RunningService:
+        running = RunningService(data_dir or tmp_path / "data", *flags)
+        started.append(running)
+        return running.wait_serving()
+
+    yield start
+    for running in started:
+        if running.process.poll() is None:
+            running.stop()
+
+
+def test_image_names() -> list[str]:
+    return sorted(p.name for p in IMAGES.glob("*.jpg"))
+
+
+def mosaic(number: int, side: int = 320) -> bytes:
+    """A distinct, deterministic picture: four quadrants cut from four of the test images."""
+    from PIL import Image
+
+    picks = random.Random(number).sample(test_image_names(), 4)
+    canvas = Image.new("RGB", (side, side))
+    half = side // 2
+    for quadrant, name in enumerate(picks):
+        tile = Image.open(IMAGES / name).convert("RGB").resize((half, half))
+        canvas.paste(tile, ((quadrant % 2) * half, (quadrant // 2) * half))
+    return encode_jpeg(canvas, quality=90)
+
+
+def encode_jpeg(image, quality: int = 90) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def reencoded(data: bytes, quality: int = 80) -> bytes:
+    """The same picture saved again as JPEG: other bytes, a near-identical image."""
+    import io
+
+    from PIL import Image
+
+    return encode_jpeg(Image.open(io.BytesIO(data)).convert("RGB"), quality)

@@ -46,9 +46,7 @@ def main() -> None:
     rows = seed_rows(arguments.database)
     if rows != len(keys):
         print(f"warning: {arguments.database} has {rows} rows but {arguments.list} lists {len(keys)} images")
-    print(
-        f"re-enrolling {len(keys)} images: the seed's ResNet50 features are not SSCD features and cannot be reused"
-    )
+    print(f"re-enrolling {len(keys)} images: the seed's ResNet50 features are not SSCD features and cannot be reused")
     root = arguments.root or arguments.list.parent
     items = [(key, Path(key) if Path(key).is_absolute() else root / key) for key in keys]
     summary = enroll(connect(arguments.server), items, total=len(items))

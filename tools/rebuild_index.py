@@ -29,39 +29,41 @@ BATCH = 10_000
 
 
 def rebuild(data_dir: Path, dtype: str = "f16", keep: int = 2, progress: bool = True) -> Manifest:
-    index_dir = Path(data_dir) / "index"
+    store = Store(data_dir, readonly=True)
+    try:
+        return build_snapshot(store, Path(data_dir) / "index", dtype, keep, progress)
+    finally:
+        store.close()
+
+
+def build_snapshot(store: Store, index_dir: Path, dtype: str, keep: int, progress: bool) -> Manifest:
+    """Builds the next index generation from one read transaction of `store`."""
     index_dir.mkdir(parents=True, exist_ok=True)
     with open(index_dir / ".rebuild.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SystemExit(f"another rebuild of {index_dir} is running; wait for it to finish") from None
-        previous = Manifest.read(index_dir) if Manifest.path(index_dir).exists() else None
-        generation = (previous.generation if previous else 0) + 1
+        generation = 1 + max([0, *(int(p.stem.split("-")[1]) for p in index_dir.glob("index-*.usearch"))])
         started = time.perf_counter()
-        store = Store(data_dir, readonly=True)
-        try:
-            with store.read() as view:
-                model, seq, count = view.model(), view.seq(), view.count()
-                if model is None:
-                    raise SystemExit(f"the store in {data_dir} is empty: enrol images first")
-                index = new_index(dtype)
-                index.reserve(count)
-                ids, features = [], []
-                bar = tqdm(total=count, unit="rec", desc=f"index generation {generation}", disable=not progress)
-                for record in view.records():
-                    ids.append(record.id)
-                    features.append(record.feature)
-                    if len(ids) == BATCH:
-                        index.add(np.array(ids, np.uint64), np.array(features, np.float32))
-                        bar.update(len(ids))
-                        ids, features = [], []
-                if ids:
+        with store.read() as view:
+            model, seq, count = view.model(), view.seq(), view.count()
+            if model is None:
+                raise SystemExit(f"the store in {store.path} is empty: enrol images first")
+            index = new_index(dtype)
+            bar = tqdm(total=count, unit="rec", desc=f"index generation {generation}", disable=not progress)
+            ids, features = [], []
+            for record in view.records():
+                ids.append(record.id)
+                features.append(record.feature)
+                if len(ids) == BATCH:
                     index.add(np.array(ids, np.uint64), np.array(features, np.float32))
                     bar.update(len(ids))
-                bar.close()
-        finally:
-            store.close()
+                    ids, features = [], []
+            if ids:
+                index.add(np.array(ids, np.uint64), np.array(features, np.float32))
+                bar.update(len(ids))
+            bar.close()
         name = f"index-{generation}.usearch"
         temporary = index_dir / (name + ".tmp")
         index.save(str(temporary))
