@@ -147,19 +147,23 @@ def start_service(tmp_path):
             running.stop()
 
 
-def test_image_names() -> list[str]:
+def committed_image_names() -> list[str]:
     return sorted(p.name for p in IMAGES.glob("*.jpg"))
 
 
 def mosaic(number: int, side: int = 320) -> bytes:
-    """A distinct, deterministic picture: four quadrants cut from four of the test images."""
+    """A distinct, deterministic picture: four quadrants, each a random crop of a random test image."""
     from PIL import Image
 
-    picks = random.Random(number).sample(test_image_names(), 4)
+    rng = random.Random(f"mosaic {number}")
     canvas = Image.new("RGB", (side, side))
     half = side // 2
-    for quadrant, name in enumerate(picks):
-        tile = Image.open(IMAGES / name).convert("RGB").resize((half, half))
+    for quadrant, name in enumerate(rng.sample(committed_image_names(), 4)):
+        source = Image.open(IMAGES / name).convert("RGB")
+        scale = rng.uniform(0.4, 0.8)
+        width, height = round(source.width * scale), round(source.height * scale)
+        left, top = rng.randint(0, source.width - width), rng.randint(0, source.height - height)
+        tile = source.crop((left, top, left + width, top + height)).resize((half, half))
         canvas.paste(tile, ((quadrant % 2) * half, (quadrant // 2) * half))
     return encode_jpeg(canvas, quality=90)
 

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
-from tests.conftest import RunningService, encode_jpeg, image_bytes, mosaic, reencoded, test_image_names
+from tests.conftest import RunningService, committed_image_names, encode_jpeg, image_bytes, mosaic, reencoded
 
-NAMES = test_image_names()
+NAMES = committed_image_names()
 # Stamps and portraits of one shared style, and a wallpaper: unrelated to every reference.
 UNRELATED = [
     "gnome-wood.jpg",

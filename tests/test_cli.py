@@ -1,0 +1,88 @@
+"""The `neardup enroll` / `neardup check` commands and tools/import_seed_db.py against a running service."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from tests.conftest import IMAGES, reencoded
+
+ROOT = Path(__file__).parent.parent
+FAST = ("--enroll-views", "1", "--check-views", "1")
+
+
+def run(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=180, cwd=ROOT)
+
+
+@pytest.fixture
+def service(start_service):
+    return start_service(*FAST)
+
+
+def test_enroll_a_folder_then_check_images(service, tmp_path):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for name in ("gnome-adwaita.jpg", "gnome-wood.jpg", "stamp-animals-mammals-cats-lion.jpg"):
+        shutil.copy(IMAGES / name, folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
+    server = f"127.0.0.1:{service.port}"
+
+    enrolled = run("-m", "service.cli", "enroll", str(folder), "--server", server)
+    assert enrolled.returncode == 1  # one file failed
+    assert "3 enrolled, 0 updated, 0 unchanged, 1 invalid" in enrolled.stdout
+    assert f"failed: {folder / 'broken.jpg'}: image is not in a supported format" in enrolled.stderr
+
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes(reencoded((folder / "gnome-wood.jpg").read_bytes(), quality=85))
+    checked = run("-m", "service.cli", "check", str(copy), str(IMAGES / "gnome-truchet.jpg"), "--server", server)
+    assert checked.returncode == 0
+    first, second = checked.stdout.splitlines()
+    assert first.startswith(f"{copy}: ") and str(folder / "gnome-wood.jpg") in first
+    assert second.startswith(f"{IMAGES / 'gnome-truchet.jpg'}: new; nearest")
+
+    as_json = run("-m", "service.cli", "check", str(folder / "gnome-adwaita.jpg"), "--json", "--server", server)
+    [answer] = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert answer["isDuplicate"] and answer["identical"]
+    assert answer["matches"][0]["key"] == str(folder / "gnome-adwaita.jpg")
+
+
+def test_check_reports_an_unreadable_file_and_a_bad_image(service, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    checked = run(
+        "-m", "service.cli", "check", str(bad), str(tmp_path / "absent.jpg"), "--json", "--server",
+        f"127.0.0.1:{service.port}",
+    )  # fmt: skip
+    assert checked.returncode == 1
+    answers = [json.loads(line) for line in checked.stdout.splitlines()]
+    assert answers[0]["error"].startswith("INVALID_ARGUMENT: image is not in a supported format")
+    assert "No such file" in answers[1]["error"]
+
+
+def test_import_a_seed_database(service, tmp_path):
+    seed = tmp_path / "seed"
+    (seed / "images").mkdir(parents=True)
+    listed = ["images/gnome-symbolic.jpg", "images/portrait-portraits-monsters-falcon.jpg", "images/gone.jpg"]
+    for line in listed[:2]:
+        shutil.copy(IMAGES / Path(line).name, seed / line)
+    (seed / "image_list.txt").write_text("\n".join(listed) + "\n")
+    rng = np.random.default_rng(0)
+    np.savez(seed / "hash_database.npz", feats=rng.normal(size=(3, 2048)), ths=rng.uniform(size=3))
+
+    imported = run(
+        "tools/import_seed_db.py", "--database", str(seed / "hash_database.npz"), "--list",
+        str(seed / "image_list.txt"), "--server", f"127.0.0.1:{service.port}",
+    )  # fmt: skip
+    assert imported.returncode == 1, imported.stderr
+    assert "cannot be reused" in imported.stdout
+    assert "2 enrolled" in imported.stdout and "1 failed" in imported.stdout
+    assert "failed: images/gone.jpg: cannot read" in imported.stdout
+    reply = service.stub.Check(pb.CheckRequest(image=(seed / listed[0]).read_bytes()), timeout=30)
+    assert reply.identical and reply.matches[0].key == listed[0]
