@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from service.decision import RULES, Policy
+
 MODELS = ("sscd", "sscd_distilled")
 CANVAS_SCALE = 1.1  # the seed's crops are cut from a resize to 1.1 x the network input
 
@@ -30,6 +32,16 @@ class Settings:
     max_top_k: int = 100
     # How often the service looks for a new index snapshot.
     index_poll_s: float = 1.0
+    # The decision rule and its parameters (service/decision.py; chosen by docs/quality.md).
+    decision: str = "seed"
+    global_threshold: float = 0.75
+    clamp_min: float = 0.3
+    clamp_max: float = 0.7
+    margin_threshold: float = 0.2
+    normalization_beta: float = 1.0
+    normalized_threshold: float = 0.5
+    # Background features for the "normalized" rule: mean similarity to this many nearest.
+    background_k: int = 5
     max_request_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 64_000_000
     min_image_side: int = 32
@@ -44,6 +56,18 @@ class Settings:
     def model_identity(self) -> str:
         """What the store records as the source of its features: the model and its input side."""
         return f"{self.model}@{self.input_size}"
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(
+            self.decision,
+            self.global_threshold,
+            self.clamp_min,
+            self.clamp_max,
+            self.margin_threshold,
+            self.normalization_beta,
+            self.normalized_threshold,
+        )
 
     @property
     def canvas_size(self) -> int:
@@ -66,6 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kwargs: dict = {"type": type(field.default), "default": type(field.default)(default)}
         if field.name == "model":
             kwargs["choices"] = MODELS
+        if field.name == "decision":
+            kwargs["choices"] = RULES
         parser.add_argument(f"--{field.name.replace('_', '-')}", help=f"(env {env_name})", **kwargs)
 
 

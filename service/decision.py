@@ -1,22 +1,78 @@
-"""Decision rules: is a query a near-duplicate of its neighbours?"""
+"""Decision rules: is a query a near-duplicate of its nearest enrolled images?
+
+Every rule turns the query's candidates (nearest first) into a score, higher meaning "more
+surely a duplicate", and decides by comparing it with the rule's threshold. The score is what
+tools/evaluate.py ranks by, so each rule's precision/recall trade-off can be measured.
+
+  global      cosine similarity of the nearest image                      >= global_threshold
+  seed        the nearest image's own radius minus its distance (the seed) >= 0
+  clamped     as seed, with the radius clamped to [clamp_min, clamp_max]   >= 0
+  margin      similarity of the nearest minus that of the second nearest  >= margin_threshold
+  normalized  similarity minus beta x the query's mean similarity to its nearest background
+              (distractor) features, as in the SSCD paper                  >= normalized_threshold
+"""
 
 from dataclasses import dataclass
 
 from service.store import Record
 
+RULES = ("global", "seed", "clamped", "margin", "normalized")
+
 
 @dataclass(frozen=True)
 class Candidate:
     record: Record
-    distance: float
+    distance: float  # Euclidean between unit vectors
+
+    @property
+    def similarity(self) -> float:
+        return 1.0 - self.distance**2 / 2.0
 
 
-def within_own_threshold(candidate: Candidate) -> bool:
-    """The seed's rule: a match if the query lies within the enrolled image's own radius."""
-    return candidate.distance <= candidate.record.threshold
+@dataclass(frozen=True)
+class Policy:
+    rule: str = "seed"
+    global_threshold: float = 0.75
+    clamp_min: float = 0.3
+    clamp_max: float = 0.7
+    margin_threshold: float = 0.2
+    normalization_beta: float = 1.0
+    normalized_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"unknown decision rule {self.rule!r}; one of {', '.join(RULES)}")
 
 
-def decide(candidates: list[Candidate]) -> tuple[bool, list[bool]]:
-    """The overall decision (the nearest candidate's) and each candidate's, nearest first."""
-    each = [within_own_threshold(candidate) for candidate in candidates]
-    return (each[0] if each else False), each
+@dataclass(frozen=True)
+class Decision:
+    is_duplicate: bool
+    score: float
+    each: list[bool]  # per candidate, nearest first
+
+
+def decide(policy: Policy, candidates: list[Candidate], background_similarity: float = 0.0) -> Decision:
+    if not candidates:
+        return Decision(False, float("-inf"), [])
+    rule = policy.rule
+    if rule == "global":
+        each = [c.similarity >= policy.global_threshold for c in candidates]
+        return Decision(each[0], candidates[0].similarity, each)
+    if rule in ("seed", "clamped"):
+        margins = [radius(policy, c.record.threshold) - c.distance for c in candidates]
+        each = [m >= 0 for m in margins]
+        return Decision(each[0], margins[0], each)
+    if rule == "margin":
+        second = candidates[1].similarity if len(candidates) > 1 else 0.0
+        score = candidates[0].similarity - second
+        duplicate = score >= policy.margin_threshold
+        return Decision(duplicate, score, [duplicate] + [False] * (len(candidates) - 1))
+    scores = [c.similarity - policy.normalization_beta * background_similarity for c in candidates]
+    each = [s >= policy.normalized_threshold for s in scores]
+    return Decision(each[0], scores[0], each)
+
+
+def radius(policy: Policy, threshold: float) -> float:
+    if policy.rule == "clamped":
+        return min(max(threshold, policy.clamp_min), policy.clamp_max)
+    return threshold

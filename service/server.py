@@ -14,6 +14,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.background import Background
 from service.config import Settings, validate_views
 from service.decision import Candidate, decide
 from service.enrollment import Enroller
@@ -84,8 +85,18 @@ def grpc_errors(method: Callable) -> Callable:
 
 
 class NearDupServicer(pb_grpc.NearDupServicer):
-    def __init__(self, settings: Settings, hasher: Hasher, store: Store, index: SearchIndex, loader: SnapshotLoader):
+    def __init__(
+        self,
+        settings: Settings,
+        hasher: Hasher,
+        store: Store,
+        index: SearchIndex,
+        loader: SnapshotLoader,
+        background: Background,
+    ):
         self.settings = settings
+        self.policy = settings.policy
+        self.background = background
         self.hasher = hasher
         self.store = store
         self.index = index
@@ -128,6 +139,7 @@ class NearDupServicer(pb_grpc.NearDupServicer):
         generation = self.index.generation
         with self.store.read() as view:
             identical = view.by_digest(digest)[:top_k]
+        background_similarity = 0.0
         if identical:
             candidates = [Candidate(record, 0.0) for record in identical]
         else:
@@ -135,11 +147,15 @@ class NearDupServicer(pb_grpc.NearDupServicer):
             [descriptor] = await self.hasher.hash(
                 canvas[None], [self.settings.check_views], self._triton_timeout(context)
             )
-            neighbours = await asyncio.to_thread(self.index.search, descriptor.feature, top_k)
+            # The margin rule needs a second neighbour even when the caller asks for one.
+            neighbours = await asyncio.to_thread(self.index.search, descriptor.feature, max(top_k, 2))
             with self.store.read() as view:
                 records = [(view.by_id(n.id), n.distance) for n in neighbours]
             candidates = [Candidate(record, distance) for record, distance in records if record is not None]
-        is_duplicate, each = decide(candidates)
+            background_similarity = self.background.similarity(descriptor.feature)
+        decision = decide(self.policy, candidates, background_similarity)
+        # Byte-identical to an enrolled image is a duplicate under any rule.
+        each = [True] * len(candidates) if identical else decision.each
         matches = [
             pb.Match(
                 key=c.record.key,
@@ -150,13 +166,16 @@ class NearDupServicer(pb_grpc.NearDupServicer):
                 metadata=c.record.metadata,
             )
             for c, duplicate in zip(candidates, each, strict=True)
-        ]
+        ][:top_k]
         return pb.CheckResponse(
-            is_duplicate=is_duplicate,
+            is_duplicate=bool(identical) or decision.is_duplicate,
             matches=matches,
             model=self.settings.model,
             index_generation=generation,
             identical=bool(identical),
+            score=decision.score,
+            decision_rule=self.policy.rule,
+            background_similarity=background_similarity,
         )
 
     @grpc_errors
@@ -281,7 +300,9 @@ async def serve(settings: Settings) -> None:
             ("grpc.max_send_message_length", settings.max_request_bytes),
         ]
     )
-    pb_grpc.add_NearDupServicer_to_server(NearDupServicer(settings, hasher, store, index, loader), server)
+    background = Background.load(settings.data_dir, settings.model_identity, settings.background_k)
+    servicer = NearDupServicer(settings, hasher, store, index, loader, background)
+    pb_grpc.add_NearDupServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
