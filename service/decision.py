@@ -7,7 +7,8 @@ tools/evaluate.py ranks by, so each rule's precision/recall trade-off can be mea
   global      cosine similarity of the nearest image                      >= global_threshold
   seed        the nearest image's own radius minus its distance (the seed) >= 0
   clamped     as seed, with the radius clamped to [clamp_min, clamp_max]   >= 0
-  margin      similarity of the nearest minus that of the second nearest  >= margin_threshold
+  margin      similarity of the nearest minus margin_beta x that of the
+              second nearest (the enrolled set as its own background)      >= margin_threshold
   normalized  similarity minus beta x the query's mean similarity to its nearest background
               (distractor) features, as in the SSCD paper                  >= normalized_threshold
 """
@@ -31,11 +32,12 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Policy:
-    rule: str = "seed"
+    rule: str = "margin"
     global_threshold: float = 0.75
     clamp_min: float = 0.3
     clamp_max: float = 0.7
-    margin_threshold: float = 0.2
+    margin_threshold: float = 0.43
+    margin_beta: float = 0.5
     normalization_beta: float = 1.0
     normalized_threshold: float = 0.5
 
@@ -64,7 +66,7 @@ def decide(policy: Policy, candidates: list[Candidate], background_similarity: f
         return Decision(each[0], margins[0], each)
     if rule == "margin":
         second = candidates[1].similarity if len(candidates) > 1 else 0.0
-        score = candidates[0].similarity - second
+        score = candidates[0].similarity - policy.margin_beta * second
         duplicate = score >= policy.margin_threshold
         return Decision(duplicate, score, [duplicate] + [False] * (len(candidates) - 1))
     scores = [c.similarity - policy.normalization_beta * background_similarity for c in candidates]

@@ -1,94 +1,18 @@
 """Fixtures that run the real service (and the real bundled Triton) on 127.0.0.1."""
 
-import json
 import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.proto.neardup.v1 import neardup_pb2_grpc
-from service.triton_process import free_port
+from tools.service_process import RunningService, health_status, wait_for  # noqa: F401 - used by tests
 
 IMAGES = Path(__file__).parent / "images"
-SERVICE_NAME = "neardup.v1.NearDup"
-START_TIMEOUT_S = 180
 
 
 def image_bytes(name: str) -> bytes:
     return (IMAGES / name).read_bytes()
-
-
-def manifest() -> list[dict]:
-    return json.loads((IMAGES / "manifest.json").read_text())
-
-
-def health_status(channel: grpc.Channel, timeout: float = 2.0) -> int:
-    stub = health_pb2_grpc.HealthStub(channel)
-    return stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout).status
-
-
-def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except grpc.RpcError:
-            pass
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-class RunningService:
-    """`neardup serve` as a child process, with a channel to it."""
-
-    def __init__(self, data_dir: Path, *flags: str):
-        self.port = free_port()
-        self.log_path = data_dir.parent / f"service-{self.port}.log"
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        command = [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(data_dir),
-        ]
-        self.process = subprocess.Popen([*command, *flags], stdout=self.log, stderr=subprocess.STDOUT)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        self.stub = neardup_pb2_grpc.NearDupStub(self.channel)
-
-    def wait_serving(self, timeout_s: float = START_TIMEOUT_S) -> "RunningService":
-        def serving() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"service exited with {self.process.returncode}:\n{self.output()}")
-            return health_status(self.channel) == health_pb2.HealthCheckResponse.SERVING
-
-        wait_for(serving, timeout_s, "the service to report SERVING")
-        return self
-
-    def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
-        self.channel.close()
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        code = self.process.wait(timeout_s)
-        self.log.close()
-        return code
 
 
 @pytest.fixture(scope="session")

@@ -34,10 +34,12 @@ def test_global_rule():
 
 
 def test_margin_rule_needs_a_clear_winner():
-    policy = Policy("margin", margin_threshold=0.2)
+    policy = Policy("margin", margin_threshold=0.2, margin_beta=1.0)
     assert decide(policy, [candidate(0.4), candidate(1.2)]).is_duplicate  # 0.92 - 0.28
     close = decide(policy, [candidate(0.4), candidate(0.45)])
     assert not close.is_duplicate and close.score == pytest.approx(0.92 - 0.89875)
+    half = decide(Policy("margin", margin_threshold=0.45, margin_beta=0.5), [candidate(0.4), candidate(0.45)])
+    assert half.is_duplicate and half.score == pytest.approx(0.92 - 0.5 * 0.89875)
     assert decide(policy, [candidate(0.4)]).score == pytest.approx(0.92)  # no second: against 0
 
 

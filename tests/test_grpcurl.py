@@ -29,7 +29,7 @@ def test_grpcurl_lists_the_service_through_reflection(service):
 
 
 def test_grpcurl_hash_and_health(service):
-    request = json.dumps({"image": base64.b64encode(image_bytes("gnome-adwaita.jpg")).decode()})
+    request = json.dumps({"image": base64.b64encode(image_bytes("gnome-adwaita.jpg")).decode(), "views": 10})
     hashed = grpcurl(service, "neardup.v1.NearDup/Hash", data=request)
     assert hashed.returncode == 0, hashed.stderr
     reply = json.loads(hashed.stdout)

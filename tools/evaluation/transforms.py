@@ -12,7 +12,24 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 Transform = Callable[[Image.Image, random.Random], Image.Image]
-WORDS = "sale new wow lol breaking exclusive 2026 free look omg best deal today only #1 viral".split()
+WORDS = [
+    "sale",
+    "new",
+    "wow",
+    "lol",
+    "breaking",
+    "exclusive",
+    "2026",
+    "free",
+    "look",
+    "omg",
+    "best",
+    "deal",
+    "today",
+    "only",
+    "#1",
+    "viral",
+]
 
 
 def downscale(image: Image.Image, rng: random.Random) -> Image.Image:
@@ -81,11 +98,21 @@ def sticker(image: Image.Image, rng: random.Random) -> Image.Image:
     for _ in range(rng.randint(1, 3)):
         size = round(min(image.size) * rng.uniform(0.15, 0.3))
         x, y = rng.randint(0, image.width - size), rng.randint(0, image.height - size)
-        draw.ellipse((x, y, x + size, y + size), fill=random_colour(rng), outline=(20, 20, 20), width=max(1, size // 20))
+        draw.ellipse(
+            (x, y, x + size, y + size), fill=random_colour(rng), outline=(20, 20, 20), width=max(1, size // 20)
+        )
         eye = size // 8
         for ex in (x + size * 0.3, x + size * 0.7):
-            draw.ellipse((ex - eye / 2, y + size * 0.35 - eye / 2, ex + eye / 2, y + size * 0.35 + eye / 2), fill=(0, 0, 0))
-        draw.arc((x + size * 0.25, y + size * 0.4, x + size * 0.75, y + size * 0.8), 20, 160, fill=(0, 0, 0), width=eye // 2 + 1)
+            draw.ellipse(
+                (ex - eye / 2, y + size * 0.35 - eye / 2, ex + eye / 2, y + size * 0.35 + eye / 2), fill=(0, 0, 0)
+            )
+        draw.arc(
+            (x + size * 0.25, y + size * 0.4, x + size * 0.75, y + size * 0.8),
+            20,
+            160,
+            fill=(0, 0, 0),
+            width=eye // 2 + 1,
+        )
     return image
 
 

@@ -1,0 +1,44 @@
+"""tools/evaluate.py end to end on the committed images: it runs, its numbers are sane and reproducible."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+FLAGS = "--enroll-views 1 --check-views 1 --decision margin"
+
+
+def evaluate(out: Path, *extra: str) -> dict:
+    command = [sys.executable, str(ROOT / "tools" / "evaluate.py"), "--images", str(ROOT / "tests" / "images")]
+    done = subprocess.run(
+        [*command, "--service-flags", FLAGS, "--out", str(out), "--workers", "2", *extra],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads((out / "results.json").read_text())
+
+
+def test_the_benchmark_runs_and_is_reproducible(tmp_path):
+    first = evaluate(tmp_path / "first")
+    counts = first["counts"]
+    assert counts["references"] > 0 and counts["positives"] > counts["negatives"] > 0
+    assert {"global", "seed", "clamped", "margin(beta=0.5)", "normalized(beta=1.0)", "pdq", "phash"} <= set(
+        first["rules"]
+    )
+    for name, result in first["rules"].items():
+        assert 0 <= result["recall@p0.999"] <= result["recall@p0.99"] <= 1, name
+        assert 0 < result["uap"] <= 1, name
+        assert set(result["families"]) >= {"jpeg", "crop50", "text", "sticker", "chain3"}
+    # SSCD finds cropped copies; a perceptual hash cannot.
+    assert first["rules"]["global"]["families"]["crop50"] > first["rules"]["pdq"]["families"]["crop50"]
+    assert first["default_decision"]["rule"] == "margin"
+    for name in ("pr.png", "failures.html", "queries.jsonl"):
+        assert (tmp_path / "first" / name).stat().st_size > 1000, name
+
+    second = evaluate(tmp_path / "second", "--no-baselines")
+    for name, result in second["rules"].items():
+        assert result == first["rules"][name], f"{name} differs between two runs with the same seed"
+    assert second["default_decision"] == first["default_decision"]
