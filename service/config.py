@@ -43,6 +43,9 @@ class Settings:
     margin_beta: float = 0.5
     normalization_beta: float = 1.0
     normalized_threshold: float = 0.5
+    # Rule scores this far below the threshold get the geometric check (ORB + RANSAC, keypoints
+    # stored at enrolment); 0 turns it off, and enrolment then stores no keypoints.
+    geometric_band: float = 0.0
     # Background features for the "normalized" rule: mean similarity to this many nearest.
     background_k: int = 5
     max_request_bytes: int = 32 * 1024 * 1024
@@ -71,6 +74,7 @@ class Settings:
             self.margin_beta,
             self.normalization_beta,
             self.normalized_threshold,
+            self.geometric_band,
         )
 
     @property

@@ -40,6 +40,8 @@ class Policy:
     margin_beta: float = 0.5
     normalization_beta: float = 1.0
     normalized_threshold: float = 0.5
+    # Scores this far below the rule's threshold get the geometric check (0: never).
+    geometric_band: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -72,6 +74,19 @@ def decide(policy: Policy, candidates: list[Candidate], background_similarity: f
     scores = [c.similarity - policy.normalization_beta * background_similarity for c in candidates]
     each = [s >= policy.normalized_threshold for s in scores]
     return Decision(each[0], scores[0], each)
+
+
+def threshold_of(policy: Policy) -> float:
+    return {
+        "global": policy.global_threshold,
+        "margin": policy.margin_threshold,
+        "normalized": policy.normalized_threshold,
+    }.get(policy.rule, 0.0)
+
+
+def is_borderline(policy: Policy, decision: Decision) -> bool:
+    """Not a duplicate, but within the geometric band below the threshold: geometry decides."""
+    return not decision.is_duplicate and decision.score >= threshold_of(policy) - policy.geometric_band
 
 
 def radius(policy: Policy, threshold: float) -> float:

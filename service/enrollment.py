@@ -25,6 +25,7 @@ class Item:
     request: pb.EnrollRequest
     sha256: bytes = b""
     canvas: np.ndarray | None = None
+    keypoints: bytes = b""
     result: pb.EnrollResult | None = None
 
 
@@ -50,14 +51,14 @@ class Enroller:
         hasher: Hasher,
         store: Store,
         index: SearchIndex,
-        decode: Callable[[bytes], np.ndarray],
+        describe: Callable[[bytes], tuple[np.ndarray, bytes]],
         model_identity: str,
         views: int,
     ):
         self.hasher = hasher
         self.store = store
         self.index = index
-        self.decode = decode
+        self.describe = describe  # bytes -> (canvas, keypoints or b"")
         self.model_identity = model_identity
         self.views = views
 
@@ -106,7 +107,9 @@ class Enroller:
             canvases = np.stack([item.canvas for item in to_hash])
             descriptors = await self.hasher.hash(canvases, [self.views] * len(to_hash), timeout_s)
             enrolments = [
-                Enrolment(item.request.key, item.sha256, d.feature, d.threshold, dict(item.request.metadata))
+                Enrolment(
+                    item.request.key, item.sha256, d.feature, d.threshold, dict(item.request.metadata), item.keypoints
+                )
                 for item, d in zip(to_hash, descriptors, strict=True)
             ]
             written = await asyncio.to_thread(self.store.enroll, self.model_identity, enrolments)
@@ -132,7 +135,7 @@ class Enroller:
 
     async def _decode(self, item: Item) -> None:
         try:
-            item.canvas = await asyncio.to_thread(self.decode, item.request.image)
+            item.canvas, item.keypoints = await asyncio.to_thread(self.describe, item.request.image)
         except ImageError as error:
             item.result = self._invalid(item, str(error))
 

@@ -14,12 +14,17 @@ class ImageError(ValueError):
 
 
 def decode_canvas(data: bytes, canvas_size: int, max_pixels: int, min_side: int) -> np.ndarray:
-    """Decodes an image (EXIF orientation applied, any mode to RGB) and resizes it to a
-    canvas_size x canvas_size uint8 array.
+    """The image as a canvas_size x canvas_size RGB uint8 array (what Triton embeds)."""
+    rgb = decode(data, canvas_size, max_pixels, min_side)
+    return np.asarray(rgb.resize((canvas_size, canvas_size), Image.Resampling.BILINEAR))
+
+
+def decode(data: bytes, needed_side: int, max_pixels: int, min_side: int) -> Image.Image:
+    """Decodes an image: EXIF orientation applied, any mode to RGB.
 
     The pixel count is checked from the header, before any pixel is decoded, so a small file
     that claims a huge size (a decompression bomb) costs nothing. JPEGs are decoded at the
-    smallest of 1/1, 1/2, 1/4, 1/8 scale that still covers the canvas (Pillow's draft mode).
+    smallest of 1/1, 1/2, 1/4, 1/8 scale that still covers needed_side (Pillow's draft mode).
     """
     if not data:
         raise ImageError("image is empty: send the encoded image bytes (JPEG, PNG, WebP, GIF, BMP, TIFF)")
@@ -42,13 +47,11 @@ def decode_canvas(data: bytes, canvas_size: int, max_pixels: int, min_side: int)
         raise ImageError(f"image is {width}x{height} px; both sides must be at least {min_side} px")
     try:
         if image.format == "JPEG":
-            image.draft("RGB", (canvas_size, canvas_size))
+            image.draft("RGB", (needed_side, needed_side))
         image.load()
-        image = ImageOps.exif_transpose(image)
-        rgb = to_rgb(image)
+        return to_rgb(ImageOps.exif_transpose(image))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageError(f"image {image.format} {width}x{height} could not be decoded: {error}") from None
-    return np.asarray(rgb.resize((canvas_size, canvas_size), Image.Resampling.BILINEAR))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -13,13 +13,15 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from PIL import Image
 
+from service import geometry
 from service.background import Background
 from service.config import Settings, validate_views
-from service.decision import Candidate, decide
+from service.decision import Candidate, decide, is_borderline
 from service.enrollment import Enroller
 from service.hashing import Hasher, TritonRejected, TritonTimeout, TritonUnavailable
-from service.imaging import ImageError, decode_canvas
+from service.imaging import ImageError, decode, decode_canvas
 from service.index import IndexError_, SearchIndex, SnapshotLoader
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
@@ -101,7 +103,7 @@ class NearDupServicer(pb_grpc.NearDupServicer):
         self.store = store
         self.index = index
         self.loader = loader
-        self.enroller = Enroller(hasher, store, index, self._decode, settings.model_identity, settings.enroll_views)
+        self.enroller = Enroller(hasher, store, index, self._describe, settings.model_identity, settings.enroll_views)
 
     def _triton_timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -112,6 +114,21 @@ class NearDupServicer(pb_grpc.NearDupServicer):
     def _decode(self, image: bytes) -> np.ndarray:
         s = self.settings
         return decode_canvas(image, s.canvas_size, s.max_image_pixels, s.min_image_side)
+
+    def _describe(self, image: bytes) -> tuple[np.ndarray, bytes]:
+        """The canvas, and the keypoints for the geometric check when it is on."""
+        if not self.policy.geometric_band:
+            return self._decode(image), b""
+        s = self.settings
+        rgb = decode(image, geometry.MAX_SIDE, s.max_image_pixels, s.min_image_side)
+        canvas = rgb.resize((s.canvas_size, s.canvas_size), Image.Resampling.BILINEAR)
+        return np.asarray(canvas), geometry.keypoints(rgb)
+
+    def _inliers(self, image: bytes, candidate: Candidate) -> int:
+        with self.store.read() as view:
+            stored = view.keypoints(candidate.record.id)
+        s = self.settings
+        return geometry.inliers(decode(image, geometry.MAX_SIDE, s.max_image_pixels, s.min_image_side), stored)
 
     @grpc_errors
     async def Hash(self, request: pb.HashRequest, context: grpc.aio.ServicerContext) -> pb.HashResponse:
@@ -156,6 +173,12 @@ class NearDupServicer(pb_grpc.NearDupServicer):
         decision = decide(self.policy, candidates, background_similarity)
         # Byte-identical to an enrolled image is a duplicate under any rule.
         each = [True] * len(candidates) if identical else decision.each
+        is_duplicate = bool(identical) or decision.is_duplicate
+        inliers = -1
+        if self.policy.geometric_band and not identical and is_borderline(self.policy, decision):
+            inliers = await asyncio.to_thread(self._inliers, request.image, candidates[0])
+            if inliers >= geometry.MIN_INLIERS:
+                is_duplicate, each = True, [True, *each[1:]]
         matches = [
             pb.Match(
                 key=c.record.key,
@@ -164,11 +187,12 @@ class NearDupServicer(pb_grpc.NearDupServicer):
                 threshold=c.record.threshold,
                 is_duplicate=duplicate,
                 metadata=c.record.metadata,
+                inliers=inliers if position == 0 else -1,
             )
-            for c, duplicate in zip(candidates, each, strict=True)
+            for position, (c, duplicate) in enumerate(zip(candidates, each, strict=True))
         ][:top_k]
         return pb.CheckResponse(
-            is_duplicate=bool(identical) or decision.is_duplicate,
+            is_duplicate=is_duplicate,
             matches=matches,
             model=self.settings.model,
             index_generation=generation,

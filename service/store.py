@@ -5,6 +5,7 @@ Databases in one environment (`DATA_DIR/store.lmdb`):
   keys     key (utf-8) -> id             the caller's keys, unique
   digests  sha256      -> id  (dupsort)  byte-identical lookups
   changes  seq (u64 BE) -> op + id       every enrolment and deletion, in commit order
+  keypoints id (u64 BE) -> packed ORB    for the geometric check, when enabled at enrolment
   meta     name -> value                 model identity, next id, last seq
 
 Each batch of writes is one transaction, committed with fsync: once `write` returns, every
@@ -91,6 +92,7 @@ class Enrolment:
     feature: np.ndarray
     threshold: float
     metadata: dict[str, str]
+    keypoints: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ class Store:
         self.digests = self.env.open_db(b"digests", dupsort=True, create=not readonly)
         self.changes = self.env.open_db(b"changes", create=not readonly)
         self.meta = self.env.open_db(b"meta", create=not readonly)
+        self.keypoints = self.env.open_db(b"keypoints", create=not readonly)
         self._lock = ReadWriteLock()
 
     def close(self) -> None:
@@ -228,6 +231,8 @@ class Store:
                 txn.put(item.key.encode(), u64(record.id), db=self.keys)
                 txn.put(item.sha256, u64(record.id), db=self.digests)
                 txn.put(u64(seq), ENROLL + u64(record.id), db=self.changes)
+                if item.keypoints:
+                    txn.put(u64(record.id), item.keypoints, db=self.keypoints)
                 written.append(Written("UPDATED" if old else "ENROLLED", record, old.id if old else None))
             txn.put(b"seq", u64(seq), db=self.meta)
             txn.put(b"next_id", u64(next_id), db=self.meta)
@@ -254,6 +259,7 @@ class Store:
         txn.delete(u64(record.id), db=self.records)
         txn.delete(record.key.encode(), db=self.keys)
         txn.delete(record.sha256, u64(record.id), db=self.digests)
+        txn.delete(u64(record.id), db=self.keypoints)
         txn.put(u64(seq), DELETE + u64(record.id), db=self.changes)
 
     def _check_model(self, txn: lmdb.Transaction, model: str, claim: bool) -> None:
@@ -302,6 +308,9 @@ class ReadView:
     def by_id(self, id_: int) -> Record | None:
         data = self.txn.get(u64(id_), db=self.store.records)
         return Record.decode(data) if data else None
+
+    def keypoints(self, id_: int) -> bytes:
+        return self.txn.get(u64(id_), b"", db=self.store.keypoints)
 
     def by_key(self, key: str) -> Record | None:
         id_ = self.txn.get(key.encode(), db=self.store.keys)

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.background import Background  # noqa: E402
 from service.decision import Policy  # noqa: E402
+from service.geometry import MIN_INLIERS  # noqa: E402
 from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
 from tools.evaluation.baselines import HASHES, HammingIndex  # noqa: E402
 from tools.evaluation.metrics import average_precision, pr_curve, precision_recall_of, recall_at_precision  # noqa: E402
@@ -47,6 +48,7 @@ DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "dev-images"
 PRECISIONS = (0.99, 0.999)
 BETAS = (0.5, 1.0)
 CLAMP = Policy("clamped")  # the service's default bounds
+GEOMETRIC_BANDS = (0.0, 0.05, 0.1, 0.2, 0.4, 10.0)
 
 
 @dataclass
@@ -103,7 +105,8 @@ def run_checks(service: RunningService, queries: list[Query], workers: int) -> N
             if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
                 raise
             query.answer = {"keys": [], "distances": [2.0], "thresholds": [0.0], "is_duplicate": False,
-                            "score": float("-inf"), "background": 0.0, "rejected": error.details()}  # fmt: skip
+                            "score": float("-inf"), "background": 0.0, "inliers": -1,
+                            "rejected": error.details()}  # fmt: skip
             return
         query.answer = {
             "keys": [m.key for m in reply.matches],
@@ -112,6 +115,7 @@ def run_checks(service: RunningService, queries: list[Query], workers: int) -> N
             "is_duplicate": reply.is_duplicate,
             "score": reply.score,
             "background": reply.background_similarity,
+            "inliers": reply.matches[0].inliers if reply.matches else -1,
         }
 
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -152,6 +156,23 @@ def summarise(name: str, scores, correct, families, positives_by_family, negativ
     result["curve"] = {"precision": curve.precision.tolist()[::5], "recall": curve.recall.tolist()[::5]}
     print(f"  {name:<22} µAP {result['uap']:.3f}  R@P99 {result['recall@p0.99']:.3f}  "
           f"R@P99.9 {result['recall@p0.999']:.3f}", flush=True)  # fmt: skip
+    return result
+
+
+def geometric_bands(queries: list[Query], correct, positives: int, threshold: float) -> dict:
+    """Precision and recall at the rule's P99.9 threshold when scores up to `band` below it are
+    decided by the geometric check instead; needs a run with --geometric-band wide enough
+    (e.g. 10) that the service reported inliers for every query it did not accept."""
+    if not all(q.answer["inliers"] >= 0 for q in queries if q.answer["keys"] and q.answer["score"] < threshold):
+        return {}  # the service did not check every score below the threshold
+    scores = np.array([q.answer["score"] for q in queries])
+    geometric = np.array([q.answer["inliers"] >= MIN_INLIERS for q in queries])
+    result = {"threshold": threshold}
+    for band in GEOMETRIC_BANDS:
+        decided = (scores >= threshold) | ((scores >= threshold - band) & geometric)
+        precision, recall = precision_recall_of(decided, correct, positives)
+        result[f"band {band}"] = {"precision": precision, "recall": recall}
+        print(f"  geometric check within {band} of {threshold:.3f}: precision {precision:.4f}, recall {recall:.4f}")
     return result
 
 
@@ -274,6 +295,7 @@ def main() -> None:
             np.asarray(decided)[mask], np.asarray(correct)[mask], positives_by_family[family]
         )[1]
     print(f"service decision ({rule}): precision {precision:.4f}, recall {recall:.4f}")
+    geometric = geometric_bands(queries, correct, len(positives), results[f"service ({rule})"]["threshold@p0.999"])
 
     if not arguments.no_baselines:
         print("baselines:")
@@ -318,6 +340,7 @@ def main() -> None:
             "workers": arguments.workers,
         },  # fmt: skip
         "default_decision": default,
+        "geometric_check": geometric,
         "rejected_queries": sum("rejected" in q.answer for q in queries),
         "rules": {name: {k: v for k, v in r.items() if k != "curve"} for name, r in results.items()},
         "seconds": time.perf_counter() - started,
