@@ -33,10 +33,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.background import Background  # noqa: E402
 from service.decision import Policy  # noqa: E402
 from service.geometry import MIN_INLIERS  # noqa: E402
 from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
+from tools.build_background import build_background  # noqa: E402
 from tools.evaluation.baselines import HASHES, HammingIndex  # noqa: E402
 from tools.evaluation.metrics import average_precision, pr_curve, precision_recall_of, recall_at_precision  # noqa: E402
 from tools.evaluation.transforms import FAMILIES, apply  # noqa: E402
@@ -255,11 +255,7 @@ def main() -> None:
         data_dir = Path(work) / "data"
         service = RunningService(data_dir, *flags).wait_serving()
         stats = service.stub.Stats(pb.StatsRequest(), timeout=10)
-        hashed = [
-            service.stub.Hash(pb.HashRequest(image=(arguments.images / f).read_bytes(), views=stats.views_per_check))
-            for f in background
-        ]
-        Background.save(data_dir, np.array([h.feature for h in hashed]), f"{stats.model}@{stats.input_size}")
+        build_background(service.stub, [arguments.images / f for f in background], data_dir, progress=False)
         enrol_started = time.perf_counter()
         requests = (pb.EnrollRequest(key=f, image=(arguments.images / f).read_bytes()) for f in references)
         results = list(service.stub.Enroll(requests, timeout=3600))

@@ -1,0 +1,45 @@
+"""Build the background set for the "normalized" decision rule from images known not to be enrolled.
+
+  python tools/build_background.py --images DIR --data-dir DIR [--server HOST:PORT]
+
+Hashes every image through the running service (as a Check would: Stats.views_per_check views)
+and writes DATA_DIR/background.npz with the service's model identity. The service reads it at
+start-up; restart it after building.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from service.background import Background  # noqa: E402
+from service.client import connect, image_paths  # noqa: E402
+from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
+
+
+def build_background(stub, paths: list[Path], data_dir: Path, progress: bool = True) -> Path:
+    stats = stub.Stats(pb.StatsRequest(), timeout=10)
+    features = []
+    for path in tqdm(paths, unit="img", desc="background", disable=not progress):
+        reply = stub.Hash(pb.HashRequest(image=path.read_bytes(), views=stats.views_per_check), timeout=120)
+        features.append(reply.feature)
+    return Background.save(data_dir, np.array(features, np.float32), f"{stats.model}@{stats.input_size}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, required=True, help="a folder, or a file listing image paths")
+    parser.add_argument("--data-dir", type=Path, required=True, help="the service's --data-dir")
+    parser.add_argument("--server", default="127.0.0.1:50051")
+    arguments = parser.parse_args()
+    paths = image_paths(arguments.images)
+    written = build_background(connect(arguments.server), paths, arguments.data_dir)
+    print(f"{len(paths)} background features -> {written}; restart the service to use them")
+
+
+if __name__ == "__main__":
+    main()
