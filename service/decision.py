@@ -36,7 +36,7 @@ class Policy:
     global_threshold: float = 0.75
     clamp_min: float = 0.3
     clamp_max: float = 0.7
-    margin_threshold: float = 0.43
+    margin_threshold: float = 0.45
     margin_beta: float = 0.5
     normalization_beta: float = 1.0
     normalized_threshold: float = 0.5

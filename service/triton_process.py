@@ -98,14 +98,21 @@ class BundledTriton:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
 
-    def start(self) -> None:
-        log.info("starting bundled tritonserver on %s (models: %s)", self.url, ", ".join(self.models))
-        self.process = subprocess.Popen(
+    def spawn(self, output=None) -> subprocess.Popen:
+        """Starts the server process, unwatched (tools and tests that stop and restart it themselves)."""
+        return subprocess.Popen(
             self.command(),
             env=self.environment(),
             stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
             preexec_fn=_die_with_parent,
         )
+
+    def start(self) -> None:
+        """Starts the server and restarts it whenever it dies, until stop(); needs a running event loop."""
+        log.info("starting bundled tritonserver on %s (models: %s)", self.url, ", ".join(self.models))
+        self.process = self.spawn()
         if self._watch is None:
             self._watch = asyncio.get_running_loop().create_task(self._restart_when_dead())
 
@@ -137,4 +144,8 @@ class BundledTriton:
                 log.warning("tritonserver did not stop in %.0f s; killing it", timeout_s)
                 self.process.kill()
                 await asyncio.to_thread(self.process.wait)
+        self.stop_files()
+
+    def stop_files(self) -> None:
+        """Removes the private backend folder (after the server has stopped)."""
         shutil.rmtree(self.workdir, ignore_errors=True)

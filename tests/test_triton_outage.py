@@ -36,7 +36,7 @@ class ExternalTriton:
 
     def start(self) -> None:
         log = open(self.log_dir / "triton.log", "ab")  # noqa: SIM115 - the child keeps it
-        self.process = subprocess.Popen(self.triton.command(), env=self.triton.environment(), stdout=log, stderr=log)
+        self.process = self.triton.spawn(log)
 
     def kill(self) -> None:
         self.process.kill()

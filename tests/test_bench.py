@@ -1,0 +1,25 @@
+"""benchmarks/bench.py --quick: every section runs and prints its figures (a smoke run, not a timing test)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_the_quick_benchmark_prints_every_figure(tmp_path):
+    out = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--images", str(ROOT / "tests" / "images"),
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(out.read_text())
+    assert {"model", "check", "enroll", "preprocessing", "search", "store", "rebuild", "wire"} <= set(figures)
+    assert figures["model"]["onnxruntime in-process, batch 16 (img/s)"] > 0
+    assert figures["search"]["10k f16 recall@1 vs exact"] > 0.9
+    for clients in (1, 4, 16):
+        assert figures["check"][f"Check, {clients} clients (img/s)"] > 0
+    assert "of limit" in done.stdout and "x idle" in done.stdout
