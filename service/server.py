@@ -293,9 +293,10 @@ def open_store(settings: Settings) -> tuple[Store, SearchIndex, SnapshotLoader]:
     index = SearchIndex(store)
     loader = SnapshotLoader(index, settings.data_dir / "index")
     try:
-        loader.load_if_new()
+        loader.load_if_new()  # first, so that only the changes after the snapshot are replayed
     except IndexError_ as error:
         log.error("no index snapshot loaded; serving every record from memory: %s", error)
+    index.catch_up()
     log.info(
         "store %s: %d records, index generation %d, %d records not in it",
         store.path,
