@@ -33,19 +33,18 @@ class Settings:
     max_top_k: int = 100
     # How often the service looks for a new index snapshot.
     index_poll_s: float = 1.0
-    # The decision rule and its parameters (service/decision.py), chosen and calibrated on the
-    # benchmark (docs/quality.md): precision >= 99.9 % at the margin threshold.
-    decision: str = "margin"
-    global_threshold: float = 0.75
-    clamp_min: float = 0.3
-    clamp_max: float = 0.7
-    margin_threshold: float = 0.45
-    margin_beta: float = 0.5
-    normalization_beta: float = 1.0
-    normalized_threshold: float = 0.5
-    # Rule scores this far below the threshold get the geometric check (ORB + RANSAC, keypoints
-    # stored at enrolment); 0 turns it off, and enrolment then stores no keypoints.
-    geometric_band: float = 0.0
+    # The decision rule and its parameters; the defaults live in service/decision.py (chosen and
+    # calibrated on the benchmark, docs/quality.md). A geometric band of 0 turns the geometric
+    # check off, and enrolment then stores no keypoints.
+    decision: str = Policy.rule
+    global_threshold: float = Policy.global_threshold
+    clamp_min: float = Policy.clamp_min
+    clamp_max: float = Policy.clamp_max
+    margin_threshold: float = Policy.margin_threshold
+    margin_beta: float = Policy.margin_beta
+    normalization_beta: float = Policy.normalization_beta
+    normalized_threshold: float = Policy.normalized_threshold
+    geometric_band: float = Policy.geometric_band
     # Background features for the "normalized" rule: mean similarity to this many nearest.
     background_k: int = 5
     max_request_bytes: int = 32 * 1024 * 1024
