@@ -70,7 +70,9 @@ class BundledTriton:
         stub = self.dist / "python_backend_stubs" / version / "triton_python_backend_stub"
         if not stub.exists():
             raise RuntimeError(f"nvidia-pytriton ships no python backend stub for Python {version}")
-        shutil.copy(stub, python_backend / "triton_python_backend_stub")
+        copied = python_backend / "triton_python_backend_stub"
+        if not copied.exists():  # a restart reuses it: a stub of the killed server may still be running it
+            shutil.copy(stub, copied)
         return python_backend.parent
 
     def command(self) -> list[str]:
