@@ -64,17 +64,9 @@ class Settings:
 
     @property
     def policy(self) -> Policy:
-        return Policy(
-            self.decision,
-            self.global_threshold,
-            self.clamp_min,
-            self.clamp_max,
-            self.margin_threshold,
-            self.margin_beta,
-            self.normalization_beta,
-            self.normalized_threshold,
-            self.geometric_band,
-        )
+        """The decision settings as a Policy (its `rule` is the `decision` setting)."""
+        parameters = {f.name: getattr(self, f.name) for f in fields(Policy) if f.name != "rule"}
+        return Policy(self.decision, **parameters)
 
     @property
     def canvas_size(self) -> int:

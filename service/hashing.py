@@ -1,15 +1,12 @@
 """The hashing client: canvases to (feature, threshold) through Triton."""
 
 import asyncio
-import logging
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
-
-log = logging.getLogger(__name__)
 
 # Reconnect fast after Triton restarts: gRPC's default backoff grows to two minutes.
 CHANNEL_ARGS = [
