@@ -1,14 +1,15 @@
 """neardup performance, measured side by side in one run on this machine.
 
-  python benchmarks/bench.py [--images DIR] [--quick] [--out FILE.json]
+  python benchmarks/bench.py [--images DIR] [--quick] [--million] [--out FILE.json]
 
 Prints, with ratios: the model limit (ONNX Runtime in-process on preprocessed batches, and
 the same model through Triton with tritonclient); Check throughput and latency through the
 service at 1, 4 and 16 concurrent clients; Enroll throughput; decode/resize time; usearch
-latency, recall@1 and size at 10k and 100k vectors (and 1M with --million) for f32, f16
-and i8; LMDB bytes per
-image; rebuild time against usearch's raw add rate; Check p99 during a rebuild against idle;
-bytes sent to Triton per Check and per enrolment. `--quick` shrinks every size for a smoke run.
+latency, recall@1 and size at 10k, 100k and 1M vectors for f32, f16 and i8 (at 1M only the
+snapshot's storage type, i8, unless --million); LMDB bytes per image; rebuild time against
+usearch's raw add rate; Check p99 during a rebuild against idle; bytes sent to Triton per
+Check and per enrolment; and where the CPU goes (per process) during Check and Enroll.
+`--quick` shrinks every size for a smoke run.
 """
 
 import argparse
@@ -23,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as triton
@@ -33,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.config import Settings  # noqa: E402
 from service.imaging import decode_canvas  # noqa: E402
-from service.index import new_index  # noqa: E402
+from service.index import EXPANSION_SEARCH, SNAPSHOT_DTYPE, new_index  # noqa: E402
 from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
+from service.proto.neardup.v1 import neardup_pb2_grpc  # noqa: E402
 from service.store import Enrolment, Store  # noqa: E402
 from service.triton_process import BundledTriton  # noqa: E402
 from tools.rebuild_index import build_snapshot  # noqa: E402
@@ -121,13 +124,18 @@ def triton_direct(canvases: np.ndarray, seconds: float, limit: float) -> None:
 # Through the service -------------------------------------------------------------------------
 
 
-def check_load(stub_factory, images: list[bytes], clients: int, requests: int) -> tuple[float, list[float]]:
+def client_stubs(port: int, count: int) -> list:
+    """One stub per client, each on its own channel (connection), as separate callers would be."""
+    return [neardup_pb2_grpc.NearDupStub(grpc.insecure_channel(f"127.0.0.1:{port}")) for _ in range(count)]
+
+
+def check_load(stubs: list, images: list[bytes], requests: int) -> tuple[float, list[float]]:
+    """Check throughput and latencies with one thread per stub, `requests` calls in all."""
     latencies: list[float] = []
     lock = threading.Lock()
     counter = iter(range(requests))
 
-    def client() -> None:
-        stub = stub_factory()
+    def client(stub) -> None:
         for number in counter:
             data = images[number % len(images)]
             started = time.perf_counter()
@@ -136,7 +144,7 @@ def check_load(stub_factory, images: list[bytes], clients: int, requests: int) -
                 latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(stub,)) for stub in stubs]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -158,9 +166,29 @@ def cpu_seconds(pid: int) -> float:
 
 
 def process_name(pid: int) -> str:
+    if pid == os.getpid():
+        return "benchmark's gRPC clients (this process)"
     names = {"python": "front service (decode, gRPC, search)", "tritonserver": "tritonserver"}
     name = Path(f"/proc/{pid}/comm").read_text().strip()
     return names.get(name, "Triton python backend (views, ONNX Runtime)" if name.startswith("triton_python") else name)
+
+
+class CpuProfile:
+    """Where the machine's CPU time went over a span: each process of the service, the
+    benchmark's own clients, and what was left idle; reported per item done."""
+
+    def __init__(self, service_pid: int) -> None:
+        self.before = {pid: cpu_seconds(pid) for pid in [*process_tree(service_pid), os.getpid()]}
+        self.started = time.perf_counter()
+
+    def report(self, what: str, items: int) -> None:
+        available = 1000 * os.cpu_count() * (time.perf_counter() - self.started) / items
+        used = 0.0
+        for pid, before in self.before.items():
+            spent = 1000 * (cpu_seconds(pid) - before) / items
+            used += spent
+            report("profile", f"CPU per {what}: {process_name(pid)} (ms)", spent, "ms")
+        report("profile", f"CPU per {what}: idle (ms)", available - used, "ms", f"of {available:.1f} core-ms")
 
 
 def reencoded(data: bytes) -> bytes:
@@ -176,30 +204,23 @@ def through_service(images: list[bytes], limit: float, requests: int) -> None:
         try:
             stats = service.stub.Stats(pb.StatsRequest(), timeout=10)
             keyed = (pb.EnrollRequest(key=f"bench/{i}", image=data) for i, data in enumerate(images))
+            profile = CpuProfile(service.process.pid)
             started = time.perf_counter()
             results = list(service.stub.Enroll(keyed, timeout=600))
             rate = len(results) / (time.perf_counter() - started)
             ceiling = limit / stats.views_per_enroll
             report("enroll", "Enroll stream (img/s)", rate, "img/s", f"{rate / ceiling:.0%} of limit/views")
+            profile.report("enrolled image", len(results))
             queries = [reencoded(data) for data in images]  # not byte-identical: every Check is hashed
-            import grpc
-
-            from service.proto.neardup.v1 import neardup_pb2_grpc
-
-            def stub():
-                return neardup_pb2_grpc.NearDupStub(grpc.insecure_channel(f"127.0.0.1:{service.port}"))
-
-            check_load(stub, queries, 4, 20)  # warm up
+            stubs = client_stubs(service.port, 16)
+            check_load(stubs[:4], queries, 20)  # warm up
             for clients in (1, 4, 16):
-                cpu_before = {pid: cpu_seconds(pid) for pid in process_tree(service.process.pid)}
-                rate, latencies = check_load(stub, queries, clients, requests)
+                profile = CpuProfile(service.process.pid)
+                rate, latencies = check_load(stubs[:clients], queries, requests)
                 report("check", f"Check, {clients} clients (img/s)", rate, "img/s", f"{rate / limit:.0%} of limit")
                 report("check", f"Check, {clients} clients p50 (ms)", 1000 * percentile(latencies, 50), "ms")
                 report("check", f"Check, {clients} clients p99 (ms)", 1000 * percentile(latencies, 99), "ms")
-            # Where the CPU went in the last (16-client) run, per Check: the profile behind the ratio.
-            for pid, before in cpu_before.items():
-                spent = 1000 * (cpu_seconds(pid) - before) / len(latencies)
-                report("profile", f"CPU per Check at 16 clients: {process_name(pid)} (ms)", spent, "ms")
+            profile.report("Check at 16 clients", len(latencies))  # the profile behind the ratio
             canvas = SETTINGS.canvas_size**2 * 3 + 4
             report("wire", "bytes to Triton per Check (tensor payload)", canvas * stats.views_per_check**0, "B")
             report("wire", "bytes to Triton per enrolled image (payload)", canvas, "B")
@@ -229,6 +250,11 @@ def preprocessing(images: list[bytes], repeats: int) -> None:
                     image.convert("RGB").resize((SETTINGS.canvas_size,) * 2, Image.Resampling.BILINEAR)
                 timings.append(time.perf_counter() - started)
             report("preprocessing", f"{name}, {label} (ms)", 1000 * percentile(timings, 50), "ms")
+    started = time.perf_counter()
+    for data in images:
+        decode_canvas(data, SETTINGS.canvas_size, SETTINGS.max_image_pixels, 1)
+    mean_ms = 1000 * (time.perf_counter() - started) / len(images)
+    report("preprocessing", f"the {len(images)} benchmark JPEGs, draft decode, mean (ms)", mean_ms, "ms", "Check's mix")
 
 
 # Search ---------------------------------------------------------------------------------------
@@ -258,31 +284,37 @@ def exact_nearest(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return best
 
 
-def search(centres: np.ndarray, sizes: list[int], queries_count: int) -> None:
+def search(centres: np.ndarray, sizes: dict[int, tuple[str, ...]], queries_count: int) -> None:
+    """For each size, the storage types to measure at that size."""
     print("search (usearch HNSW; queries are near-duplicates of stored vectors)", flush=True)
     rng = np.random.default_rng(0)
-    for size in sizes:
+    for size, dtypes in sizes.items():
         vectors = synthetic_vectors(centres, size, rng)
         targets = rng.integers(0, size, queries_count)
         queries = vectors[targets] + rng.normal(0, 0.4 / np.sqrt(512), (queries_count, 512)).astype(np.float32)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
         truth = exact_nearest(vectors, queries)
-        for dtype in ("f32", "f16", "i8"):
+        for dtype in dtypes:
             index = new_index(dtype)
             started = time.perf_counter()
             index.add(np.arange(size, dtype=np.uint64), vectors)
             add_rate = size / (time.perf_counter() - started)
-            latencies, found = [], []
-            for query in queries:
-                started = time.perf_counter()
-                matches = index.search(query, 10)
-                latencies.append(time.perf_counter() - started)
-                found.append(int(matches.keys[0]))
-            recall = float(np.mean(np.asarray(found) == truth))
             label = f"{size // 1000}k {dtype}"
-            report("search", f"{label} p50 (ms)", 1000 * percentile(latencies, 50), "ms")
-            report("search", f"{label} p99 (ms)", 1000 * percentile(latencies, 99), "ms")
-            report("search", f"{label} recall@1 vs exact", recall, "")
+            # The service's search setting; for the snapshot's storage type, the trade-off around it.
+            expansions = (64, EXPANSION_SEARCH, 256) if dtype == SNAPSHOT_DTYPE else (EXPANSION_SEARCH,)
+            for expansion in expansions:
+                index.expansion_search = expansion
+                latencies, found = [], []
+                for query in queries:
+                    started = time.perf_counter()
+                    matches = index.search(query, 10)
+                    latencies.append(time.perf_counter() - started)
+                    found.append(int(matches.keys[0]))
+                recall = float(np.mean(np.asarray(found) == truth))
+                name = label if expansion == EXPANSION_SEARCH else f"{label} expansion {expansion}"
+                report("search", f"{name} p50 (ms)", 1000 * percentile(latencies, 50), "ms")
+                report("search", f"{name} p99 (ms)", 1000 * percentile(latencies, 99), "ms")
+                report("search", f"{name} recall@1 vs exact", recall, "")
             report("search", f"{label} index bytes/vector (serialised)", len(index.save()) / size, "B")
             report("search", f"{label} add rate (vectors/s)", add_rate, "vec/s")
             del index
@@ -310,43 +342,37 @@ def rebuild_and_load(centres: np.ndarray, size: int, images: list[bytes], reques
         store = fill_store(data_dir, vectors)
         report("store", "LMDB bytes per record", store.bytes_on_disk() / size, "B")
         started = time.perf_counter()
-        build_snapshot(store, data_dir / "index", "f16", keep=2, progress=False)
+        build_snapshot(store, data_dir / "index", SNAPSHOT_DTYPE, keep=2, progress=False)
         rebuild_s = time.perf_counter() - started
         store.close()
-        raw = new_index("f16")
+        raw = new_index(SNAPSHOT_DTYPE)
         started = time.perf_counter()
         raw.add(np.arange(size, dtype=np.uint64), vectors)
         raw_s = time.perf_counter() - started
-        report(
-            "rebuild",
-            f"rebuild {size // 1000}k records (s)",
-            rebuild_s,
-            "s",
-            f"1M by extrapolation: {rebuild_s * 1e6 / size:.0f} s",
-        )
-        report("rebuild", "rebuild rate / raw usearch add rate", raw_s / rebuild_s, "", "target >= 0.9")
+        ratio = raw_s / rebuild_s
+        million_rate = FIGURES.get("search", {}).get(f"1000k {SNAPSHOT_DTYPE} add rate (vectors/s)")
+        note = f"1M: ~{1e6 / million_rate / ratio:.0f} s at the 1M add rate above" if million_rate else ""
+        report("rebuild", f"rebuild {size // 1000}k records (s)", rebuild_s, "s", note)
+        report("rebuild", "rebuild rate / raw usearch add rate", ratio, "", "target >= 0.9")
 
         service = RunningService(data_dir).wait_serving()
         try:
-            import grpc
-
-            from service.proto.neardup.v1 import neardup_pb2_grpc
-
-            def stub():
-                return neardup_pb2_grpc.NearDupStub(grpc.insecure_channel(f"127.0.0.1:{service.port}"))
-
-            check_load(stub, images, 4, 20)
-            _, idle = check_load(stub, images, 4, requests)
+            stubs = client_stubs(service.port, 4)
+            check_load(stubs, images, 20)
+            _, idle = check_load(stubs, images, requests)
             rebuild = subprocess.Popen(
                 [sys.executable, str(ROOT / "tools" / "rebuild_index.py"), "--data-dir", str(data_dir), "--quiet"],
                 stdout=subprocess.DEVNULL,
             )
             during: list[float] = []
+            started = time.perf_counter()
             while rebuild.poll() is None:
-                during += check_load(stub, images, 4, 8)[1]
+                during += check_load(stubs, images, 8)[1]
+            loaded_s = time.perf_counter() - started
             idle_p99, during_p99 = 1000 * percentile(idle, 99), 1000 * percentile(during, 99)
             report("rebuild", "Check p99 idle, 4 clients (ms)", idle_p99, "ms")
             report("rebuild", "Check p99 during a rebuild (ms)", during_p99, "ms", f"{during_p99 / idle_p99:.2f}x idle")
+            report("rebuild", "that rebuild (tools/rebuild_index.py, nice 10) (s)", loaded_s, "s", "under the load")
         finally:
             service.stop()
 
@@ -371,7 +397,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument(
-        "--million", action="store_true", help="also search 1M vectors (builds take many minutes on 2 cores)"
+        "--million", action="store_true", help="search 1M vectors in f32 and f16 too (adds ~20 minutes on 2 cores)"
     )
     parser.add_argument("--out", type=Path, help="also write the figures as JSON")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"a subset of {','.join(SECTIONS)}")
@@ -392,7 +418,10 @@ def main() -> None:
     if sections & {"search", "rebuild"}:
         centres = features(images)
     if "search" in sections:
-        sizes = [10_000] if quick else [10_000, 100_000, 1_000_000] if arguments.million else [10_000, 100_000]
+        every = ("f32", "f16", "i8")
+        sizes = {10_000: every} if quick else {10_000: every, 100_000: every}
+        if not quick:  # a 1M build takes minutes per storage type: by default only the one in use
+            sizes[1_000_000] = every if arguments.million else (SNAPSHOT_DTYPE,)
         search(centres, sizes, 200 if quick else 1000)
     if "rebuild" in sections:
         rebuild_and_load(centres, 5_000 if quick else 100_000, images, 40 if quick else 300)

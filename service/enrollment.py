@@ -1,6 +1,7 @@
 """Enrolment: a stream of (key, image, metadata) to durable records, in batches."""
 
 import asyncio
+import collections
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -78,6 +79,9 @@ class Enroller:
                 await queue.put(None)  # the end of the stream, or of what could be read
 
         reader = asyncio.create_task(read())
+        # Two batches in flight: the next one is decoded and hashed while the one before is
+        # still in Triton. Each commits after the one before it, and answers keep stream order.
+        in_flight: collections.deque[asyncio.Task] = collections.deque()
         try:
             ended = False
             while not ended:
@@ -87,13 +91,23 @@ class Enroller:
                 if batch[-1] is None:
                     batch.pop()
                     ended = True
-                for result in await self.enroll(batch, timeout_s()) if batch else []:
-                    yield result
+                if batch:
+                    after = in_flight[-1] if in_flight else None
+                    in_flight.append(asyncio.create_task(self.enroll(batch, timeout_s(), after)))
+                while in_flight and (len(in_flight) > 1 or ended):
+                    for result in await in_flight.popleft():
+                        yield result
             await reader  # raises what broke the request stream, if anything did
         finally:
             reader.cancel()
+            for task in in_flight:  # a later batch fails with the earlier one's error: already raised
+                task.cancel()
+                task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
-    async def enroll(self, requests: list[pb.EnrollRequest], timeout_s: float) -> list[pb.EnrollResult]:
+    async def enroll(
+        self, requests: list[pb.EnrollRequest], timeout_s: float, after: asyncio.Future | None = None
+    ) -> list[pb.EnrollResult]:
+        """Enrols one batch; its LMDB transaction waits for `after` (the previous batch's) to commit."""
         await asyncio.to_thread(self.store.check_model, self.model_identity)
         items = [Item(request) for request in requests]
         for item in items:
@@ -103,9 +117,13 @@ class Enroller:
         pending = await asyncio.to_thread(self._skip_unchanged, items)
         await asyncio.gather(*(self._decode(item) for item in pending))
         to_hash = [item for item in pending if item.result is None]
+        descriptors = []
         if to_hash:
             canvases = np.stack([item.canvas for item in to_hash])
             descriptors = await self.hasher.hash(canvases, [self.views] * len(to_hash), timeout_s)
+        if after is not None:
+            await after
+        if to_hash:
             enrolments = [
                 Enrolment(
                     item.request.key, item.sha256, d.feature, d.threshold, dict(item.request.metadata), item.keypoints

@@ -165,10 +165,8 @@ class NearDupServicer(pb_grpc.NearDupServicer):
                 canvas[None], [self.settings.check_views], self._triton_timeout(context)
             )
             # The margin rule needs a second neighbour even when the caller asks for one.
-            neighbours = await asyncio.to_thread(self.index.search, descriptor.feature, max(top_k, 2))
-            with self.store.read() as view:
-                records = [(view.by_id(n.id), n.distance) for n in neighbours]
-            candidates = [Candidate(record, distance) for record, distance in records if record is not None]
+            nearest = await asyncio.to_thread(self.index.nearest, descriptor.feature, max(top_k, 2))
+            candidates = [Candidate(record, distance) for record, distance in nearest]
             background_similarity = self.background.similarity(descriptor.feature)
         decision = decide(self.policy, candidates, background_similarity)
         # Byte-identical to an enrolled image is a duplicate under any rule.

@@ -17,9 +17,14 @@ def test_the_quick_benchmark_prints_every_figure(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     figures = json.loads(out.read_text())
-    assert {"model", "check", "enroll", "preprocessing", "search", "store", "rebuild", "wire"} <= set(figures)
+    sections = {"model", "check", "enroll", "preprocessing", "search", "store", "rebuild", "wire", "profile"}
+    assert sections <= set(figures)
     assert figures["model"]["onnxruntime in-process, batch 16 (img/s)"] > 0
     assert figures["search"]["10k f16 recall@1 vs exact"] > 0.9
     for clients in (1, 4, 16):
         assert figures["check"][f"Check, {clients} clients (img/s)"] > 0
     assert "of limit" in done.stdout and "x idle" in done.stdout
+    # The profile accounts for both cores: every process, the benchmark's clients and idle time.
+    for what in ("Check at 16 clients", "enrolled image"):
+        spent = [value for name, value in figures["profile"].items() if name.startswith(f"CPU per {what}:")]
+        assert len(spent) >= 5 and all(value >= 0 for value in spent[:-1])

@@ -113,6 +113,20 @@ def test_reenrolling_a_key(enrolled):
     assert all(m.key != "again" for m in check(enrolled.stub, reencoded(first), top_k=5).matches[:1])
 
 
+def test_batches_in_flight_together_commit_and_answer_in_stream_order(enrolled):
+    """Forty items over five keys: several batches are hashed at once, and each key ends up
+    holding its last image, every answer in order with ids increasing as they were committed."""
+    images = [mosaic(100 + number) for number in range(40)]
+    requests = [pb.EnrollRequest(key=f"pipe/{n % 5}", image=image) for n, image in enumerate(images)]
+    results = enroll(enrolled.stub, requests)
+    assert [r.key for r in results] == [r.key for r in requests]
+    assert [r.status for r in results] == [pb.EnrollResult.ENROLLED] * 5 + [pb.EnrollResult.UPDATED] * 35
+    ids = [r.id for r in results]
+    assert ids == sorted(ids) and len(set(ids)) == 40
+    for key_number, image in enumerate(images[-5:]):
+        assert check(enrolled.stub, reencoded(image)).matches[0].key == f"pipe/{key_number}"
+
+
 def test_delete_removes_the_image_from_checks_at_once(enrolled):
     image = mosaic(4)
     enroll(enrolled.stub, [pb.EnrollRequest(key="doomed", image=image)])

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from service.index import IndexError_, Manifest, SearchIndex, SnapshotLoader
@@ -25,8 +26,8 @@ def enroll(store: Store, index: SearchIndex, *keys: str) -> None:
 def nearest_key(store: Store, index: SearchIndex, key: str) -> str | None:
     with store.read() as view:
         feature = view.by_key(key).feature
-        found = index.search(feature, 1)
-        return view.by_id(found[0].id).key if found else None
+    found = index.nearest(feature, 1)
+    return found[0][0].key if found else None
 
 
 def test_live_enrolments_and_deletions_are_searched_without_a_snapshot(store):
@@ -37,7 +38,7 @@ def test_live_enrolments_and_deletions_are_searched_without_a_snapshot(store):
         feature_b = view.by_key("b").feature
     store.delete("b")
     index.catch_up()
-    assert all(n.id != 2 for n in index.search(feature_b, 3))
+    assert all(record.id != 2 for record, _ in index.nearest(feature_b, 3))
     assert index.unindexed == 2 and index.generation == 0
 
 
@@ -60,8 +61,7 @@ def test_a_snapshot_swap_keeps_changes_made_after_it(store, tmp_path):
     with store.read() as view:
         removed_ids = {1 + 7, 1 + 8}
         for key in ("k3", "k40"):
-            found = index.search(view.by_key(key).feature, 60)
-            assert not removed_ids & {n.id for n in found}
+            assert not removed_ids & index.candidates(view.by_key(key).feature, 60)
     assert not loader.load_if_new()  # the same manifest again: nothing to do
 
 
@@ -71,8 +71,26 @@ def test_distances_are_euclidean_between_unit_vectors(store):
     with store.read() as view:
         stored = view.by_key("a").feature.astype("float32")
     query = unit(999)
-    [found] = index.search(query, 1)
-    assert found.distance == pytest.approx(float(((stored - query) ** 2).sum() ** 0.5), abs=2e-3)
+    [(_, distance)] = index.nearest(query, 1)
+    assert distance == pytest.approx(float(((stored - query) ** 2).sum() ** 0.5), abs=1e-6)
+
+
+def test_nearest_ranks_an_i8_snapshot_and_live_records_by_exact_distances_from_the_store(store, tmp_path):
+    index = SearchIndex(store)
+    enroll(store, index, *[f"k{i}" for i in range(200)])
+    build_snapshot(store, tmp_path / "index", "i8", keep=2, progress=False)
+    assert SnapshotLoader(index, tmp_path / "index").load_if_new()
+    enroll(store, index, *[f"live{i}" for i in range(20)])  # searched exactly, in other units
+    assert index.unindexed == 20
+    with store.read() as view:
+        target = view.by_key("k17").feature.astype(np.float32)
+        stored = {record.id: record.feature.astype(np.float32) for record in view.records()}
+    query = target + 0.02 * unit(5)
+    query /= np.linalg.norm(query)
+    nearest = index.nearest(query, 5)
+    assert nearest[0][0].key == "k17"
+    exact = sorted(float(np.linalg.norm(query - feature)) for feature in stored.values())[:5]
+    assert [distance for _, distance in nearest] == pytest.approx(exact, abs=1e-6)
 
 
 @pytest.mark.parametrize("damage", ["missing file", "corrupt file", "corrupt manifest", "other model", "wrong count"])

@@ -16,7 +16,8 @@ def unit(seed: int) -> np.ndarray:
 
 
 def item(key: str, content: str, metadata: dict | None = None) -> Enrolment:
-    return Enrolment(key, hashlib.sha256(content.encode()).digest(), unit(hash(content) % 1000), 0.25, metadata or {})
+    digest = hashlib.sha256(content.encode()).digest()
+    return Enrolment(key, digest, unit(int.from_bytes(digest[:8])), 0.25, metadata or {})
 
 
 @pytest.fixture

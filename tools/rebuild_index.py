@@ -1,6 +1,6 @@
 """Rebuild the usearch index from the LMDB store (ops). Safe while the service serves and enrols.
 
-  python tools/rebuild_index.py --data-dir DIR [--dtype f16] [--keep 2]
+  python tools/rebuild_index.py --data-dir DIR [--dtype i8] [--keep 2] [--nice 10]
 
 Reads one consistent snapshot of the store (a single read transaction), adds every record's
 feature to a new usearch index with a progress bar, writes it to a temporary file, fsyncs and
@@ -22,13 +22,13 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.index import Manifest, fsync_directory, new_index  # noqa: E402
+from service.index import SNAPSHOT_DTYPE, Manifest, fsync_directory, new_index  # noqa: E402
 from service.store import Store, StoreError  # noqa: E402
 
 BATCH = 10_000
 
 
-def rebuild(data_dir: Path, dtype: str = "f16", keep: int = 2, progress: bool = True) -> Manifest:
+def rebuild(data_dir: Path, dtype: str = SNAPSHOT_DTYPE, keep: int = 2, progress: bool = True) -> Manifest:
     store = Store(data_dir, readonly=True)
     try:
         return build_snapshot(store, Path(data_dir) / "index", dtype, keep, progress)
@@ -88,10 +88,17 @@ def remove_old_generations(index_dir: Path, current: int, keep: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--dtype", choices=["f32", "f16", "i8"], default="f16", help="vector storage")
+    parser.add_argument("--dtype", choices=["f32", "f16", "i8"], default=SNAPSHOT_DTYPE, help="vector storage")
     parser.add_argument("--keep", type=int, default=2, help="index generations to keep on disk")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=10,
+        help="CPU priority decrement (see nice(1)): the service keeps the CPU it needs meanwhile; 0 for full speed",
+    )
     arguments = parser.parse_args()
+    os.nice(arguments.nice)
     try:
         manifest = rebuild(arguments.data_dir, arguments.dtype, arguments.keep, progress=not arguments.quiet)
     except StoreError as error:

@@ -67,7 +67,10 @@ class TritonPythonModel:
                 ort.preload_dlls()
             device = int(args["model_instance_device_id"]) if args["model_instance_kind"] == "GPU" else 0
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device}))
-        self.session = ort.InferenceSession(str(MODELS[onnx_name]), providers=providers)
+        options = ort.SessionOptions()
+        # Idle threads sleep instead of spinning: the front service needs those cores meanwhile.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(MODELS[onnx_name]), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         pb_utils.Logger.log_info(f"{args['model_name']}: {onnx_name} on {self.session.get_providers()[0]}")
 

@@ -1,0 +1,66 @@
+"""The Enroll pipeline's ordering, with a stand-in for Triton whose earlier calls answer last.
+
+The real Triton answers in about the order it is asked, so this is the way to show that a batch
+hashed sooner than the one before it still commits and answers after it.
+"""
+
+import asyncio
+
+import numpy as np
+
+from service.enrollment import Enroller
+from service.hashing import Descriptor
+from service.index import SearchIndex
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from service.store import Store
+
+MODEL = "stand-in@224"
+
+
+class SlowerFirstHasher:
+    """Answers call n after (5 - n) x 20 ms: the first batches come back last."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def hash(self, canvases: np.ndarray, views: list[int], timeout_s: float) -> list[Descriptor]:
+        self.calls += 1
+        await asyncio.sleep(max(5 - self.calls, 0) * 0.02)
+        return [Descriptor(unit_vector(canvas), 0.1) for canvas in canvases]
+
+
+def unit_vector(canvas: np.ndarray) -> np.ndarray:
+    vector = np.random.default_rng(int(canvas[0, 0, 0])).normal(size=512).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def describe(image: bytes) -> tuple[np.ndarray, bytes]:
+    return np.full((8, 8, 3), image[0], np.uint8), b""
+
+
+async def enroll_all(enroller: Enroller, requests: list[pb.EnrollRequest]) -> list[pb.EnrollResult]:
+    async def stream():
+        for request in requests:
+            yield request
+
+    return [result async for result in enroller.stream(stream(), window=64, batch_size=4, timeout_s=lambda: 10.0)]
+
+
+def test_batches_hashed_out_of_order_commit_and_answer_in_stream_order(tmp_path):
+    store = Store(tmp_path / "data")
+    index = SearchIndex(store)
+    hasher = SlowerFirstHasher()
+    enroller = Enroller(hasher, store, index, describe, MODEL, views=1)
+    # Twenty images over four keys: each key is written five times, in five different batches.
+    requests = [pb.EnrollRequest(key=f"key/{n % 4}", image=bytes([n])) for n in range(20)]
+    results = asyncio.run(enroll_all(enroller, requests))
+
+    assert hasher.calls == 5
+    assert [r.key for r in results] == [r.key for r in requests]
+    assert [r.status for r in results] == [pb.EnrollResult.ENROLLED] * 4 + [pb.EnrollResult.UPDATED] * 16
+    ids = [r.id for r in results]
+    assert ids == sorted(ids) and len(set(ids)) == 20  # committed in stream order
+    with store.read() as view:
+        for key_number in range(4):
+            assert view.by_key(f"key/{key_number}").id == ids[16 + key_number]  # the last write wins
+    store.close()
