@@ -304,17 +304,22 @@ def search(centres: np.ndarray, sizes: dict[int, tuple[str, ...]], queries_count
             expansions = (64, EXPANSION_SEARCH, 256) if dtype == SNAPSHOT_DTYPE else (EXPANSION_SEARCH,)
             for expansion in expansions:
                 index.expansion_search = expansion
-                latencies, found = [], []
+                latencies, found, reranked = [], [], []
                 for query in queries:
                     started = time.perf_counter()
                     matches = index.search(query, 10)
                     latencies.append(time.perf_counter() - started)
                     found.append(int(matches.keys[0]))
-                recall = float(np.mean(np.asarray(found) == truth))
+                    # What a Check does: rank the candidates by exact distance (service/index.py).
+                    keys = matches.keys.astype(np.int64)
+                    reranked.append(int(keys[np.argmin(np.linalg.norm(vectors[keys] - query, axis=1))]))
                 name = label if expansion == EXPANSION_SEARCH else f"{label} expansion {expansion}"
                 report("search", f"{name} p50 (ms)", 1000 * percentile(latencies, 50), "ms")
                 report("search", f"{name} p99 (ms)", 1000 * percentile(latencies, 99), "ms")
-                report("search", f"{name} recall@1 vs exact", recall, "")
+                report("search", f"{name} recall@1 vs exact", float(np.mean(np.asarray(found) == truth)), "")
+                if dtype == SNAPSHOT_DTYPE and expansion == EXPANSION_SEARCH:
+                    recall = float(np.mean(np.asarray(reranked) == truth))
+                    report("search", f"{name} recall@1, top 10 re-ranked exactly", recall, "", "as a Check does")
             report("search", f"{label} index bytes/vector (serialised)", len(index.save()) / size, "B")
             report("search", f"{label} add rate (vectors/s)", add_rate, "vec/s")
             del index
