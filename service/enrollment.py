@@ -81,7 +81,7 @@ class Enroller:
         reader = asyncio.create_task(read())
         # Two batches in flight: the next one is decoded and hashed while the one before is
         # still in Triton. Each commits after the one before it, and answers keep stream order.
-        in_flight: collections.deque[asyncio.Task] = collections.deque()
+        in_flight: collections.deque[tuple[asyncio.Task, frozenset[str]]] = collections.deque()
         try:
             ended = False
             while not ended:
@@ -92,29 +92,36 @@ class Enroller:
                     batch.pop()
                     ended = True
                 if batch:
-                    after = in_flight[-1] if in_flight else None
-                    in_flight.append(asyncio.create_task(self.enroll(batch, timeout_s(), after)))
+                    after, uncommitted = in_flight[-1] if in_flight else (None, frozenset())
+                    task = asyncio.create_task(self.enroll(batch, timeout_s(), after, uncommitted))
+                    in_flight.append((task, frozenset(request.key for request in batch)))
                 while in_flight and (len(in_flight) > 1 or ended):
-                    for result in await in_flight.popleft():
+                    task, _ = in_flight.popleft()
+                    for result in await task:
                         yield result
             await reader  # raises what broke the request stream, if anything did
         finally:
             reader.cancel()
-            for task in in_flight:  # a later batch fails with the earlier one's error: already raised
+            for task, _ in in_flight:  # a later batch fails with the earlier one's error: already raised
                 task.cancel()
                 task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     async def enroll(
-        self, requests: list[pb.EnrollRequest], timeout_s: float, after: asyncio.Future | None = None
+        self,
+        requests: list[pb.EnrollRequest],
+        timeout_s: float,
+        after: asyncio.Future | None = None,
+        uncommitted: frozenset[str] = frozenset(),
     ) -> list[pb.EnrollResult]:
-        """Enrols one batch; its LMDB transaction waits for `after` (the previous batch's) to commit."""
+        """Enrols one batch; its LMDB transaction waits for `after` (the previous batch's, which
+        writes the keys `uncommitted`) to commit."""
         await asyncio.to_thread(self.store.check_model, self.model_identity)
         items = [Item(request) for request in requests]
         for item in items:
             problem = key_problem(item.request.key)
             item.result = self._invalid(item, problem) if problem else None
             item.sha256 = hashlib.sha256(item.request.image).digest()
-        pending = await asyncio.to_thread(self._skip_unchanged, items)
+        pending = await asyncio.to_thread(self._skip_unchanged, items, uncommitted)
         await asyncio.gather(*(self._decode(item) for item in pending))
         to_hash = [item for item in pending if item.result is None]
         descriptors = []
@@ -136,19 +143,24 @@ class Enroller:
                 item.result = pb.EnrollResult(key=item.request.key, status=STATUS[outcome.status], id=outcome.record.id)
         return [item.result for item in items]
 
-    def _skip_unchanged(self, items: list[Item]) -> list[Item]:
-        """Answers the items whose key already holds these bytes; returns the others."""
+    def _skip_unchanged(self, items: list[Item], uncommitted: frozenset[str]) -> list[Item]:
+        """Answers the items whose key already holds these bytes; returns the others.
+
+        A key written before it in this batch or in the uncommitted one before may hold other
+        bytes by the time this batch commits, so such an item is left to the store to judge."""
         pending = []
+        written_before = set(uncommitted)
         with self.store.read() as view:
             for item in items:
                 if item.result is not None:
                     continue
                 existing = view.by_key(item.request.key)
-                if existing is not None and existing.sha256 == item.sha256:
+                if item.request.key not in written_before and existing is not None and existing.sha256 == item.sha256:
                     unchanged = pb.EnrollResult.UNCHANGED
                     item.result = pb.EnrollResult(key=item.request.key, status=unchanged, id=existing.id)
                 else:
                     pending.append(item)
+                written_before.add(item.request.key)
         return pending
 
     async def _decode(self, item: Item) -> None:

@@ -5,8 +5,10 @@ hashed sooner than the one before it still commits and answers after it.
 """
 
 import asyncio
+import hashlib
 
 import numpy as np
+import pytest
 
 from service.enrollment import Enroller
 from service.hashing import Descriptor
@@ -46,11 +48,14 @@ async def enroll_all(enroller: Enroller, requests: list[pb.EnrollRequest]) -> li
     return [result async for result in enroller.stream(stream(), window=64, batch_size=4, timeout_s=lambda: 10.0)]
 
 
-def test_batches_hashed_out_of_order_commit_and_answer_in_stream_order(tmp_path):
+def new_enroller(tmp_path) -> tuple[Enroller, Store, SlowerFirstHasher]:
     store = Store(tmp_path / "data")
-    index = SearchIndex(store)
     hasher = SlowerFirstHasher()
-    enroller = Enroller(hasher, store, index, describe, MODEL, views=1)
+    return Enroller(hasher, store, SearchIndex(store), describe, MODEL, views=1), store, hasher
+
+
+def test_batches_hashed_out_of_order_commit_and_answer_in_stream_order(tmp_path):
+    enroller, store, hasher = new_enroller(tmp_path)
     # Twenty images over four keys: each key is written five times, in five different batches.
     requests = [pb.EnrollRequest(key=f"key/{n % 4}", image=bytes([n])) for n in range(20)]
     results = asyncio.run(enroll_all(enroller, requests))
@@ -63,4 +68,21 @@ def test_batches_hashed_out_of_order_commit_and_answer_in_stream_order(tmp_path)
     with store.read() as view:
         for key_number in range(4):
             assert view.by_key(f"key/{key_number}").id == ids[16 + key_number]  # the last write wins
+    store.close()
+
+
+@pytest.mark.parametrize("where", ["the batch before", "the same batch"])
+def test_bytes_a_key_already_holds_are_not_skipped_when_an_earlier_write_changes_it(tmp_path, where):
+    """The key holds X; the stream writes Y and then X again: the key must end up holding X."""
+    enroller, store, _ = new_enroller(tmp_path)
+    x, y = bytes([1]), bytes([2])
+    asyncio.run(enroll_all(enroller, [pb.EnrollRequest(key="a", image=x)]))
+    filler = [pb.EnrollRequest(key=f"other/{n}", image=bytes([10 + n])) for n in range(3)]
+    first, again = pb.EnrollRequest(key="a", image=y), pb.EnrollRequest(key="a", image=x)
+    stream = [first, *filler, again] if where == "the batch before" else [first, again]
+    results = asyncio.run(enroll_all(enroller, stream))
+
+    assert [r.status for r in results if r.key == "a"] == [pb.EnrollResult.UPDATED] * 2
+    with store.read() as view:
+        assert view.by_key("a").sha256 == hashlib.sha256(x).digest()
     store.close()
