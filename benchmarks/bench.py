@@ -402,7 +402,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument(
-        "--million", action="store_true", help="search 1M vectors in f32 and f16 too (adds ~20 minutes on 2 cores)"
+        "--million", action="store_true", help="search 1M vectors in f32 and f16 too (adds ~45 minutes on 2 cores)"
     )
     parser.add_argument("--out", type=Path, help="also write the figures as JSON")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"a subset of {','.join(SECTIONS)}")
