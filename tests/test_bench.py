@@ -1,4 +1,5 @@
-"""benchmarks/bench.py --quick: every section runs and prints its figures (a smoke run, not a timing test)."""
+"""benchmarks/bench.py --quick and benchmarks/hnsw_frontier.py run and print their figures (smoke runs, not
+timing tests)."""
 
 import json
 import subprocess
@@ -21,6 +22,10 @@ def test_the_quick_benchmark_prints_every_figure(tmp_path):
     assert sections <= set(figures)
     assert figures["model"]["onnxruntime in-process, batch 16 (img/s)"] > 0
     assert figures["search"]["10k f16 recall@1 vs exact"] > 0.9
+    # f32 and f16 also search the i8 build's graph (the only way they are measured at 1M).
+    for dtype in ("f32", "f16"):
+        assert figures["search"][f"10k {dtype} on i8's graph recall@1 vs exact"] > 0.9
+    assert figures["search"]["10k i8 distances computed per query"] > 0
     for clients in (1, 4, 16):
         assert figures["check"][f"Check, {clients} clients (img/s)"] > 0
     assert "of limit" in done.stdout and "x idle" in done.stdout
@@ -28,3 +33,16 @@ def test_the_quick_benchmark_prints_every_figure(tmp_path):
     for what in ("Check at 16 clients", "enrolled image"):
         spent = [value for name, value in figures["profile"].items() if name.startswith(f"CPU per {what}:")]
         assert len(spent) >= 5 and all(value >= 0 for value in spent[:-1])
+
+
+def test_the_hnsw_frontier_tool_prints_the_curve():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "hnsw_frontier.py"), "--images", str(ROOT / "tests" / "images"),
+         "--size", "3000", "--queries", "50", "--connectivity", "16"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "connectivity 16 expansion-add 64" in done.stdout
+    for expansion in (64, 96, 160, 192, 256):
+        assert f"3k expansion {expansion} recall@1 vs exact" in done.stdout
+    assert "3k distances computed per query" in done.stdout

@@ -1,0 +1,54 @@
+"""Recall against latency for other HNSW parameters than the service's, on the benchmark's data.
+
+  python benchmarks/hnsw_frontier.py [--connectivity 32] [--expansion-add 64] [--size 1000000]
+
+Builds one index of the snapshot's storage type (i8) over the synthetic vectors of
+benchmarks/bench.py with the given graph parameters (8 minutes at 1M with the service's, 16
+with expansion-add 128, on 2 cores) and prints, for search expansions from 64 to 256, p50 and
+p99 latency, recall@1 against exact search and the distances computed per query. The
+service's parameters are in service/index.py.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench  # noqa: E402  (puts the repo on sys.path; imports onnxruntime, which must precede usearch)
+from usearch.index import Index  # noqa: E402
+
+from service.index import CONNECTIVITY, DIMENSIONS, EXPANSION_ADD, EXPANSION_SEARCH, METRIC, SNAPSHOT_DTYPE  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, default=bench.DEFAULT_IMAGES, help="real images for the vectors' shape")
+    parser.add_argument("--connectivity", type=int, default=CONNECTIVITY)
+    parser.add_argument("--expansion-add", type=int, default=EXPANSION_ADD)
+    parser.add_argument("--size", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    arguments = parser.parse_args()
+    centres = bench.features(bench.load_images(arguments.images, 400))
+    vectors, queries, truth = bench.search_data(centres, arguments.size, arguments.queries, np.random.default_rng(0))
+    index = Index(
+        ndim=DIMENSIONS,
+        metric=METRIC,
+        dtype=SNAPSHOT_DTYPE,
+        connectivity=arguments.connectivity,
+        expansion_add=arguments.expansion_add,
+    )
+    label = f"{arguments.size // 1000}k {SNAPSHOT_DTYPE} connectivity {arguments.connectivity}"
+    label += f" expansion-add {arguments.expansion_add}"
+    print(f"search ({label}; lines that name no expansion are at the service's, {EXPANSION_SEARCH})", flush=True)
+    started = time.perf_counter()
+    index.add(np.arange(arguments.size, dtype=np.uint64), vectors)
+    bench.report("search", "add rate (vectors/s)", arguments.size / (time.perf_counter() - started), "vec/s")
+    bench.measure_search(index, f"{arguments.size // 1000}k", vectors, queries, truth, (64, 96, 128, 160, 192, 256))
+
+
+if __name__ == "__main__":
+    main()
