@@ -1,12 +1,12 @@
 """Recall against latency for other HNSW parameters than the service's, on the benchmark's data.
 
-  python benchmarks/hnsw_frontier.py [--connectivity 32] [--expansion-add 64] [--size 1000000]
+  python benchmarks/hnsw_frontier.py [--connectivity N] [--expansion-add N] [--size 1000000]
 
 Builds one index of the snapshot's storage type (i8) over the synthetic vectors of
-benchmarks/bench.py with the given graph parameters (8 minutes at 1M with the service's, 16
-with expansion-add 128, on 2 cores) and prints, for search expansions from 64 to 256, p50 and
-p99 latency, recall@1 against exact search and the distances computed per query. The
-service's parameters are in service/index.py.
+benchmarks/bench.py with the given graph parameters (8-10 minutes at 1M on 2 cores for
+connectivity 32-48, twice that with expansion-add 128) and prints, for search expansions from
+64 to 256, p50 and p99 latency, recall@1 against exact search and the distances computed per
+query. The service's parameters are in service/index.py.
 """
 
 import argparse
