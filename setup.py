@@ -1,6 +1,9 @@
-"""Generates the gRPC Python modules from protos/ whenever the package is built or installed."""
+"""Generates the gRPC Python modules from protos/ whenever the package is built or installed, and
+puts model_repository/ inside the built package (service/model_repository/), so that an
+installed wheel can start the bundled Triton with no checkout beside it."""
 
 import pathlib
+import shutil
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -36,6 +39,10 @@ class BuildPyWithProtos(build_py):
     def run(self) -> None:
         generate_grpc_modules()
         super().run()
+        if not self.editable_mode:  # an editable install reads the checkout's model_repository/
+            target = pathlib.Path(self.build_lib) / "service" / "model_repository"
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(ROOT / "model_repository", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 setup(cmdclass={"build_py": BuildPyWithProtos})

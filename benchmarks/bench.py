@@ -27,7 +27,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as triton
@@ -37,19 +36,22 @@ from usearch.index import Index
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from service.api.channels import stub  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.imaging import decode_canvas  # noqa: E402
-from service.index import EXPANSION_SEARCH, SNAPSHOT_DTYPE, new_index  # noqa: E402
+from service.media.imaging import decode_canvas  # noqa: E402
 from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
-from service.proto.neardup.v1 import neardup_pb2_grpc  # noqa: E402
-from service.store import Enrolment, Store  # noqa: E402
-from service.triton_process import BundledTriton  # noqa: E402
-from tools.rebuild_index import build_snapshot  # noqa: E402
+from service.storage.records import Enrolment  # noqa: E402
+from service.storage.snapshots import build_snapshot  # noqa: E402
+from service.storage.store import Store  # noqa: E402
+from service.storage.usearch_index import EXPANSION_SEARCH, SNAPSHOT_DTYPE, new_index  # noqa: E402
+from service.triton.process import BundledTriton  # noqa: E402
 from tools.service_process import RunningService  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "dev-images"
 SETTINGS = Settings()
+TRITON = SETTINGS.triton
+MAX_IMAGE_PIXELS = SETTINGS.limits.max_image_pixels
 BATCH = 16
 FIGURES: dict = {}
 
@@ -74,9 +76,9 @@ def load_images(folder: Path, limit: int) -> list[bytes]:
 
 def model_limit(canvases: np.ndarray, seconds: float) -> float:
     print("model limit", flush=True)
-    session = ort.InferenceSession(str(MODELS[SETTINGS.model]), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(MODELS[TRITON.model]), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    side = SETTINGS.input_size
+    side = TRITON.input_size
     batch = np.stack([np.asarray(Image.fromarray(c).resize((side, side))) for c in canvases[:BATCH]])
     session.run(None, {name: batch})
     done, started = 0, time.perf_counter()
@@ -90,14 +92,14 @@ def model_limit(canvases: np.ndarray, seconds: float) -> float:
 
 
 def triton_direct(canvases: np.ndarray, seconds: float, limit: float) -> None:
-    bundled = BundledTriton([SETTINGS.model], SETTINGS.model_repository)
+    bundled = BundledTriton([TRITON.model], TRITON.model_repository)
     process = bundled.spawn(subprocess.DEVNULL)
     try:
         client = triton.InferenceServerClient(bundled.url)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                if client.is_model_ready(SETTINGS.model):
+                if client.is_model_ready(TRITON.model):
                     break
             except Exception:  # not listening yet
                 pass
@@ -109,7 +111,7 @@ def triton_direct(canvases: np.ndarray, seconds: float, limit: float) -> None:
             image.set_data_from_numpy(batch)
             views = triton.InferInput("VIEWS", [len(batch), 1], "INT32")
             views.set_data_from_numpy(np.ones((len(batch), 1), np.int32))
-            client.infer(SETTINGS.model, [image, views])
+            client.infer(TRITON.model, [image, views])
             return len(batch)
 
         infer()
@@ -130,7 +132,7 @@ def triton_direct(canvases: np.ndarray, seconds: float, limit: float) -> None:
 
 def client_stubs(port: int, count: int) -> list:
     """One stub per client, each on its own channel (connection), as separate callers would be."""
-    return [neardup_pb2_grpc.NearDupStub(grpc.insecure_channel(f"127.0.0.1:{port}")) for _ in range(count)]
+    return [stub(f"127.0.0.1:{port}") for _ in range(count)]
 
 
 def check_load(stubs: list, images: list[bytes], requests: int) -> tuple[float, list[float]]:
@@ -247,7 +249,7 @@ def preprocessing(images: list[bytes], repeats: int) -> None:
             for _ in range(repeats):
                 started = time.perf_counter()
                 if draft:
-                    decode_canvas(data, SETTINGS.canvas_size, SETTINGS.max_image_pixels, 1)
+                    decode_canvas(data, SETTINGS.canvas_size, MAX_IMAGE_PIXELS, 1)
                 else:
                     image = Image.open(io.BytesIO(data))
                     image.load()
@@ -256,7 +258,7 @@ def preprocessing(images: list[bytes], repeats: int) -> None:
             report("preprocessing", f"{name}, {label} (ms)", 1000 * percentile(timings, 50), "ms")
     started = time.perf_counter()
     for data in images:
-        decode_canvas(data, SETTINGS.canvas_size, SETTINGS.max_image_pixels, 1)
+        decode_canvas(data, SETTINGS.canvas_size, MAX_IMAGE_PIXELS, 1)
     mean_ms = 1000 * (time.perf_counter() - started) / len(images)
     report("preprocessing", f"the {len(images)} benchmark JPEGs, draft decode, mean (ms)", mean_ms, "ms", "Check's mix")
 
@@ -355,7 +357,7 @@ def measure_search(
             latencies.append(time.perf_counter() - started)
             found.append(int(matches.keys[0]))
             distances.append(matches.computed_distances)
-            # What a Check does: rank the candidates by exact distance (service/index.py).
+            # What a Check does: rank the candidates by exact distance (service/storage/usearch_index.py).
             keys = matches.keys.astype(np.int64)
             reranked.append(int(keys[np.argmin(np.linalg.norm(vectors[keys] - query, axis=1))]))
         name = label if expansion == EXPANSION_SEARCH else f"{label} expansion {expansion}"
@@ -457,9 +459,9 @@ def rebuild_and_load(centres: np.ndarray, size: int, images: list[bytes], reques
 
 def features(images: list[bytes]) -> np.ndarray:
     """Real SSCD features of the images (the centres of the synthetic vectors)."""
-    session = ort.InferenceSession(str(MODELS[SETTINGS.model]), providers=["CPUExecutionProvider"])
-    side = SETTINGS.input_size
-    canvases = [decode_canvas(d, SETTINGS.canvas_size, SETTINGS.max_image_pixels, 1) for d in images]
+    session = ort.InferenceSession(str(MODELS[TRITON.model]), providers=["CPUExecutionProvider"])
+    side = TRITON.input_size
+    canvases = [decode_canvas(d, SETTINGS.canvas_size, MAX_IMAGE_PIXELS, 1) for d in images]
     inputs = np.stack([np.asarray(Image.fromarray(c).resize((side, side))) for c in canvases])
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: inputs[i : i + 32]})[0] for i in range(0, len(inputs), 32)])
@@ -479,9 +481,9 @@ def main() -> None:
     arguments = parser.parse_args()
     quick = arguments.quick
     started = time.perf_counter()
-    print(f"machine: {os.cpu_count()} CPUs; model {SETTINGS.model}, input {SETTINGS.input_size}", flush=True)
+    print(f"machine: {os.cpu_count()} CPUs; model {TRITON.model}, input {TRITON.input_size}", flush=True)
     images = load_images(arguments.images, 40 if quick else 400)
-    canvases = np.stack([decode_canvas(d, SETTINGS.canvas_size, SETTINGS.max_image_pixels, 1) for d in images[:64]])
+    canvases = np.stack([decode_canvas(d, SETTINGS.canvas_size, MAX_IMAGE_PIXELS, 1) for d in images[:64]])
     sections = set(arguments.sections.split(","))
     limit = model_limit(canvases, 3 if quick else 10)
     if "model" in sections:

@@ -6,7 +6,7 @@ Builds one index of the snapshot's storage type (i8) over the synthetic vectors 
 benchmarks/bench.py with the given graph parameters (8-10 minutes at 1M on 2 cores for
 connectivity 32-48, twice that with expansion-add 128) and prints, for search expansions from
 64 to 256, p50 and p99 latency, recall@1 against exact search and the distances computed per
-query. The service's parameters are in service/index.py.
+query. The service's parameters are in service/storage/usearch_index.py.
 """
 
 import argparse
@@ -21,7 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (puts the repo on sys.path; imports onnxruntime, which must precede usearch)
 from usearch.index import Index  # noqa: E402
 
-from service.index import CONNECTIVITY, DIMENSIONS, EXPANSION_ADD, EXPANSION_SEARCH, METRIC, SNAPSHOT_DTYPE  # noqa: E402
+from service.storage.usearch_index import (  # noqa: E402
+    CONNECTIVITY,
+    DIMENSIONS,
+    EXPANSION_ADD,
+    EXPANSION_SEARCH,
+    METRIC,
+    SNAPSHOT_DTYPE,
+)
 
 
 def main() -> None:

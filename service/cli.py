@@ -1,39 +1,88 @@
-"""The `neardup` command: run the service, or enrol and check images against a running one."""
+"""The `neardup` command: run the service, talk to a running one, and operate its index.
+
+neardup serve [settings]                  run the gRPC service (--help lists every setting)
+neardup enroll DIR_OR_LIST                enrol a folder of images, or the files a text file lists
+neardup check IMAGE...                    is each image a near-duplicate of an enrolled one?
+neardup stats                             the service's Stats, as JSON
+neardup health                            exit 0 if the service reports SERVING (container probes)
+neardup index rebuild --data-dir DIR      build a new index snapshot from the store
+neardup index reload                      make the service load the newest snapshot now
+"""
 
 import argparse
 import asyncio
 import json
-import logging
+import os
 import sys
 from pathlib import Path
 
+from service.api.channels import DEFAULT_SERVER
 from service.config import add_arguments, settings_from_arguments
-
-DEFAULT_SERVER = "127.0.0.1:50051"
+from service.storage.usearch_index import SNAPSHOT_DTYPE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neardup", description=__doc__)
+    parser = argparse.ArgumentParser(prog="neardup", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     add_arguments(commands.add_parser("serve", help="run the gRPC service"))
 
     enroll = commands.add_parser("enroll", help="enrol a folder of images, or the files listed in a text file")
     enroll.add_argument("source", type=Path, help="a folder (searched recursively) or a file with one path a line")
-    enroll.add_argument("--server", default=DEFAULT_SERVER)
+    add_server(enroll)
 
     check = commands.add_parser("check", help="is each image a near-duplicate of an enrolled one?")
     check.add_argument("images", type=Path, nargs="+")
-    check.add_argument("--server", default=DEFAULT_SERVER)
     check.add_argument("--top-k", type=int, default=1)
     check.add_argument("--json", action="store_true", help="one JSON object per image")
+    add_server(check)
+
+    add_server(commands.add_parser("stats", help="the service's Stats, as JSON"))
+    add_server(commands.add_parser("health", help="exit 0 if the service reports SERVING"))
+
+    index = commands.add_parser("index", help="operate the index snapshots").add_subparsers(
+        dest="index_command", required=True
+    )
+    rebuild = index.add_parser("rebuild", help="build a new index snapshot from the store (safe while serving)")
+    rebuild.add_argument("--data-dir", type=Path, default=Path("data"), help="the service's --data-dir")
+    rebuild.add_argument("--dtype", choices=["f32", "f16", "i8"], default=SNAPSHOT_DTYPE, help="vector storage")
+    rebuild.add_argument("--keep", type=at_least_one, default=2, help="index generations to keep on disk (>= 1)")
+    rebuild.add_argument("--quiet", action="store_true", help="no progress bar")
+    rebuild.add_argument(
+        "--nice",
+        type=int,
+        default=10,
+        help="CPU priority decrement (see nice(1)): the service keeps the CPU it needs meanwhile; 0 for full speed",
+    )
+    add_server(index.add_parser("reload", help="make the running service load the newest snapshot now"))
     return parser
 
 
+def add_server(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=DEFAULT_SERVER, help=f"the service's address (default {DEFAULT_SERVER})")
+
+
+def at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (the generation just built), got {value}")
+    return value
+
+
+def run_serve(arguments: argparse.Namespace) -> int:
+    from service.app import configure_logging, serve
+
+    settings = settings_from_arguments(arguments)
+    configure_logging()
+    asyncio.run(serve(settings))
+    return 0
+
+
 def run_enroll(arguments: argparse.Namespace) -> int:
-    from service.client import connect, enroll, image_paths
+    from service.api.channels import stub
+    from service.client import enroll, image_paths
 
     paths = image_paths(arguments.source)
-    summary = enroll(connect(arguments.server), ((str(p), p) for p in paths), total=len(paths))
+    summary = enroll(stub(arguments.server), ((str(p), p) for p in paths), total=len(paths))
     for key, why in summary.failures:
         print(f"failed: {key}: {why}", file=sys.stderr)
     print(summary.line())
@@ -41,44 +90,81 @@ def run_enroll(arguments: argparse.Namespace) -> int:
 
 
 def run_check(arguments: argparse.Namespace) -> int:
-    import grpc
+    from service.api.channels import stub
+    from service.client import check
+
+    failed = False
+    for line, answered in check(stub(arguments.server), arguments.images, arguments.top_k, arguments.json):
+        print(line)
+        failed |= not answered
+    return 1 if failed else 0
+
+
+def run_stats(arguments: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    from service.client import connect
+    from service.api.channels import stub
     from service.proto.neardup.v1 import neardup_pb2 as pb
 
-    stub = connect(arguments.server)
-    failed = False
-    for path in arguments.images:
+    reply = stub(arguments.server).Stats(pb.StatsRequest(), timeout=10)
+    print(json.dumps(MessageToDict(reply, always_print_fields_with_no_presence=True), indent=1))
+    return 0
+
+
+def run_health(arguments: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from service.api.channels import channel
+
+    with channel(arguments.server) as opened:
         try:
-            reply = stub.Check(pb.CheckRequest(image=path.read_bytes(), top_k=arguments.top_k), timeout=60)
-        except (OSError, grpc.RpcError) as error:
-            why = f"{error.code().name}: {error.details()}" if isinstance(error, grpc.RpcError) else str(error)
-            print(json.dumps({"image": str(path), "error": why}) if arguments.json else f"{path}: error: {why}")
-            failed = True
-            continue
-        if arguments.json:
-            answer = MessageToDict(reply, always_print_fields_with_no_presence=True)
-            print(json.dumps({"image": str(path), **answer}))
-            continue
-        verdict = "DUPLICATE of" if reply.is_duplicate else "new; nearest"
-        nearest = reply.matches[0] if reply.matches else None
-        described = f"{nearest.key} (distance {nearest.distance:.3f}, threshold {nearest.threshold:.3f})"
-        print(f"{path}: {verdict} {described}" if nearest else f"{path}: new (nothing enrolled)")
-    return 1 if failed else 0
+            reply = health_pb2_grpc.HealthStub(opened).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.RpcError as error:
+            print(f"{arguments.server}: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    print(f"{arguments.server}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def run_index(arguments: argparse.Namespace) -> int:
+    if arguments.index_command == "reload":
+        from service.api.channels import stub
+        from service.proto.neardup.v1 import neardup_pb2 as pb
+
+        reply = stub(arguments.server).ReloadIndex(pb.ReloadIndexRequest(), timeout=120)
+        print(f"index generation {reply.index_generation} ({'reloaded' if reply.reloaded else 'already in use'})")
+        return 0
+
+    from service.storage.snapshots import RebuildError, rebuild
+    from service.storage.store import StoreError
+
+    os.nice(arguments.nice)
+    try:
+        manifest = rebuild(arguments.data_dir, arguments.dtype, arguments.keep, progress=not arguments.quiet)
+    except (RebuildError, StoreError) as error:
+        print(f"neardup index rebuild: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"index generation {manifest.generation}: {manifest.count} records of model {manifest.model}, "
+        f"store change {manifest.snapshot_seq}, {manifest.build_seconds:.1f} s -> {arguments.data_dir / 'index'}"
+    )
+    return 0
+
+
+COMMANDS = {
+    "serve": run_serve,
+    "enroll": run_enroll,
+    "check": run_check,
+    "stats": run_stats,
+    "health": run_health,
+    "index": run_index,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     arguments = build_parser().parse_args(argv)
-    if arguments.command == "serve":
-        from service.server import serve
-
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        asyncio.run(serve(settings_from_arguments(arguments)))
-    elif arguments.command == "enroll":
-        sys.exit(run_enroll(arguments))
-    else:
-        sys.exit(run_check(arguments))
+    sys.exit(COMMANDS[arguments.command](arguments))
 
 
 if __name__ == "__main__":

@@ -1,27 +1,29 @@
 """Client helpers for people and tools: enrol files, check images (used by the CLI and tools/)."""
 
 import collections
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-
-
-def connect(address: str) -> pb_grpc.NearDupStub:
-    return pb_grpc.NearDupStub(grpc.insecure_channel(address))
+CHECK_TIMEOUT_S = 60
 
 
 def image_paths(source: Path) -> list[Path]:
-    """A folder's images (recursively, sorted), or the paths listed one per line in a text file."""
+    """A folder's images (recursively, sorted), one image file, or the paths listed one per line in a
+    text file."""
     if source.is_dir():
         return sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if source.suffix.lower() in IMAGE_SUFFIXES:
+        return [source]
     lines = source.read_text().splitlines()
     return [Path(line.strip()) for line in lines if line.strip()]
 
@@ -59,3 +61,24 @@ def enroll(
                 summary.failures.append((result.key, result.error))
             bar.update(1)
     return summary
+
+
+def check(
+    stub: pb_grpc.NearDupStub, paths: list[Path], top_k: int = 1, as_json: bool = False
+) -> Iterator[tuple[str, bool]]:
+    """Checks each file; yields (a line for people, or one JSON object, and whether it was answered)."""
+    for path in paths:
+        try:
+            reply = stub.Check(pb.CheckRequest(image=path.read_bytes(), top_k=top_k), timeout=CHECK_TIMEOUT_S)
+        except (OSError, grpc.RpcError) as error:
+            why = f"{error.code().name}: {error.details()}" if isinstance(error, grpc.RpcError) else str(error)
+            yield (json.dumps({"image": str(path), "error": why}) if as_json else f"{path}: error: {why}"), False
+            continue
+        if as_json:
+            answer = MessageToDict(reply, always_print_fields_with_no_presence=True)
+            yield json.dumps({"image": str(path), **answer}), True
+            continue
+        verdict = "DUPLICATE of" if reply.is_duplicate else "new; nearest"
+        nearest = reply.matches[0] if reply.matches else None
+        described = f"{nearest.key} (distance {nearest.distance:.3f}, threshold {nearest.threshold:.3f})"
+        yield (f"{path}: {verdict} {described}" if nearest else f"{path}: new (nothing enrolled)"), True

@@ -1,103 +1,182 @@
-"""The service's settings: one typed object, read from flags with NEARDUP_* environment defaults."""
+"""The service's settings: one typed object, grouped by concern, read from flags with NEARDUP_* defaults.
+
+Every setting is one flag of `neardup serve` (the field's name, or the `flag` its metadata
+names); each flag defaults to the environment variable NEARDUP_<FLAG> and then to the field's
+default. A bad environment value is reported in one line naming the variable, when the
+settings are read (so `--help` still works).
+"""
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from service.decision import RULES, Policy
+from service.core.decision import RULES, Policy
+from service.triton import contract
+from service.triton.process import default_model_repository
 
-MODELS = ("sscd", "sscd_distilled")
-CANVAS_SCALE = 1.1  # the seed's crops are cut from a resize to 1.1 x the network input
+
+def setting(default, help: str, flag: str | None = None, choices: tuple[str, ...] | None = None):  # noqa: A002
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = setting("127.0.0.1", "address the gRPC service listens on")
+    port: int = setting(50051, "port the gRPC service listens on")
+    data_dir: Path = setting(Path("data"), "where the store (store.lmdb/) and the index snapshots (index/) live")
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_request_bytes: int = setting(32 * 1024 * 1024, "largest request (and answer) in bytes")
+    max_image_pixels: int = setting(64_000_000, "largest image in pixels, as its header claims")
+    min_image_side: int = setting(32, "smallest image side in pixels")
+    max_top_k: int = setting(100, "most matches a Check may ask for")
+    enroll_window: int = setting(64, "Enroll requests read ahead of the one being answered")
+    enroll_batch: int = setting(16, "Enroll items per Triton request and per LMDB transaction")
+
+
+@dataclass(frozen=True)
+class TritonSettings:
+    url: str = setting(
+        "", "host:port of an external Triton's gRPC endpoint; empty starts the bundled one", flag="triton-url"
+    )
+    model_repository: Path = setting(default_model_repository(), "the model repository the bundled tritonserver loads")
+    model: str = setting(
+        "sscd", "sscd (ResNet50, int8) or sscd_distilled (MobileNetV4 student)", choices=contract.MODELS
+    )
+    input_size: int = setting(224, "the network's input side; the front service sends a 1.1x canvas")
+    # One view each wins on the benchmark (docs/quality.md); 50 is the seed's recipe.
+    enroll_views: int = setting(1, "views per enrolment, and per Hash when the request names none")
+    check_views: int = setting(1, "views per Check")
+    timeout_s: float = setting(
+        30.0, "longest a call to Triton may take when the caller set no shorter deadline", flag="triton-timeout-s"
+    )
+    health_poll_s: float = setting(1.0, "how often Triton's health is polled")
+    restart_delay_s: float = setting(
+        2.0, "bundled Triton only: wait after it dies before starting it again", flag="triton-restart-delay-s"
+    )
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    poll_s: float = setting(1.0, "how often the service looks for a new index snapshot", flag="index-poll-s")
+    background_k: int = setting(5, "normalized rule: nearest background features averaged")
+
+
+# Policy's fields are flags too; its rule is --decision.
+POLICY_FLAGS = {"rule": ("decision", tuple(RULES))}
 
 
 @dataclass(frozen=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    data_dir: Path = Path("data")
-    # host:port of an external Triton's gRPC endpoint; empty starts the bundled tritonserver.
-    triton_url: str = ""
-    # The Triton model repository the bundled tritonserver loads (the one in this checkout).
-    model_repository: Path = Path(__file__).resolve().parent.parent / "model_repository"
-    model: str = "sscd"
-    input_size: int = 224
-    # Views embedded per enrolment (and per Hash by default; 50 is the seed's recipe), and per
-    # Check. One each wins on the benchmark (docs/quality.md).
-    enroll_views: int = 1
-    check_views: int = 1
-    # Enroll: requests read ahead of the one being answered (then gRPC flow control slows the
-    # client), and items per Triton request / LMDB transaction.
-    enroll_window: int = 64
-    enroll_batch: int = 16
-    max_top_k: int = 100
-    # How often the service looks for a new index snapshot.
-    index_poll_s: float = 1.0
-    # The decision rule and its parameters; the defaults live in service/decision.py (chosen and
-    # calibrated on the benchmark, docs/quality.md). A geometric band of 0 turns the geometric
-    # check off, and enrolment then stores no keypoints.
-    decision: str = Policy.rule
-    global_threshold: float = Policy.global_threshold
-    clamp_min: float = Policy.clamp_min
-    clamp_max: float = Policy.clamp_max
-    margin_threshold: float = Policy.margin_threshold
-    margin_beta: float = Policy.margin_beta
-    normalization_beta: float = Policy.normalization_beta
-    normalized_threshold: float = Policy.normalized_threshold
-    geometric_band: float = Policy.geometric_band
-    # Background features for the "normalized" rule: mean similarity to this many nearest.
-    background_k: int = 5
-    max_request_bytes: int = 32 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
-    min_image_side: int = 32
-    # Longest a call to Triton may take when the caller set no shorter deadline.
-    triton_timeout_s: float = 30.0
-    health_poll_s: float = 1.0
-    # Embedded Triton only: how long to wait after it dies before starting it again.
-    triton_restart_delay_s: float = 2.0
-    triton_start_timeout_s: float = 120.0
+    server: ServerSettings = field(default_factory=ServerSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    triton: TritonSettings = field(default_factory=TritonSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    decision: Policy = field(default_factory=Policy)
 
     @property
     def model_identity(self) -> str:
         """What the store records as the source of its features: the model and its input side."""
-        return f"{self.model}@{self.input_size}"
-
-    @property
-    def policy(self) -> Policy:
-        """The decision settings as a Policy (its `rule` is the `decision` setting)."""
-        parameters = {f.name: getattr(self, f.name) for f in fields(Policy) if f.name != "rule"}
-        return Policy(self.decision, **parameters)
+        return f"{self.triton.model}@{self.triton.input_size}"
 
     @property
     def canvas_size(self) -> int:
-        """Side of the square image the front service sends to Triton."""
-        return round(self.input_size * CANVAS_SCALE)
+        return contract.canvas_size(self.triton.input_size)
+
+    @property
+    def index_dir(self) -> Path:
+        return self.server.data_dir / "index"
 
 
-def validate_views(views: int) -> str | None:
-    """Why a view count is not one the model makes, or None if it is."""
-    if views in (1, 2) or (views >= 10 and views % 10 == 0):
-        return None
-    return f"views must be 1, 2 or a multiple of 10 (50 is the seed's recipe), got {views}"
+@dataclass(frozen=True)
+class Flag:
+    group: str  # the Settings field holding it
+    name: str  # the field's name in its group
+    flag: str  # without the leading dashes
+    default: object
+    help: str
+    choices: tuple[str, ...] | None
+
+    @property
+    def env(self) -> str:
+        return "NEARDUP_" + self.flag.upper().replace("-", "_")
+
+    @property
+    def dest(self) -> str:
+        return self.flag.replace("-", "_")
+
+    @property
+    def metavar(self) -> str:
+        if self.choices:
+            return "{" + ",".join(self.choices) + "}"
+        kinds = ((int, "INT"), (float, "NUMBER"), (Path, "PATH"))
+        return next((name for kind, name in kinds if isinstance(self.default, kind)), "TEXT")
+
+    def convert(self, raw: str):
+        try:
+            value = type(self.default)(raw)
+        except ValueError:
+            raise ValueError(f"expected {self.metavar.lower()}") from None
+        if self.choices and value not in self.choices:
+            raise ValueError(f"not one of {', '.join(self.choices)}")
+        return value
+
+
+def flags() -> list[Flag]:
+    found = []
+    for group in fields(Settings):
+        for member in fields(group.default_factory):
+            flag, choices = member.metadata.get("flag"), member.metadata.get("choices")
+            if group.name == "decision":
+                flag, choices = POLICY_FLAGS.get(member.name, (None, None))
+            flag = flag or member.name.replace("_", "-")
+            found.append(Flag(group.name, member.name, flag, member.default, member.metadata["help"], choices))
+    return found
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting; each defaults to NEARDUP_<NAME> from the environment, then the default."""
-    for field in fields(Settings):
-        env_name = f"NEARDUP_{field.name.upper()}"
-        default = os.environ.get(env_name, field.default)
-        kwargs: dict = {"type": type(field.default), "default": type(field.default)(default)}
-        if field.name == "model":
-            kwargs["choices"] = MODELS
-        if field.name == "decision":
-            kwargs["choices"] = RULES
-        parser.add_argument(f"--{field.name.replace('_', '-')}", help=f"(env {env_name})", **kwargs)
+    """One flag per setting, its help text with its default and its environment variable."""
+    for flag in flags():
+
+        def converter(raw: str, flag: Flag = flag):
+            return flag.convert(raw)
+
+        converter.__name__ = type(flag.default).__name__  # argparse names the type in its errors
+        parser.add_argument(
+            f"--{flag.flag}",
+            dest=flag.dest,
+            type=converter,
+            default=None,
+            metavar=flag.metavar,
+            help=f"{flag.help} (default: {flag.default}; env {flag.env})",
+        )
 
 
-def settings_from_arguments(arguments: argparse.Namespace) -> Settings:
-    settings = Settings(**{f.name: getattr(arguments, f.name) for f in fields(Settings)})
-    for flag, views in (("--enroll-views", settings.enroll_views), ("--check-views", settings.check_views)):
-        problem = validate_views(views)
+def settings_from_arguments(arguments: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """Flags first, then NEARDUP_* variables, then defaults; a bad value ends the program with one line."""
+    environ = os.environ if environ is None else environ
+    groups: dict[str, dict] = {group.name: {} for group in fields(Settings)}
+    for flag in flags():
+        value = getattr(arguments, flag.dest, None)
+        if value is None and flag.env in environ:
+            try:
+                value = flag.convert(environ[flag.env])
+            except ValueError as error:
+                raise SystemExit(
+                    f"neardup: {flag.env}={environ[flag.env]!r} is not a valid --{flag.flag}: {error}"
+                ) from None
+        if value is not None:
+            groups[flag.group][flag.name] = value
+    defaults = Settings()
+    settings = Settings(**{name: replace(getattr(defaults, name), **values) for name, values in groups.items()})
+    for flag, views in (
+        ("--enroll-views", settings.triton.enroll_views),
+        ("--check-views", settings.triton.check_views),
+    ):
+        problem = contract.view_problem(views)
         if problem:
-            raise SystemExit(f"{flag}: {problem}")
+            raise SystemExit(f"neardup: {flag}: {problem}")
     return settings

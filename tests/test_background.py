@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from service.background import Background
+from service.storage.background import Background
 
 
 def test_similarity_is_the_mean_over_the_k_nearest():

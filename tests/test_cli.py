@@ -44,7 +44,7 @@ def test_enroll_a_folder_then_check_images(service, tmp_path):
     checked = run("-m", "service.cli", "check", str(copy), str(IMAGES / "gnome-truchet.jpg"), "--server", server)
     assert checked.returncode == 0
     first, second = checked.stdout.splitlines()
-    assert first.startswith(f"{copy}: ") and str(folder / "gnome-wood.jpg") in first
+    assert first.startswith(f"{copy}: DUPLICATE of {folder / 'gnome-wood.jpg'} (distance ")
     assert second.startswith(f"{IMAGES / 'gnome-truchet.jpg'}: new; nearest")
 
     as_json = run("-m", "service.cli", "check", str(folder / "gnome-adwaita.jpg"), "--json", "--server", server)
@@ -86,3 +86,30 @@ def test_import_a_seed_database(service, tmp_path):
     assert "failed: images/gone.jpg: cannot read" in imported.stdout
     reply = service.stub.Check(pb.CheckRequest(image=(seed / listed[0]).read_bytes()), timeout=30)
     assert reply.identical and reply.matches[0].key == listed[0]
+
+
+def test_stats_health_and_the_index_commands(service, tmp_path):
+    server = ("--server", f"127.0.0.1:{service.port}")
+    one = run("-m", "service.cli", "enroll", str(IMAGES / "gnome-wood.jpg"), *server)
+    assert one.returncode == 0 and "1 enrolled" in one.stdout
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{IMAGES / 'gnome-wood.jpg'}\n{IMAGES / 'gnome-adwaita.jpg'}\n")
+    listed = run("-m", "service.cli", "enroll", str(listing), *server)
+    assert listed.returncode == 0 and "1 enrolled, 0 updated, 1 unchanged" in listed.stdout
+
+    stats = {name: str(value) for name, value in json.loads(run("-m", "service.cli", "stats", *server).stdout).items()}
+    assert (stats["records"], stats["unindexedRecords"], stats["indexGeneration"]) == ("2", "2", "0")
+    healthy = run("-m", "service.cli", "health", *server)
+    assert healthy.returncode == 0 and healthy.stdout.strip().endswith("SERVING")
+    unreachable = run("-m", "service.cli", "health", "--server", "127.0.0.1:9")
+    assert unreachable.returncode == 1 and "UNAVAILABLE" in unreachable.stderr
+
+    data_dir = service.data_dir
+    rebuilt = run("-m", "service.cli", "index", "rebuild", "--data-dir", str(data_dir), "--quiet", "--nice", "0")
+    assert rebuilt.returncode == 0 and rebuilt.stdout.startswith("index generation 1: 2 records")
+    reloaded = run("-m", "service.cli", "index", "reload", *server)
+    assert reloaded.returncode == 0 and reloaded.stdout.startswith("index generation 1")
+    stats = {name: str(value) for name, value in json.loads(run("-m", "service.cli", "stats", *server).stdout).items()}
+    assert (stats["indexGeneration"], stats["indexSize"], stats["unindexedRecords"]) == ("1", "2", "0")
+    refused = run("-m", "service.cli", "index", "rebuild", "--data-dir", str(data_dir), "--keep", "0")
+    assert refused.returncode == 2 and "must be at least 1" in refused.stderr

@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
-from service.store import Store
+from service.storage.store import Store
 from tests.conftest import mosaic
 
 FAST = ("--enroll-views", "1", "--check-views", "1")

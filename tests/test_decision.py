@@ -1,14 +1,12 @@
 """The decision rules, on hand-made candidates."""
 
-import numpy as np
 import pytest
 
-from service.decision import Candidate, Policy, decide
-from service.store import Record
+from service.core.decision import Candidate, Policy, decide
 
 
 def candidate(distance: float, threshold: float = 0.5) -> Candidate:
-    return Candidate(Record("k", np.zeros(512), threshold, b"", "m", 0.0), distance)
+    return Candidate(distance, threshold)
 
 
 def test_similarity_is_cosine_between_unit_vectors():

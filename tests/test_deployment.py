@@ -1,5 +1,6 @@
 """docker-compose.yml and model_repository/, read and validated (no Docker engine runs here)."""
 
+import json
 import re
 from pathlib import Path
 
@@ -8,8 +9,8 @@ import pytest
 import yaml
 
 from service import cli
-from service.config import MODELS
 from service.proto.neardup.v1 import neardup_pb2 as pb
+from service.triton.contract import MODELS
 from tests.conftest import RunningService, image_bytes
 
 ROOT = Path(__file__).parent.parent
@@ -40,6 +41,18 @@ def test_compose_points_the_service_at_triton_and_keeps_data_on_a_volume():
     assert mount == str(arguments.data_dir) and volume in COMPOSE["volumes"]
     assert neardup["depends_on"]["triton"]["condition"] == "service_healthy"
     assert (ROOT / neardup["build"]["dockerfile"]).exists()
+    probe = neardup["healthcheck"]["test"]
+    assert probe[:3] == ["CMD", "neardup", "health"]
+    assert cli.build_parser().parse_args(probe[2:]).server == f"127.0.0.1:{arguments.port}"
+
+
+def test_the_front_images_own_command_is_one_the_cli_accepts():
+    dockerfile = (ROOT / "docker" / "neardup.Dockerfile").read_text()
+    command = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.M).group(1))
+    assert command[:2] == ["neardup", "serve"]
+    arguments = cli.build_parser().parse_args(command[1:])
+    assert arguments.triton_url is None and arguments.model_repository is None  # the bundled Triton, packaged models
+    assert "pip install --no-cache-dir ." in dockerfile  # the wheel, which carries model_repository/
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -10,11 +10,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from service.enrollment import Enroller
-from service.hashing import Descriptor
-from service.index import SearchIndex
-from service.proto.neardup.v1 import neardup_pb2 as pb
-from service.store import Store
+from service.core.enrollment import Enroller, EnrollItem, EnrollOutcome
+from service.storage.store import Store
+from service.triton.client import Descriptor
 
 MODEL = "stand-in@224"
 
@@ -40,7 +38,7 @@ def describe(image: bytes) -> tuple[np.ndarray, bytes]:
     return np.full((8, 8, 3), image[0], np.uint8), b""
 
 
-async def enroll_all(enroller: Enroller, requests: list[pb.EnrollRequest]) -> list[pb.EnrollResult]:
+async def enroll_all(enroller: Enroller, requests: list[EnrollItem]) -> list[EnrollOutcome]:
     async def stream():
         for request in requests:
             yield request
@@ -51,18 +49,18 @@ async def enroll_all(enroller: Enroller, requests: list[pb.EnrollRequest]) -> li
 def new_enroller(tmp_path) -> tuple[Enroller, Store, SlowerFirstHasher]:
     store = Store(tmp_path / "data")
     hasher = SlowerFirstHasher()
-    return Enroller(hasher, store, SearchIndex(store), describe, MODEL, views=1), store, hasher
+    return Enroller(hasher, store, describe, MODEL, views=1), store, hasher
 
 
 def test_batches_hashed_out_of_order_commit_and_answer_in_stream_order(tmp_path):
     enroller, store, hasher = new_enroller(tmp_path)
     # Twenty images over four keys: each key is written five times, in five different batches.
-    requests = [pb.EnrollRequest(key=f"key/{n % 4}", image=bytes([n])) for n in range(20)]
+    requests = [EnrollItem(f"key/{n % 4}", bytes([n])) for n in range(20)]
     results = asyncio.run(enroll_all(enroller, requests))
 
     assert hasher.calls == 5
     assert [r.key for r in results] == [r.key for r in requests]
-    assert [r.status for r in results] == [pb.EnrollResult.ENROLLED] * 4 + [pb.EnrollResult.UPDATED] * 16
+    assert [r.status for r in results] == ["ENROLLED"] * 4 + ["UPDATED"] * 16
     ids = [r.id for r in results]
     assert ids == sorted(ids) and len(set(ids)) == 20  # committed in stream order
     with store.read() as view:
@@ -76,13 +74,13 @@ def test_bytes_a_key_already_holds_are_not_skipped_when_an_earlier_write_changes
     """The key holds X; the stream writes Y and then X again: the key must end up holding X."""
     enroller, store, _ = new_enroller(tmp_path)
     x, y = bytes([1]), bytes([2])
-    asyncio.run(enroll_all(enroller, [pb.EnrollRequest(key="a", image=x)]))
-    filler = [pb.EnrollRequest(key=f"other/{n}", image=bytes([10 + n])) for n in range(3)]
-    first, again = pb.EnrollRequest(key="a", image=y), pb.EnrollRequest(key="a", image=x)
+    asyncio.run(enroll_all(enroller, [EnrollItem("a", x)]))
+    filler = [EnrollItem(f"other/{n}", bytes([10 + n])) for n in range(3)]
+    first, again = EnrollItem("a", y), EnrollItem("a", x)
     stream = [first, *filler, again] if where == "the batch before" else [first, again]
     results = asyncio.run(enroll_all(enroller, stream))
 
-    assert [r.status for r in results if r.key == "a"] == [pb.EnrollResult.UPDATED] * 2
+    assert [r.status for r in results if r.key == "a"] == ["UPDATED"] * 2
     with store.read() as view:
         assert view.by_key("a").sha256 == hashlib.sha256(x).digest()
     store.close()

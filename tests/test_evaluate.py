@@ -42,3 +42,20 @@ def test_the_benchmark_runs_and_is_reproducible(tmp_path):
     for name, result in second["rules"].items():
         assert result == first["rules"][name], f"{name} differs between two runs with the same seed"
     assert second["default_decision"] == first["default_decision"]
+
+
+def test_the_evaluation_scores_with_the_services_own_rules(monkeypatch):
+    from service.core import decision
+    from tools import evaluate
+
+    answer = {"distances": [0.4, 0.9], "thresholds": [0.5, 0.3], "background": 0.2}
+    query = evaluate.Query("jpeg", "a.jpg", "a.jpg", answer=answer)
+    candidates = [decision.Candidate(0.4, 0.5), decision.Candidate(0.9, 0.3)]
+    scores = evaluate.rule_scores(query)
+    for name, policy in evaluate.POLICIES.items():
+        assert scores[name] == decision.decide(policy, candidates, 0.2).score, name
+    # Change one rule in the registry: the evaluation sees it, and nothing else changes.
+    monkeypatch.setitem(decision.RULES, "margin", decision.Rule(lambda p, c, b: [42.0] * len(c), lambda p: 0.0))
+    changed = evaluate.rule_scores(query)
+    assert changed["margin(beta=0.5)"] == changed["margin(beta=1.0)"] == 42.0
+    assert changed["global"] == scores["global"]

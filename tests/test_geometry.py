@@ -5,9 +5,9 @@ import io
 import numpy as np
 from PIL import Image
 
-from service.geometry import MIN_INLIERS, inliers, keypoints, pack, unpack
+from service.media.geometry import MIN_INLIERS, inliers, keypoints, pack, unpack
 from service.proto.neardup.v1 import neardup_pb2 as pb
-from tests.conftest import encode_jpeg, image_bytes
+from tests.conftest import encode_jpeg, image_bytes, mosaic
 
 PICTURE = "portrait-portraits-monsters-falcon.jpg"
 OTHER = "portrait-portraits-humans-mage-light.jpg"
@@ -47,5 +47,10 @@ def test_the_service_runs_the_check_for_borderline_scores(start_service):
 
 
 def test_without_a_band_the_check_never_runs(stub):
-    reply = stub.Check(pb.CheckRequest(image=image_bytes(OTHER)), timeout=60)
+    # Something enrolled, and a query that is not a duplicate of it: with a band the check would run.
+    request = pb.EnrollRequest(key="geometry/falcon", image=image_bytes(PICTURE))
+    [result] = stub.Enroll(iter([request]), timeout=60)
+    assert result.status in (pb.EnrollResult.ENROLLED, pb.EnrollResult.UNCHANGED)
+    reply = stub.Check(pb.CheckRequest(image=mosaic(4242), top_k=3), timeout=60)
+    assert reply.matches and not reply.is_duplicate
     assert all(match.inliers == -1 for match in reply.matches)

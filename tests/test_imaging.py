@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.imaging import ImageError, decode_canvas
+from service.media.imaging import ImageError, decode_canvas
 
 CANVAS = 246
 

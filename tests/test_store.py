@@ -5,7 +5,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from service.store import DELETE, ENROLL, Enrolment, ModelMismatch, Record, Store
+from service.storage.records import DELETE, ENROLL, Enrolment, ModelMismatch, Record
+from service.storage.store import Store
 
 MODEL = "sscd@224"
 

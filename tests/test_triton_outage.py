@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2
 
 from service.config import Settings
 from service.proto.neardup.v1 import neardup_pb2 as pb
-from service.triton_process import BundledTriton
+from service.triton.process import BundledTriton
 from tests.conftest import (
     RunningService,
     children_of,
@@ -30,7 +30,7 @@ class ExternalTriton:
     """The bundled tritonserver run by the test itself, on fixed ports, so it can be stopped and restarted."""
 
     def __init__(self, log_dir):
-        self.triton = BundledTriton(["sscd"], Settings().model_repository)
+        self.triton = BundledTriton(["sscd"], Settings().triton.model_repository)
         self.log_dir = log_dir
         self.process: subprocess.Popen | None = None
 

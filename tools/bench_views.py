@@ -19,12 +19,12 @@ import numpy as np
 from PIL import Image
 
 from service.config import Settings
-from service.hashing import Hasher
-from service.imaging import decode_canvas
-from service.triton_process import BundledTriton
+from service.media.imaging import decode_canvas
+from service.triton import contract
+from service.triton.client import Hasher
+from service.triton.process import BundledTriton
 
 ROOT = Path(__file__).resolve().parent.parent
-MAX_BATCH = 16  # max_batch_size in model_repository/*/config.pbtxt
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "dev-images"
 
 
@@ -38,18 +38,19 @@ def load_view_maker():
 
 
 async def run(arguments: argparse.Namespace) -> None:
-    settings = Settings()
+    triton = Settings().triton
+    canvas_size = contract.canvas_size(triton.input_size)
     files = sorted(p for p in Path(arguments.images).iterdir() if p.suffix.lower() in (".jpg", ".png"))
     files = files[: arguments.count]
-    canvases = [decode_canvas(f.read_bytes(), settings.canvas_size, 64_000_000, 1) for f in files]
+    canvases = [decode_canvas(f.read_bytes(), canvas_size, 64_000_000, 1) for f in files]
     make_views = load_view_maker()
     bundled = None
     url = arguments.triton_url
     if not url:
-        bundled = BundledTriton([settings.model], settings.model_repository)
+        bundled = BundledTriton([triton.model], triton.model_repository)
         bundled.start()
         url = bundled.url
-    hasher = Hasher(url, settings.model)
+    hasher = Hasher(url, triton.model)
     while not (await hasher.ready())[0]:
         await asyncio.sleep(0.5)
 
@@ -59,16 +60,16 @@ async def run(arguments: argparse.Namespace) -> None:
 
     async def in_front(canvas: np.ndarray, views: int) -> int:
         # Each front-made view is scaled to the canvas side so the model's VIEWS=1 path embeds it as is.
-        side = settings.canvas_size
+        side = canvas_size
         made = make_views(canvas, views)
         resized = np.stack(
             [np.asarray(Image.fromarray(view).resize((side, side), Image.Resampling.BILINEAR)) for view in made]
         )
-        chunks = [resized[i : i + MAX_BATCH] for i in range(0, len(resized), MAX_BATCH)]
+        chunks = [resized[i : i + contract.MAX_BATCH] for i in range(0, len(resized), contract.MAX_BATCH)]
         await asyncio.gather(*(hasher.hash(chunk, [1] * len(chunk), 120) for chunk in chunks))
         return made.nbytes  # what the front would send at the network's input size
 
-    print(f"{len(files)} images from {arguments.images}; model {settings.model}, input {settings.input_size}")
+    print(f"{len(files)} images from {arguments.images}; model {triton.model}, input {triton.input_size}")
     print(f"{'views':>5} {'where':>9} {'img/s':>7} {'ms/img':>7} {'KB/img':>8}   ratio (in Triton / in front)")
     await in_triton(canvases[0], 10)  # warm up
     for views in arguments.views:

@@ -16,9 +16,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.background import Background  # noqa: E402
-from service.client import connect, image_paths  # noqa: E402
+from service.api.channels import stub  # noqa: E402
+from service.client import image_paths  # noqa: E402
 from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
+from service.storage.background import Background  # noqa: E402
 
 
 def build_background(stub, paths: list[Path], data_dir: Path, progress: bool = True) -> Path:
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--server", default="127.0.0.1:50051")
     arguments = parser.parse_args()
     paths = image_paths(arguments.images)
-    written = build_background(connect(arguments.server), paths, arguments.data_dir)
+    written = build_background(stub(arguments.server), paths, arguments.data_dir)
     print(f"{len(paths)} background features -> {written}; restart the service to use them")
 
 

@@ -16,9 +16,7 @@ OUT/queries.jsonl (every query's answer and scores, for analysis).
 """
 
 import argparse
-import base64
 import concurrent.futures
-import io
 import json
 import random
 import sys
@@ -33,21 +31,29 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.decision import Policy  # noqa: E402
-from service.geometry import MIN_INLIERS  # noqa: E402
+from service.core.decision import Candidate, Policy, decide  # noqa: E402
+from service.media.geometry import MIN_INLIERS  # noqa: E402
 from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
+from service.storage.snapshots import rebuild  # noqa: E402
 from tools.build_background import build_background  # noqa: E402
 from tools.evaluation.baselines import HASHES, HammingIndex  # noqa: E402
 from tools.evaluation.metrics import average_precision, pr_curve, precision_recall_of, recall_at_precision  # noqa: E402
+from tools.evaluation.report import plot, write_failures  # noqa: E402
 from tools.evaluation.transforms import FAMILIES, apply  # noqa: E402
-from tools.rebuild_index import rebuild  # noqa: E402
 from tools.service_process import RunningService  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "dev-images"
 PRECISIONS = (0.99, 0.999)
 BETAS = (0.5, 1.0)
-CLAMP = Policy("clamped")  # the service's default bounds
+# The policies every query is scored under (with the service's default parameters otherwise).
+POLICIES = {
+    "global": Policy("global"),
+    "seed": Policy("seed"),
+    "clamped": Policy("clamped"),
+    **{f"margin(beta={beta})": Policy("margin", margin_beta=beta) for beta in BETAS},
+    **{f"normalized(beta={beta})": Policy("normalized", normalization_beta=beta) for beta in BETAS},
+}
 GEOMETRIC_BANDS = (0.0, 0.05, 0.1, 0.2, 0.4, 10.0)
 
 
@@ -125,18 +131,10 @@ def run_checks(service: RunningService, queries: list[Query], workers: int) -> N
 
 
 def rule_scores(query: Query) -> dict[str, float]:
-    """Every rule's score for the query's nearest match, from one Check answer."""
+    """Every policy's score for the query, from one Check answer, by the service's own rules."""
     a = query.answer
-    similarity = [1 - d * d / 2 for d in a["distances"]] + [0.0, 0.0]
-    clamped = min(max(a["thresholds"][0], CLAMP.clamp_min), CLAMP.clamp_max)
-    scores = {
-        "global": similarity[0],
-        "seed": a["thresholds"][0] - a["distances"][0],
-        "clamped": clamped - a["distances"][0],
-    }
-    scores |= {f"margin(beta={beta})": similarity[0] - beta * similarity[1] for beta in BETAS}
-    scores |= {f"normalized(beta={beta})": similarity[0] - beta * a["background"] for beta in BETAS}
-    return scores
+    candidates = [Candidate(d, t) for d, t in zip(a["distances"], a["thresholds"], strict=True)]
+    return {name: decide(policy, candidates, a["background"]).score for name, policy in POLICIES.items()}
 
 
 def summarise(name: str, scores, correct, families, positives_by_family, negatives_mask) -> dict:
@@ -174,52 +172,6 @@ def geometric_bands(queries: list[Query], correct, positives: int, threshold: fl
         result[f"band {band}"] = {"precision": precision, "recall": recall}
         print(f"  geometric check within {band} of {threshold:.3f}: precision {precision:.4f}, recall {recall:.4f}")
     return result
-
-
-def thumbnail(data: bytes) -> str:
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    image.thumbnail((160, 160))
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
-
-
-def write_failures(path: Path, images: Path, queries: list[Query], scores: list[float], correct, rule: str) -> None:
-    order = np.argsort(scores)
-    missed = [i for i in order if queries[i].expected and not correct[i]][:15]
-    alarms = [i for i in order[::-1] if not correct[i]][:15]
-    rows = []
-    for title, picked in (("Missed copies (lowest scores)", missed), ("False alarms (highest scores)", alarms)):
-        rows.append(f"<h2>{title}</h2><table><tr><th>query</th><th>nearest enrolled</th><th>details</th></tr>")
-        for i in picked:
-            q = queries[i]
-            nearest = q.answer["keys"][0] if q.answer["keys"] else None
-            reference = f'<img src="{thumbnail((images / nearest).read_bytes())}">' if nearest else "none"
-            rows.append(
-                f'<tr><td><img src="{thumbnail(q.data)}"></td><td>{reference}</td><td>{q.family} of {q.source}'
-                f"<br>expected {q.expected}<br>nearest {nearest}<br>{rule} score {scores[i]:.3f}</td></tr>"
-            )
-        rows.append("</table>")
-    path.write_text(f"<html><body><h1>Worst failures of the {rule} rule</h1>{''.join(rows)}</body></html>")
-
-
-def plot(path: Path, results: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 5))
-    for name, result in results.items():
-        axes.plot(result["curve"]["recall"], result["curve"]["precision"], label=f"{name} (µAP {result['uap']:.3f})")
-    axes.set_xlabel("recall")
-    axes.set_ylabel("precision")
-    axes.set_ylim(0.9, 1.001)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower left")
-    axes.set_title("Near-duplicate detection on the dev set")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.client import connect, enroll  # noqa: E402
+from service.api.channels import stub  # noqa: E402
+from service.client import enroll  # noqa: E402
 
 
 def seed_rows(database: Path) -> int:
@@ -49,7 +50,7 @@ def main() -> None:
     print(f"re-enrolling {len(keys)} images: the seed's ResNet50 features are not SSCD features and cannot be reused")
     root = arguments.root or arguments.list.parent
     items = [(key, Path(key) if Path(key).is_absolute() else root / key) for key in keys]
-    summary = enroll(connect(arguments.server), items, total=len(items))
+    summary = enroll(stub(arguments.server), items, total=len(items))
     for key, why in summary.failures:
         print(f"failed: {key}: {why}")
     print(summary.line())

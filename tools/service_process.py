@@ -9,8 +9,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.api import channels
 from service.proto.neardup.v1 import neardup_pb2_grpc
-from service.triton_process import free_port
+from service.triton.process import free_port
 
 SERVICE_NAME = "neardup.v1.NearDup"
 START_TIMEOUT_S = 180
@@ -39,6 +40,7 @@ class RunningService:
 
     def __init__(self, data_dir: Path, *flags: str):
         self.port = free_port()
+        self.data_dir = data_dir
         self.log_path = data_dir.parent / f"service-{self.port}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         command = [
@@ -52,7 +54,7 @@ class RunningService:
             str(data_dir),
         ]
         self.process = subprocess.Popen([*command, *flags], stdout=self.log, stderr=subprocess.STDOUT)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = channels.channel(f"127.0.0.1:{self.port}")
         self.stub = neardup_pb2_grpc.NearDupStub(self.channel)
 
     def wait_serving(self, timeout_s: float = START_TIMEOUT_S) -> "RunningService":

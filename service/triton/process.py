@@ -16,6 +16,16 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# An installed wheel carries the repository inside the package (setup.py copies it there); a
+# checkout (and an editable install) uses the top-level model_repository/.
+PACKAGED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+CHECKOUT_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+
+
+def default_model_repository() -> Path:
+    """The model repository shipped with this installation of the service."""
+    return PACKAGED_REPOSITORY if PACKAGED_REPOSITORY.is_dir() else CHECKOUT_REPOSITORY
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -42,7 +52,10 @@ class BundledTriton:
         import pytriton
 
         if not (repository / models[0] / "config.pbtxt").exists():
-            raise SystemExit(f"no Triton model {models[0]!r} in {repository}: pass --model-repository")
+            raise SystemExit(
+                f"no Triton model {models[0]!r} in {repository}: pass --model-repository "
+                "(the model_repository/ folder of the neardup source)"
+            )
         self.dist = Path(pytriton.__file__).parent / "tritonserver"
         self.libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
         self.models = models

@@ -15,8 +15,11 @@ class ImageError(ValueError):
 
 def decode_canvas(data: bytes, canvas_size: int, max_pixels: int, min_side: int) -> np.ndarray:
     """The image as a canvas_size x canvas_size RGB uint8 array (what Triton embeds)."""
-    rgb = decode(data, canvas_size, max_pixels, min_side)
-    return np.asarray(rgb.resize((canvas_size, canvas_size), Image.Resampling.BILINEAR))
+    return to_canvas(decode(data, canvas_size, max_pixels, min_side), canvas_size)
+
+
+def to_canvas(rgb: Image.Image, size: int) -> np.ndarray:
+    return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR))
 
 
 def decode(data: bytes, needed_side: int, max_pixels: int, min_side: int) -> Image.Image:

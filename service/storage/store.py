@@ -10,104 +10,31 @@ Databases in one environment (`DATA_DIR/store.lmdb`):
 
 Each batch of writes is one transaction, committed with fsync: once `write` returns, every
 record in it survives a crash, and a crash mid-batch leaves none of it (no torn records).
-`changes` lets the index (a snapshot built at some seq) catch up with what came after.
+`changes` lets the index (a snapshot built at some seq) catch up with what came after; every
+commit calls the store's subscribers (the index), so no writer has to remember to.
 """
 
-import json
-import struct
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lmdb
-import numpy as np
 
-FEATURE_DTYPE = np.float16
-ENROLL, DELETE = b"E", b"D"
+from service.storage.records import (
+    DELETE,
+    ENROLL,
+    Change,
+    Enrolment,
+    ModelMismatch,
+    Record,
+    StoreError,
+    Written,
+    from_u64,
+    u64,
+)
+
 MIN_MAP_SIZE = 1 << 30
-MAX_KEY_BYTES = 511  # LMDB's default limit on a key's length
-
-
-class StoreError(RuntimeError):
-    pass
-
-
-class ModelMismatch(StoreError):
-    """The store holds features of another model; mixing them would make every distance meaningless."""
-
-
-@dataclass(frozen=True)
-class Record:
-    key: str
-    feature: np.ndarray  # unit length, stored as float16
-    threshold: float
-    sha256: bytes
-    model: str
-    enrolled_at: float
-    metadata: dict[str, str] = field(default_factory=dict)
-    id: int = 0
-    seq: int = 0
-
-    _HEADER = struct.Struct("<BQQfdHHH")  # version, id, seq, threshold, enrolled_at, len(model), len(key), dim
-
-    def encode(self) -> bytes:
-        model, key = self.model.encode(), self.key.encode()
-        feature = np.asarray(self.feature, dtype=FEATURE_DTYPE)
-        header = self._HEADER.pack(
-            1, self.id, self.seq, self.threshold, self.enrolled_at, len(model), len(key), feature.size
-        )
-        metadata = json.dumps(self.metadata, ensure_ascii=False, sort_keys=True).encode()
-        return b"".join([header, self.sha256, feature.tobytes(), model, key, metadata])
-
-    @classmethod
-    def decode(cls, data: bytes) -> "Record":
-        version, id_, seq, threshold, enrolled_at, model_len, key_len, dim = cls._HEADER.unpack_from(data)
-        if version != 1:
-            raise StoreError(f"record {id_} has unknown format version {version}")
-        at = cls._HEADER.size
-        sha, at = data[at : at + 32], at + 32
-        width = dim * np.dtype(FEATURE_DTYPE).itemsize
-        feature, at = np.frombuffer(data, FEATURE_DTYPE, dim, at), at + width
-        model, at = bytes(data[at : at + model_len]).decode(), at + model_len
-        key, at = bytes(data[at : at + key_len]).decode(), at + key_len
-        metadata = json.loads(bytes(data[at:]))
-        return cls(key, feature, threshold, bytes(sha), model, enrolled_at, metadata, id_, seq)
-
-
-@dataclass(frozen=True)
-class Change:
-    seq: int
-    op: bytes  # ENROLL or DELETE
-    id: int
-
-
-@dataclass(frozen=True)
-class Enrolment:
-    """One image to write: the key, its bytes' digest, and what Triton made of it."""
-
-    key: str
-    sha256: bytes
-    feature: np.ndarray
-    threshold: float
-    metadata: dict[str, str]
-    keypoints: bytes = b""
-
-
-@dataclass(frozen=True)
-class Written:
-    status: str  # "ENROLLED", "UPDATED" or "UNCHANGED"
-    record: Record
-    replaced_id: int | None = None  # the id an UPDATED record superseded
-
-
-def u64(value: int) -> bytes:
-    return value.to_bytes(8, "big")
-
-
-def from_u64(data: bytes) -> int:
-    return int.from_bytes(data, "big")
 
 
 class ReadWriteLock:
@@ -163,6 +90,11 @@ class Store:
         self.meta = self.env.open_db(b"meta", create=not readonly)
         self.keypoints = self.env.open_db(b"keypoints", create=not readonly)
         self._lock = ReadWriteLock()
+        self._subscribers: list[Callable[[], None]] = []
+
+    def subscribe(self, on_commit: Callable[[], None]) -> None:
+        """Calls on_commit() after every write transaction commits (in the writer's thread)."""
+        self._subscribers.append(on_commit)
 
     def close(self) -> None:
         self.env.close()
@@ -180,17 +112,22 @@ class Store:
     # Writes ----------------------------------------------------------------------------------
 
     def _write(self, work):
-        """Runs work(txn) in one durable write transaction, growing the map if it is full."""
+        """Runs work(txn) in one durable write transaction, growing the map if it is full, then
+        tells the subscribers."""
         while True:
             self._lock.acquire_read()
             try:
                 with self.env.begin(write=True) as txn:
-                    return work(txn)
+                    result = work(txn)
+                break
             except lmdb.MapFullError:
                 pass
             finally:
                 self._lock.release_read()
             self._grow()
+        for on_commit in self._subscribers:
+            on_commit()
+        return result
 
     def _grow(self) -> None:
         self._lock.acquire_write()

@@ -4,30 +4,40 @@ import asyncio
 import collections
 import hashlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.hashing import Hasher
-from service.imaging import ImageError
-from service.index import SearchIndex
-from service.proto.neardup.v1 import neardup_pb2 as pb
-from service.store import MAX_KEY_BYTES, Enrolment, Store
+from service.media.imaging import ImageError
+from service.storage.records import MAX_KEY_BYTES, Enrolment
+from service.storage.store import Store
+from service.triton.client import Hasher
 
-STATUS = {
-    "ENROLLED": pb.EnrollResult.ENROLLED,
-    "UPDATED": pb.EnrollResult.UPDATED,
-    "UNCHANGED": pb.EnrollResult.UNCHANGED,
-}
+INVALID = "INVALID"  # besides the store's ENROLLED, UPDATED and UNCHANGED
+
+
+@dataclass(frozen=True)
+class EnrollItem:
+    key: str
+    image: bytes
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EnrollOutcome:
+    key: str
+    status: str  # ENROLLED, UPDATED, UNCHANGED or INVALID
+    id: int = 0
+    error: str = ""  # why, when INVALID
 
 
 @dataclass
 class Item:
-    request: pb.EnrollRequest
+    request: EnrollItem
     sha256: bytes = b""
     canvas: np.ndarray | None = None
     keypoints: bytes = b""
-    result: pb.EnrollResult | None = None
+    result: EnrollOutcome | None = None
 
 
 def key_problem(key: str) -> str | None:
@@ -51,21 +61,19 @@ class Enroller:
         self,
         hasher: Hasher,
         store: Store,
-        index: SearchIndex,
         describe: Callable[[bytes], tuple[np.ndarray, bytes]],
         model_identity: str,
         views: int,
     ):
         self.hasher = hasher
         self.store = store
-        self.index = index
         self.describe = describe  # bytes -> (canvas, keypoints or b"")
         self.model_identity = model_identity
         self.views = views
 
     async def stream(
-        self, requests: AsyncIterator[pb.EnrollRequest], window: int, batch_size: int, timeout_s: Callable[[], float]
-    ) -> AsyncIterator[pb.EnrollResult]:
+        self, requests: AsyncIterator[EnrollItem], window: int, batch_size: int, timeout_s: Callable[[], float]
+    ) -> AsyncIterator[EnrollOutcome]:
         """Answers a request stream in order. At most `window` requests are read ahead of the
         answers, so a client sending faster than the service hashes is held back by gRPC flow
         control instead of filling memory."""
@@ -108,11 +116,11 @@ class Enroller:
 
     async def enroll(
         self,
-        requests: list[pb.EnrollRequest],
+        requests: list[EnrollItem],
         timeout_s: float,
         after: asyncio.Future | None = None,
         uncommitted: frozenset[str] = frozenset(),
-    ) -> list[pb.EnrollResult]:
+    ) -> list[EnrollOutcome]:
         """Enrols one batch; its LMDB transaction waits for `after` (the previous batch's, which
         writes the keys `uncommitted`) to commit."""
         await asyncio.to_thread(self.store.check_model, self.model_identity)
@@ -138,9 +146,8 @@ class Enroller:
                 for item, d in zip(to_hash, descriptors, strict=True)
             ]
             written = await asyncio.to_thread(self.store.enroll, self.model_identity, enrolments)
-            await asyncio.to_thread(self.index.catch_up)
             for item, outcome in zip(to_hash, written, strict=True):
-                item.result = pb.EnrollResult(key=item.request.key, status=STATUS[outcome.status], id=outcome.record.id)
+                item.result = EnrollOutcome(item.request.key, outcome.status, outcome.record.id)
         return [item.result for item in items]
 
     def _skip_unchanged(self, items: list[Item], uncommitted: frozenset[str]) -> list[Item]:
@@ -156,8 +163,7 @@ class Enroller:
                     continue
                 existing = view.by_key(item.request.key)
                 if item.request.key not in written_before and existing is not None and existing.sha256 == item.sha256:
-                    unchanged = pb.EnrollResult.UNCHANGED
-                    item.result = pb.EnrollResult(key=item.request.key, status=unchanged, id=existing.id)
+                    item.result = EnrollOutcome(item.request.key, "UNCHANGED", existing.id)
                 else:
                     pending.append(item)
                 written_before.add(item.request.key)
@@ -170,5 +176,5 @@ class Enroller:
             item.result = self._invalid(item, str(error))
 
     @staticmethod
-    def _invalid(item: Item, error: str) -> pb.EnrollResult:
-        return pb.EnrollResult(key=item.request.key, status=pb.EnrollResult.INVALID, error=error)
+    def _invalid(item: Item, error: str) -> EnrollOutcome:
+        return EnrollOutcome(item.request.key, INVALID, error=error)

@@ -1,4 +1,4 @@
-"""The hashing client: canvases to (feature, threshold) through Triton."""
+"""The Triton client: canvases to (feature, threshold) descriptors, and Triton's errors classified."""
 
 import asyncio
 from dataclasses import dataclass
@@ -8,6 +8,8 @@ import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
+from service.triton import contract
+
 # Reconnect fast after Triton restarts: gRPC's default backoff grows to two minutes.
 CHANNEL_ARGS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -16,9 +18,6 @@ CHANNEL_ARGS = [
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
 ]
-
-
-MAX_BATCH = 16  # max_batch_size in model_repository/*/config.pbtxt
 
 
 class TritonUnavailable(RuntimeError):
@@ -35,7 +34,7 @@ class TritonRejected(RuntimeError):
 
 @dataclass(frozen=True)
 class Descriptor:
-    feature: np.ndarray  # float32 [512], unit length
+    feature: np.ndarray  # float32 [contract.DIMENSIONS], unit length
     threshold: float
 
 
@@ -49,28 +48,32 @@ class Hasher:
 
     async def hash(self, canvases: np.ndarray, views: list[int], timeout_s: float) -> list[Descriptor]:
         """Descriptors of the canvases, in order; batches over the model's limit go as several requests."""
-        chunks = range(0, len(canvases), MAX_BATCH)
+        size = contract.MAX_BATCH
+        chunks = range(0, len(canvases), size)
         parts = await asyncio.gather(
-            *(self._infer(canvases[i : i + MAX_BATCH], views[i : i + MAX_BATCH], timeout_s) for i in chunks)
+            *(self._infer(canvases[i : i + size], views[i : i + size], timeout_s) for i in chunks)
         )
         return [descriptor for part in parts for descriptor in part]
 
     async def _infer(self, canvases: np.ndarray, views: list[int], timeout_s: float) -> list[Descriptor]:
-        image = triton.InferInput("IMAGE", list(canvases.shape), "UINT8")
+        image = triton.InferInput(contract.IMAGE, list(canvases.shape), "UINT8")
         image.set_data_from_numpy(canvases)
-        view_counts = triton.InferInput("VIEWS", [len(views), 1], "INT32")
+        view_counts = triton.InferInput(contract.VIEWS, [len(views), 1], "INT32")
         view_counts.set_data_from_numpy(np.array(views, dtype=np.int32).reshape(-1, 1))
         try:
             result = await self.client.infer(
                 self.model,
                 [image, view_counts],
-                outputs=[triton.InferRequestedOutput("FEATURE"), triton.InferRequestedOutput("THRESHOLD")],
+                outputs=[
+                    triton.InferRequestedOutput(contract.FEATURE),
+                    triton.InferRequestedOutput(contract.THRESHOLD),
+                ],
                 client_timeout=max(timeout_s, 0.001),
             )
         except InferenceServerException as error:
             raise self._classify(error) from None
-        features = result.as_numpy("FEATURE")
-        thresholds = result.as_numpy("THRESHOLD").reshape(-1)
+        features = result.as_numpy(contract.FEATURE)
+        thresholds = result.as_numpy(contract.THRESHOLD).reshape(-1)
         return [Descriptor(f, float(t)) for f, t in zip(features, thresholds, strict=True)]
 
     def _classify(self, error: InferenceServerException) -> Exception:

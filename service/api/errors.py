@@ -1,0 +1,66 @@
+"""The one place where exceptions become gRPC statuses (unary and streaming methods)."""
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from service.media.imaging import ImageError
+from service.storage.records import ModelMismatch
+from service.storage.snapshots import SnapshotError
+from service.triton.client import TritonRejected, TritonTimeout, TritonUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """The request itself is wrong (not the image)."""
+
+
+class KeyNotFound(LookupError):
+    pass
+
+
+STATUS_OF_ERROR: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (ImageError, grpc.StatusCode.INVALID_ARGUMENT),
+    (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (KeyNotFound, grpc.StatusCode.NOT_FOUND),
+    (ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (SnapshotError, grpc.StatusCode.FAILED_PRECONDITION),
+    (TritonUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (TritonTimeout, grpc.StatusCode.UNAVAILABLE),
+    (TritonRejected, grpc.StatusCode.INTERNAL),
+]
+HANDLED = tuple(error for error, _ in STATUS_OF_ERROR)
+
+
+async def abort(context: grpc.aio.ServicerContext, method: str, error: Exception) -> None:
+    code = next(code for kind, code in STATUS_OF_ERROR if isinstance(error, kind))
+    log.info("%s: %s: %s", method, code.name, error)
+    await context.abort(code, str(error))
+
+
+def grpc_errors(method: Callable) -> Callable:
+    """Decorates a servicer method: the errors in STATUS_OF_ERROR abort the call with their status."""
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream_wrapper(self, request, context: grpc.aio.ServicerContext):
+            try:
+                async for response in method(self, request, context):
+                    yield response
+            except HANDLED as error:
+                await abort(context, method.__name__, error)
+
+        return stream_wrapper
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except HANDLED as error:
+            await abort(context, method.__name__, error)
+
+    return wrapper

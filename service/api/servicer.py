@@ -1,0 +1,142 @@
+"""The gRPC servicer: validates requests, calls the core, and maps to and from protobuf."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from service.api.errors import KeyNotFound, RequestError, grpc_errors
+from service.config import Settings
+from service.core.checking import Checker, CheckResult
+from service.core.enrollment import Enroller, EnrollItem
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
+from service.storage import snapshots
+from service.storage.snapshots import SnapshotLoader
+from service.storage.store import Store
+from service.storage.vector_index import VectorIndex
+from service.triton import contract
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["NearDup"].full_name
+# Leave the caller this much of its deadline to receive our answer.
+DEADLINE_MARGIN_S = 0.05
+
+
+class NearDupServicer(pb_grpc.NearDupServicer):
+    def __init__(
+        self,
+        settings: Settings,
+        checker: Checker,
+        enroller: Enroller,
+        store: Store,
+        index: VectorIndex,
+        loader: SnapshotLoader,
+    ):
+        self.settings = settings
+        self.checker = checker
+        self.enroller = enroller
+        self.store = store
+        self.index = index
+        self.loader = loader
+
+    def _triton_timeout(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        if remaining is None:
+            return self.settings.triton.timeout_s
+        return min(self.settings.triton.timeout_s, remaining - DEADLINE_MARGIN_S)
+
+    @grpc_errors
+    async def Hash(self, request: pb.HashRequest, context: grpc.aio.ServicerContext) -> pb.HashResponse:
+        views = request.views or self.settings.triton.enroll_views
+        problem = contract.view_problem(views)
+        if problem:
+            raise RequestError(problem)
+        descriptor = await self.checker.embed(request.image, views, self._triton_timeout(context))
+        return pb.HashResponse(
+            feature=descriptor.feature.tolist(),
+            threshold=descriptor.threshold,
+            model=self.settings.triton.model,
+            views=views,
+            input_size=self.settings.triton.input_size,
+        )
+
+    @grpc_errors
+    async def Check(self, request: pb.CheckRequest, context: grpc.aio.ServicerContext) -> pb.CheckResponse:
+        top_k = request.top_k or 1
+        if not 1 <= top_k <= self.settings.limits.max_top_k:
+            raise RequestError(f"top_k must be between 1 and {self.settings.limits.max_top_k}, got {top_k}")
+        result = await self.checker.check(request.image, top_k, self._triton_timeout(context))
+        return self._check_response(result)
+
+    def _check_response(self, result: CheckResult) -> pb.CheckResponse:
+        matches = [
+            pb.Match(
+                key=match.record.key,
+                id=match.record.id,
+                distance=match.distance,
+                threshold=match.record.threshold,
+                is_duplicate=match.is_duplicate,
+                metadata=match.record.metadata,
+                inliers=match.inliers,
+            )
+            for match in result.matches
+        ]
+        return pb.CheckResponse(
+            is_duplicate=result.is_duplicate,
+            matches=matches,
+            model=self.settings.triton.model,
+            index_generation=result.index_generation,
+            identical=result.identical,
+            score=result.score,
+            decision_rule=self.settings.decision.rule,
+            background_similarity=result.background_similarity,
+        )
+
+    @grpc_errors
+    async def Enroll(self, requests: AsyncIterator[pb.EnrollRequest], context: grpc.aio.ServicerContext):
+        async def items() -> AsyncIterator[EnrollItem]:
+            async for request in requests:
+                yield EnrollItem(request.key, request.image, dict(request.metadata))
+
+        limits = self.settings.limits
+        outcomes = self.enroller.stream(
+            items(), limits.enroll_window, limits.enroll_batch, lambda: self._triton_timeout(context)
+        )
+        async for outcome in outcomes:
+            yield pb.EnrollResult(
+                key=outcome.key, status=pb.EnrollResult.Status.Value(outcome.status), id=outcome.id, error=outcome.error
+            )
+
+    @grpc_errors
+    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        removed = await asyncio.to_thread(self.store.delete, request.key)
+        if removed is None:
+            raise KeyNotFound(f"no image is enrolled under key {request.key!r}")
+        log.info("deleted %r (id %d)", request.key, removed.id)
+        return pb.DeleteResponse()
+
+    @grpc_errors
+    async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
+        with self.store.read() as view:
+            records = view.count()
+        index = self.index.stats()
+        triton = self.settings.triton
+        return pb.StatsResponse(
+            records=records,
+            index_generation=index.generation,
+            index_size=index.snapshot_size,
+            unindexed_records=index.unindexed,
+            model=triton.model,
+            bytes_on_disk=self.store.bytes_on_disk() + snapshots.bytes_on_disk(self.settings.index_dir),
+            input_size=triton.input_size,
+            views_per_check=triton.check_views,
+            views_per_enroll=triton.enroll_views,
+        )
+
+    @grpc_errors
+    async def ReloadIndex(self, request: pb.ReloadIndexRequest, context) -> pb.ReloadIndexResponse:
+        reloaded = await asyncio.to_thread(self.loader.load_if_new, True)
+        return pb.ReloadIndexResponse(index_generation=self.index.stats().generation, reloaded=reloaded)

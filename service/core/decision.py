@@ -1,0 +1,120 @@
+"""Decision rules: is a query a near-duplicate of its nearest enrolled images?
+
+Every rule turns the query's candidates (nearest first) into one score per candidate, higher
+meaning "more surely a duplicate", and a candidate is a duplicate when its score reaches the
+rule's threshold. The rules live in one registry, RULES, which the service decides with and
+tools/evaluate.py scores with, so a change to a rule is measured by the benchmark.
+
+  global      cosine similarity of the nearest image                      >= global_threshold
+  seed        the nearest image's own radius minus its distance (the seed) >= 0
+  clamped     as seed, with the radius clamped to [clamp_min, clamp_max]   >= 0
+  margin      similarity of the nearest minus margin_beta x that of the
+              second nearest (the enrolled set as its own background)      >= margin_threshold
+  normalized  similarity minus beta x the query's mean similarity to its nearest background
+              (distractor) features, as in the SSCD paper                  >= normalized_threshold
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One enrolled image near the query."""
+
+    distance: float  # Euclidean between unit vectors
+    threshold: float  # the enrolled image's own near-duplicate radius
+
+    @property
+    def similarity(self) -> float:
+        return 1.0 - self.distance**2 / 2.0
+
+
+def setting(default, help: str):  # noqa: A002 - argparse's word
+    """A decision parameter; its help text is shown by `neardup serve --help`."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A rule and its parameters. The defaults are the service's: margin won on the benchmark and
+    0.45 keeps precision >= 99.9 % there (docs/quality.md)."""
+
+    rule: str = setting("margin", "the decision rule (docs/quality.md compares them)")
+    global_threshold: float = setting(0.75, "global rule: least cosine similarity of the nearest image")
+    clamp_min: float = setting(0.3, "clamped rule: least radius")
+    clamp_max: float = setting(0.7, "clamped rule: largest radius")
+    margin_threshold: float = setting(0.45, "margin rule: least similarity minus beta x the second's")
+    margin_beta: float = setting(0.5, "margin rule: weight of the second nearest image's similarity")
+    normalization_beta: float = setting(1.0, "normalized rule: weight of the background similarity")
+    normalized_threshold: float = setting(0.5, "normalized rule: least normalised similarity")
+    geometric_band: float = setting(
+        0.0,
+        "scores this far under the threshold get the ORB + RANSAC check (0: never; "
+        "keypoints are stored at enrolment only while it is on)",
+    )
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"unknown decision rule {self.rule!r}; one of {', '.join(RULES)}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    is_duplicate: bool
+    score: float
+    each: list[bool]  # per candidate, nearest first
+
+
+@dataclass(frozen=True)
+class Rule:
+    scores: Callable[[Policy, list[Candidate], float], list[float]]  # (policy, candidates, background)
+    threshold: Callable[[Policy], float]
+
+
+def _global(policy: Policy, candidates: list[Candidate], background: float) -> list[float]:
+    return [c.similarity for c in candidates]
+
+
+def _within_radius(policy: Policy, candidates: list[Candidate], background: float) -> list[float]:
+    return [radius(policy, c.threshold) - c.distance for c in candidates]
+
+
+def _margin(policy: Policy, candidates: list[Candidate], background: float) -> list[float]:
+    """Only the nearest image can win by a margin over the second."""
+    second = candidates[1].similarity if len(candidates) > 1 else 0.0
+    return [candidates[0].similarity - policy.margin_beta * second] + [float("-inf")] * (len(candidates) - 1)
+
+
+def _normalized(policy: Policy, candidates: list[Candidate], background: float) -> list[float]:
+    return [c.similarity - policy.normalization_beta * background for c in candidates]
+
+
+RULES: dict[str, Rule] = {
+    "global": Rule(_global, lambda policy: policy.global_threshold),
+    "seed": Rule(_within_radius, lambda policy: 0.0),
+    "clamped": Rule(_within_radius, lambda policy: 0.0),
+    "margin": Rule(_margin, lambda policy: policy.margin_threshold),
+    "normalized": Rule(_normalized, lambda policy: policy.normalized_threshold),
+}
+
+
+def decide(policy: Policy, candidates: list[Candidate], background_similarity: float = 0.0) -> Decision:
+    if not candidates:
+        return Decision(False, float("-inf"), [])
+    rule = RULES[policy.rule]
+    scores = rule.scores(policy, candidates, background_similarity)
+    each = [score >= rule.threshold(policy) for score in scores]
+    return Decision(each[0], scores[0], each)
+
+
+def is_borderline(policy: Policy, decision: Decision) -> bool:
+    """Not a duplicate, but within the geometric band below the threshold: geometry decides."""
+    threshold = RULES[policy.rule].threshold(policy)
+    return not decision.is_duplicate and decision.score >= threshold - policy.geometric_band
+
+
+def radius(policy: Policy, threshold: float) -> float:
+    if policy.rule == "clamped":
+        return min(max(threshold, policy.clamp_min), policy.clamp_max)
+    return threshold

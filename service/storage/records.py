@@ -1,0 +1,91 @@
+"""What the store holds: records (and their byte encoding), enrolments to write, and changes."""
+
+import json
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FEATURE_DTYPE = np.float16
+ENROLL, DELETE = b"E", b"D"
+MAX_KEY_BYTES = 511  # LMDB's default limit on a key's length
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class ModelMismatch(StoreError):
+    """The store holds features of another model; mixing them would make every distance meaningless."""
+
+
+@dataclass(frozen=True)
+class Record:
+    key: str
+    feature: np.ndarray  # unit length, stored as float16
+    threshold: float
+    sha256: bytes
+    model: str
+    enrolled_at: float
+    metadata: dict[str, str] = field(default_factory=dict)
+    id: int = 0
+    seq: int = 0
+
+    _HEADER = struct.Struct("<BQQfdHHH")  # version, id, seq, threshold, enrolled_at, len(model), len(key), dim
+
+    def encode(self) -> bytes:
+        model, key = self.model.encode(), self.key.encode()
+        feature = np.asarray(self.feature, dtype=FEATURE_DTYPE)
+        header = self._HEADER.pack(
+            1, self.id, self.seq, self.threshold, self.enrolled_at, len(model), len(key), feature.size
+        )
+        metadata = json.dumps(self.metadata, ensure_ascii=False, sort_keys=True).encode()
+        return b"".join([header, self.sha256, feature.tobytes(), model, key, metadata])
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Record":
+        version, id_, seq, threshold, enrolled_at, model_len, key_len, dim = cls._HEADER.unpack_from(data)
+        if version != 1:
+            raise StoreError(f"record {id_} has unknown format version {version}")
+        at = cls._HEADER.size
+        sha, at = data[at : at + 32], at + 32
+        width = dim * np.dtype(FEATURE_DTYPE).itemsize
+        feature, at = np.frombuffer(data, FEATURE_DTYPE, dim, at), at + width
+        model, at = bytes(data[at : at + model_len]).decode(), at + model_len
+        key, at = bytes(data[at : at + key_len]).decode(), at + key_len
+        metadata = json.loads(bytes(data[at:]))
+        return cls(key, feature, threshold, bytes(sha), model, enrolled_at, metadata, id_, seq)
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    op: bytes  # ENROLL or DELETE
+    id: int
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """One image to write: the key, its bytes' digest, and what Triton made of it."""
+
+    key: str
+    sha256: bytes
+    feature: np.ndarray
+    threshold: float
+    metadata: dict[str, str]
+    keypoints: bytes = b""
+
+
+@dataclass(frozen=True)
+class Written:
+    status: str  # "ENROLLED", "UPDATED" or "UNCHANGED"
+    record: Record
+    replaced_id: int | None = None  # the id an UPDATED record superseded
+
+
+def u64(value: int) -> bytes:
+    return value.to_bytes(8, "big")
+
+
+def from_u64(data: bytes) -> int:
+    return int.from_bytes(data, "big")

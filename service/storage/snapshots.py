@@ -1,0 +1,241 @@
+"""The life cycle of index snapshots, in one place: build, manifest, load, watch, clean up.
+
+Files in DATA_DIR/index/: `manifest.json` (the current snapshot) and the
+`index-<generation>.usearch` files it names. A build reads one consistent snapshot of the store
+(a single read transaction), writes the index to a temporary file, fsyncs and renames it, then
+replaces the manifest the same way, so a reader sees the old or the new one. The service
+notices a new manifest (polled, or at once on SIGHUP or ReloadIndex), loads it in the
+background and swaps it in; changes committed meanwhile are replayed from the store's log.
+
+`neardup index rebuild` and tools/rebuild_index.py call `rebuild`.
+"""
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+from usearch.index import Index
+
+from service.storage.store import Store
+from service.storage.usearch_index import EXPANSION_SEARCH, SNAPSHOT_DTYPE, UsearchIndex, new_index
+from service.triton.contract import DIMENSIONS
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+LOCK = ".rebuild.lock"
+BATCH = 10_000  # records added to the index per call while building
+FIX = "rebuild it with `neardup index rebuild --data-dir DIR` (or tools/rebuild_index.py)"
+
+
+class SnapshotError(RuntimeError):
+    """The snapshot on disk cannot be used; the message says why and what to do."""
+
+
+class RebuildError(RuntimeError):
+    """A rebuild cannot run now (another is running, or there is nothing to index)."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    generation: int
+    count: int
+    model: str
+    snapshot_seq: int  # the store's change sequence number the snapshot includes
+    dtype: str
+    file: str
+    created_at: float
+    build_seconds: float = 0.0
+
+    @staticmethod
+    def path(index_dir: Path) -> Path:
+        return index_dir / MANIFEST
+
+    @classmethod
+    def parse(cls, raw: bytes, path: Path) -> "Manifest":
+        try:
+            return cls(**json.loads(raw))
+        except (ValueError, TypeError) as error:
+            raise SnapshotError(f"{path} is corrupt ({error}); {FIX}") from None
+
+    def write(self, index_dir: Path) -> None:
+        write_atomically(self.path(index_dir), json.dumps(asdict(self), indent=1).encode())
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def generation_of(path: Path) -> int:
+    return int(path.stem.split("-")[1])
+
+
+def bytes_on_disk(index_dir: Path) -> int:
+    return sum(p.stat().st_size for p in index_dir.glob("*.usearch")) if index_dir.exists() else 0
+
+
+# Build ---------------------------------------------------------------------------------------
+
+
+def rebuild(data_dir: Path, dtype: str = SNAPSHOT_DTYPE, keep: int = 2, progress: bool = True) -> Manifest:
+    """Builds the next generation from the store in data_dir (opened read-only)."""
+    store = Store(data_dir, readonly=True)
+    try:
+        return build_snapshot(store, Path(data_dir) / "index", dtype, keep, progress)
+    finally:
+        store.close()
+
+
+def build_snapshot(store: Store, index_dir: Path, dtype: str, keep: int, progress: bool) -> Manifest:
+    """Builds the next index generation from one read transaction of `store`, then keeps the
+    newest `keep` generations on disk."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1 (the generation just built), got {keep}")
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with open(index_dir / LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RebuildError(f"another rebuild of {index_dir} is running; wait for it to finish") from None
+        generation = 1 + max([0, *map(generation_of, index_dir.glob("index-*.usearch"))])
+        started = time.perf_counter()
+        with store.read() as view:
+            model, seq, count = view.model(), view.seq(), view.count()
+            if model is None:
+                raise RebuildError(f"the store in {store.path} is empty: enrol images first")
+            index = new_index(dtype)
+            bar = tqdm(total=count, unit="rec", desc=f"index generation {generation}", disable=not progress)
+            ids, features = [], []
+            for record in view.records():
+                ids.append(record.id)
+                features.append(record.feature)
+                if len(ids) == BATCH:
+                    index.add(np.array(ids, np.uint64), np.array(features, np.float32))
+                    bar.update(len(ids))
+                    ids, features = [], []
+            if ids:
+                index.add(np.array(ids, np.uint64), np.array(features, np.float32))
+                bar.update(len(ids))
+            bar.close()
+        name = f"index-{generation}.usearch"
+        temporary = index_dir / (name + ".tmp")
+        index.save(str(temporary))
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, index_dir / name)
+        fsync_directory(index_dir)
+        manifest = Manifest(generation, len(index), model, seq, dtype, name, time.time(), time.perf_counter() - started)
+        manifest.write(index_dir)
+        remove_old_generations(index_dir, generation, keep)
+        return manifest
+
+
+def remove_old_generations(index_dir: Path, current: int, keep: int) -> None:
+    """Keeps the newest `keep` index files (the current one always); a service still mapping an
+    older one keeps its copy until it lets go."""
+    for path in index_dir.glob("index-*.usearch"):
+        if generation_of(path) <= current - max(keep, 1):
+            path.unlink()
+
+
+# Load ----------------------------------------------------------------------------------------
+
+
+def load_snapshot(index_dir: Path, manifest: Manifest, model: str | None) -> Index:
+    """Memory-maps the snapshot a manifest names, after checking it belongs to this store."""
+    if model is not None and manifest.model != model:
+        raise SnapshotError(
+            f"index generation {manifest.generation} was built for model {manifest.model!r}, "
+            f"the store holds {model!r}: {FIX}"
+        )
+    path = index_dir / manifest.file
+    if not path.exists():
+        raise SnapshotError(f"{path} named by {MANIFEST} is missing: {FIX}")
+    try:
+        snapshot = Index.restore(str(path), view=True)
+    except Exception as error:  # usearch raises plain RuntimeError/ValueError for damaged files
+        raise SnapshotError(f"{path} cannot be loaded ({error}): {FIX}") from None
+    if snapshot is None or len(snapshot) != manifest.count or snapshot.ndim != DIMENSIONS:
+        found = "nothing" if snapshot is None else f"{len(snapshot)} vectors of {snapshot.ndim} dimensions"
+        raise SnapshotError(f"{path} holds {found}, its manifest says {manifest.count}: the file is damaged; {FIX}")
+    snapshot.expansion_search = EXPANSION_SEARCH  # a search setting: not stored in the file
+    return snapshot
+
+
+class SnapshotLoader:
+    """Loads the snapshot the manifest names when it differs from the one in use.
+
+    Called from a background thread (a poll, SIGHUP or the ReloadIndex RPC): requests keep
+    being served from the current snapshot while the new one loads, then it is swapped in.
+    A missing, stale or damaged snapshot raises SnapshotError and leaves the current one in use.
+    """
+
+    def __init__(self, index: UsearchIndex, index_dir: Path):
+        self.index = index
+        self.index_dir = index_dir
+        self._lock = threading.Lock()  # one load at a time
+        self.loaded: bytes | None = None  # the manifest in use, as read
+        self.refused: bytes | None = None  # the last manifest that failed: not retried unless forced
+
+    def load_if_new(self, force: bool = False) -> bool:
+        """True if a new snapshot was swapped in."""
+        with self._lock:
+            path = Manifest.path(self.index_dir)
+            raw = path.read_bytes() if path.exists() else None
+            if raw is None or raw == self.loaded or (raw == self.refused and not force):
+                return False
+            try:
+                manifest = Manifest.parse(raw, path)
+                snapshot = load_snapshot(self.index_dir, manifest, self.index.store.model())
+            except SnapshotError:
+                self.refused = raw
+                raise
+            self.index.swap(snapshot, manifest.generation, manifest.snapshot_seq)
+            self.loaded = raw
+            log.info(
+                "index generation %d in use: %d vectors, snapshot at change %d, %d enrolled since",
+                manifest.generation,
+                manifest.count,
+                manifest.snapshot_seq,
+                self.index.stats().unindexed,
+            )
+            return True
+
+
+# Watch ---------------------------------------------------------------------------------------
+
+
+async def watch(loader: SnapshotLoader, poll_s: float, wake: asyncio.Event) -> None:
+    """Loads a new snapshot when one appears (polled), or at once when woken (SIGHUP)."""
+    while True:
+        force = wake.is_set()
+        wake.clear()
+        try:
+            await asyncio.to_thread(loader.load_if_new, force)
+        except SnapshotError as error:
+            log.error("index not reloaded, still serving generation %d: %s", loader.index.generation, error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), poll_s)

@@ -1,0 +1,32 @@
+"""The vector-index interface: what the service needs from a nearest-neighbour engine.
+
+The store is the truth; an index is a search structure over its records that follows the
+store's change log (the store calls `apply_changes` after every commit). usearch_index.py is
+the one implementation today; another engine (Milvus) implements the same three methods.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from service.storage.records import Record
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    generation: int  # the snapshot in use (0: none)
+    snapshot_size: int  # records in the snapshot
+    unindexed: int  # records enrolled since the snapshot, searched from the live part
+
+
+class VectorIndex(Protocol):
+    def nearest(self, feature: np.ndarray, k: int) -> list[tuple[Record, float]]:
+        """The k nearest records, nearest first, with their Euclidean distances to `feature`."""
+        ...
+
+    def apply_changes(self) -> None:
+        """Brings the index up to the store's last commit."""
+        ...
+
+    def stats(self) -> IndexStats: ...

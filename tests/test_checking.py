@@ -1,0 +1,99 @@
+"""The Checker on a real LMDB store, with in-memory stand-ins for Triton and the vector index."""
+
+import asyncio
+import hashlib
+
+import numpy as np
+import pytest
+
+from service.core.checking import Checker
+from service.core.decision import Policy
+from service.media.preprocess import Preprocessor
+from service.storage.background import Background
+from service.storage.records import Enrolment
+from service.storage.store import Store
+from service.storage.vector_index import IndexStats
+from service.triton.client import Descriptor
+from tests.conftest import image_bytes
+from tests.test_store import MODEL, unit
+
+PICTURE = image_bytes("gnome-wood.jpg")
+
+
+class FixedHasher:
+    """Embeds every image as the same feature, and counts the views asked for."""
+
+    def __init__(self, feature: np.ndarray) -> None:
+        self.feature = feature
+        self.views: list[int] = []
+
+    async def hash(self, canvases: np.ndarray, views: list[int], timeout_s: float) -> list[Descriptor]:
+        self.views.extend(views)
+        return [Descriptor(self.feature, 0.0) for _ in canvases]
+
+
+class ExactIndex:
+    """Every record of the store, ranked exactly: the VectorIndex contract with no engine behind it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def nearest(self, feature: np.ndarray, k: int):
+        with self.store.read() as view:
+            scored = [(r, float(np.linalg.norm(feature - r.feature.astype(np.float32)))) for r in view.records()]
+        return sorted(scored, key=lambda pair: pair[1])[:k]
+
+    def apply_changes(self) -> None:
+        pass
+
+    def stats(self) -> IndexStats:
+        return IndexStats(3, 0, 0)
+
+
+@pytest.fixture
+def store(tmp_path):
+    opened = Store(tmp_path)
+    yield opened
+    opened.close()
+
+
+DEFAULT_POLICY = Policy()
+
+
+def checker(store: Store, hasher: FixedHasher, policy: Policy = DEFAULT_POLICY) -> Checker:
+    preprocessor = Preprocessor(246, 64_000_000, 32, keypoints=False)
+    background = Background(np.zeros((0, 512), np.float32), 5)
+    return Checker(hasher, store, ExactIndex(store), preprocessor, background, policy, MODEL, views=1)
+
+
+def enrol(store: Store, key: str, feature: np.ndarray, image: bytes) -> None:
+    store.enroll(MODEL, [Enrolment(key, hashlib.sha256(image).digest(), feature, 0.3, {})])
+
+
+def test_byte_identical_images_are_answered_without_triton(store):
+    hasher = FixedHasher(unit(1))
+    enrol(store, "a", unit(2), PICTURE)
+    enrol(store, "b", unit(3), PICTURE)
+    result = asyncio.run(checker(store, hasher).check(PICTURE, top_k=5, timeout_s=10))
+    assert hasher.views == [] and result.identical and result.is_duplicate
+    assert sorted(m.record.key for m in result.matches) == ["a", "b"] and all(m.is_duplicate for m in result.matches)
+
+
+def test_a_clear_nearest_is_a_duplicate_and_a_close_second_is_not(store):
+    query = unit(1)
+    near = query + 0.2 * unit(7)
+    enrol(store, "near", near / np.linalg.norm(near), b"near")
+    enrol(store, "far", unit(8), b"far")
+    hasher, policy = FixedHasher(query), Policy("margin", margin_threshold=0.2, margin_beta=1.0)
+    result = asyncio.run(checker(store, hasher, policy).check(PICTURE, top_k=1, timeout_s=10))
+    assert hasher.views == [1]  # the check's view count
+    assert result.is_duplicate and not result.identical and [m.record.key for m in result.matches] == ["near"]
+    assert result.index_generation == 3 and result.matches[0].inliers == -1
+    twin = query + 0.21 * unit(9)
+    enrol(store, "twin", twin / np.linalg.norm(twin), b"twin")  # the margin rule's second is now as close
+    assert not asyncio.run(checker(store, hasher, policy).check(PICTURE, top_k=1, timeout_s=10)).is_duplicate
+
+
+def test_nothing_enrolled_is_never_a_duplicate(store):
+    result = asyncio.run(checker(store, FixedHasher(unit(1))).check(PICTURE, top_k=3, timeout_s=10))
+    assert not result.is_duplicate and result.matches == []

@@ -1,0 +1,66 @@
+"""Settings: grouped, one flag each with help and default, NEARDUP_* defaults, clear errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.cli import build_parser
+from service.config import Settings, flags, settings_from_arguments
+from service.core.decision import Policy
+
+ROOT = Path(__file__).parent.parent
+
+
+def settings(*argv: str, environ: dict[str, str] | None = None) -> Settings:
+    return settings_from_arguments(build_parser().parse_args(["serve", *argv]), environ or {})
+
+
+def serve(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "service.cli", "serve", *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+
+
+def test_flags_fill_their_groups_and_the_policy_is_nested():
+    chosen = settings("--triton-url", "triton:8001", "--decision", "global", "--margin-beta", "0.7", "--port", "6000")
+    assert chosen.triton.url == "triton:8001" and chosen.server.port == 6000
+    assert chosen.decision == Policy("global", margin_beta=0.7)
+    assert settings() == Settings()
+
+
+def test_a_flag_beats_the_environment_which_beats_the_default():
+    assert settings(environ={"NEARDUP_ENROLL_WINDOW": "8"}).limits.enroll_window == 8
+    assert settings("--enroll-window", "4", environ={"NEARDUP_ENROLL_WINDOW": "8"}).limits.enroll_window == 4
+    assert settings(environ={"NEARDUP_DECISION": "seed"}).decision.rule == "seed"
+
+
+def test_every_setting_has_help_with_its_default_and_variable():
+    shown = " ".join(serve("--help", env={"PATH": "/usr/bin:/bin"}).stdout.split())
+    names = [flag.flag for flag in flags()]
+    assert len(names) == len(set(names))
+    for flag in flags():
+        assert f"--{flag.flag}" in shown and f"(default: {flag.default}; env {flag.env})" in shown
+    assert "triton-start-timeout" not in shown  # never read: removed
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "why"),
+    [("NEARDUP_PORT", "fifty", "expected int"), ("NEARDUP_MODEL", "resnet", "not one of sscd, sscd_distilled")],
+)
+def test_a_bad_environment_value_is_one_line_and_help_still_works(variable, value, why):
+    env = {"PATH": "/usr/bin:/bin", variable: value}
+    refused = serve(env=env)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip() == f"neardup: {variable}={value!r} is not a valid --{flags_by_env()[variable]}: {why}"
+    helped = serve("--help", env=env)
+    assert helped.returncode == 0 and "--port" in helped.stdout
+
+
+def test_a_view_count_the_model_does_not_make_is_refused_in_one_line():
+    with pytest.raises(SystemExit, match="--check-views: views must be 1, 2 or a multiple of 10"):
+        settings("--check-views", "3")
+
+
+def flags_by_env() -> dict[str, str]:
+    return {flag.env: flag.flag for flag in flags()}

@@ -1,0 +1,82 @@
+"""The usearch index: a snapshot plus the live changes that every store commit brings to it."""
+
+import numpy as np
+import pytest
+
+from service.storage.snapshots import SnapshotLoader, build_snapshot
+from service.storage.store import Store
+from service.storage.usearch_index import UsearchIndex
+from tests.test_store import MODEL, item, unit
+
+
+@pytest.fixture
+def store(tmp_path):
+    opened = Store(tmp_path)
+    yield opened
+    opened.close()
+
+
+def following(store: Store) -> UsearchIndex:
+    """An index that every commit to the store reaches, as the service wires it."""
+    index = UsearchIndex(store)
+    store.subscribe(index.apply_changes)
+    return index
+
+
+def enroll(store: Store, *keys: str) -> None:
+    store.enroll(MODEL, [item(key, key) for key in keys])
+
+
+def nearest_key(store: Store, index: UsearchIndex, key: str) -> str | None:
+    with store.read() as view:
+        feature = view.by_key(key).feature
+    found = index.nearest(feature, 1)
+    return found[0][0].key if found else None
+
+
+def test_live_enrolments_and_deletions_are_searched_without_a_snapshot(store):
+    index = following(store)
+    enroll(store, "a", "b", "c")
+    assert nearest_key(store, index, "b") == "b"
+    with store.read() as view:
+        feature_b = view.by_key("b").feature
+    store.delete("b")
+    assert all(record.id != 2 for record, _ in index.nearest(feature_b, 3))
+    stats = index.stats()
+    assert stats.unindexed == 2 and stats.generation == 0
+
+
+def test_an_index_that_does_not_follow_the_store_catches_up_when_asked(store):
+    index = UsearchIndex(store)
+    enroll(store, "a")
+    assert index.nearest(unit(1), 1) == []
+    index.apply_changes()
+    assert nearest_key(store, index, "a") == "a"
+
+
+def test_distances_are_euclidean_between_unit_vectors(store):
+    index = following(store)
+    enroll(store, "a")
+    with store.read() as view:
+        stored = view.by_key("a").feature.astype("float32")
+    query = unit(999)
+    [(_, distance)] = index.nearest(query, 1)
+    assert distance == pytest.approx(float(((stored - query) ** 2).sum() ** 0.5), abs=1e-6)
+
+
+def test_nearest_ranks_an_i8_snapshot_and_live_records_by_exact_distances_from_the_store(store, tmp_path):
+    index = following(store)
+    enroll(store, *[f"k{i}" for i in range(200)])
+    build_snapshot(store, tmp_path / "index", "i8", keep=2, progress=False)
+    assert SnapshotLoader(index, tmp_path / "index").load_if_new()
+    enroll(store, *[f"live{i}" for i in range(20)])  # searched exactly, in other units
+    assert index.stats().unindexed == 20
+    with store.read() as view:
+        target = view.by_key("k17").feature.astype(np.float32)
+        stored = {record.id: record.feature.astype(np.float32) for record in view.records()}
+    query = target + 0.02 * unit(5)
+    query /= np.linalg.norm(query)
+    nearest = index.nearest(query, 5)
+    assert nearest[0][0].key == "k17"
+    exact = sorted(float(np.linalg.norm(query - feature)) for feature in stored.values())[:5]
+    assert [distance for _, distance in nearest] == pytest.approx(exact, abs=1e-6)
