@@ -48,9 +48,14 @@ def test_the_evaluation_scores_with_the_services_own_rules(monkeypatch):
     from service.core import decision
     from tools import evaluate
 
-    answer = {"distances": [0.4, 0.9], "thresholds": [0.5, 0.3], "background": 0.2}
-    query = evaluate.Query("jpeg", "a.jpg", "a.jpg", answer=answer)
-    candidates = [decision.Candidate(0.4, 0.5), decision.Candidate(0.9, 0.3)]
+    answer = {"distances": [0.4, 0.5, 0.9], "thresholds": [0.5, 0.4, 0.3], "nearest_similarities": [1.0, 0.97, 0.2],
+              "background": 0.2}  # fmt: skip
+    query = evaluate.Query("jpeg", "a.jpg", frozenset({"a.jpg"}), "dev", answer=answer)
+    candidates = [
+        decision.Candidate(0.4, 0.5, 1.0),
+        decision.Candidate(0.5, 0.4, 0.97),
+        decision.Candidate(0.9, 0.3, 0.2),
+    ]
     scores = evaluate.rule_scores(query)
     for name, policy in evaluate.POLICIES.items():
         assert scores[name] == decision.decide(policy, candidates, 0.2).score, name
@@ -59,3 +64,18 @@ def test_the_evaluation_scores_with_the_services_own_rules(monkeypatch):
     changed = evaluate.rule_scores(query)
     assert changed["margin(beta=0.5)"] == changed["margin(beta=1.0)"] == 42.0
     assert changed["global"] == scores["global"]
+
+
+def test_a_catalogue_and_twins_are_enrolled_and_reported_apart(tmp_path):
+    images = str(ROOT / "tests" / "images")
+    result = evaluate(
+        tmp_path, "--no-baselines", "--twin-share", "0.5", "--catalogue", images, "--catalogue-groups", "4",
+        "--catalogue-queries", "1", "--catalogue-negatives", "2",
+    )  # fmt: skip
+    counts = result["counts"]
+    assert counts["twins"] > 0 and counts["catalogue_groups"] == 4 and counts["catalogue_negative_drawings"] == 2
+    assert counts["enrolled"] == counts["references"] + counts["twins"] + counts["catalogue_files"]
+    decision = result["default_decision"]
+    assert {"inset", "thumbnail"} <= set(decision["families"])
+    for part in ("enrolled_once", "enrolled_more_than_once", "dev", "catalogue"):
+        assert 0 <= decision[part]["recall"] <= 1 and decision[part]["positives"] > 0, part

@@ -22,24 +22,23 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from service.core.checking import NEIGHBOURS  # noqa: E402
 from service.core.decision import Candidate, Policy, decide  # noqa: E402
 from service.media.geometry import MIN_INLIERS  # noqa: E402
 from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
 from service.storage.snapshots import rebuild  # noqa: E402
 from tools.build_background import build_background  # noqa: E402
 from tools.evaluation.baselines import HASHES, HammingIndex  # noqa: E402
+from tools.evaluation.dataset import Benchmark, Query, build  # noqa: E402
 from tools.evaluation.metrics import average_precision, pr_curve, precision_recall_of, recall_at_precision  # noqa: E402
 from tools.evaluation.report import plot, write_failures  # noqa: E402
-from tools.evaluation.transforms import FAMILIES, apply  # noqa: E402
 from tools.service_process import RunningService  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,76 +51,36 @@ POLICIES = {
     "seed": Policy("seed"),
     "clamped": Policy("clamped"),
     **{f"margin(beta={beta})": Policy("margin", margin_beta=beta) for beta in BETAS},
+    "margin(beta=0.5, twins not skipped)": Policy("margin", twin_similarity=2.0),
     **{f"normalized(beta={beta})": Policy("normalized", normalization_beta=beta) for beta in BETAS},
 }
 GEOMETRIC_BANDS = (0.0, 0.05, 0.1, 0.2, 0.4, 10.0)
 
 
-@dataclass
-class Query:
-    family: str
-    source: str  # the file it was made from
-    expected: str | None  # the reference key it copies; None for a negative
-    data: bytes = b""
-    answer: dict = field(default_factory=dict)
-
-
-def split(images: Path, seed: int, reference_share: float, background_share: float):
-    """(reference files, natural copies {file: reference}, background files, distractor files)."""
-    manifest_path = images / "manifest.json"
-    if manifest_path.exists():
-        entries = json.loads(manifest_path.read_text())
-    else:
-        entries = [{"file": p.name, "group": p.name, "canonical": True} for p in sorted(images.glob("*.jpg"))]
-    groups: dict[str, list[dict]] = {}
-    for entry in entries:
-        groups.setdefault(entry["group"], []).append(entry)
-    names = sorted(groups)
-    random.Random(seed).shuffle(names)
-    cut_references = round(len(names) * reference_share)
-    cut_background = cut_references + round(len(names) * background_share)
-    references, natural = [], {}
-    for name in names[:cut_references]:
-        members = sorted(groups[name], key=lambda e: not e.get("canonical", False))
-        references.append(members[0]["file"])
-        natural.update({member["file"]: members[0]["file"] for member in members[1:]})
-    background = [e["file"] for name in names[cut_references:cut_background] for e in groups[name]]
-    distractors = [e["file"] for name in names[cut_background:] for e in groups[name]]
-    return references, natural, background, distractors
-
-
-def make_queries(images: Path, seed: int, references, natural, distractors) -> list[Query]:
-    queries = []
-    for source, positive in [(r, True) for r in references] + [(d, False) for d in distractors]:
-        image = Image.open(images / source).convert("RGB")
-        if not positive:
-            queries.append(Query("original", source, None, (images / source).read_bytes()))
-        for family in FAMILIES:
-            rng = random.Random(f"{seed} {source} {family}")
-            queries.append(Query(family, source, source if positive else None, apply(family, image, rng)))
-    queries += [Query("natural", copy, reference, (images / copy).read_bytes()) for copy, reference in natural.items()]
-    return queries
-
-
 def run_checks(service: RunningService, queries: list[Query], workers: int) -> None:
     def check(query: Query) -> None:
         try:
-            reply = service.stub.Check(pb.CheckRequest(image=query.data, top_k=2), timeout=120)
+            reply = service.stub.Check(pb.CheckRequest(image=query.data, top_k=NEIGHBOURS), timeout=120)
         except grpc.RpcError as error:  # e.g. a transform left fewer pixels than the service accepts
             if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
                 raise
-            query.answer = {"keys": [], "distances": [2.0], "thresholds": [0.0], "is_duplicate": False,
-                            "score": float("-inf"), "background": 0.0, "inliers": -1,
+            query.answer = {"keys": [], "distances": [2.0], "thresholds": [0.0], "nearest_similarities": [1.0],
+                            "is_duplicate": False, "score": float("-inf"), "background": 0.0, "inliers": -1,
                             "rejected": error.details()}  # fmt: skip
             return
         query.answer = {
             "keys": [m.key for m in reply.matches],
             "distances": [m.distance for m in reply.matches],
             "thresholds": [m.threshold for m in reply.matches],
+            "nearest_similarities": [m.nearest_similarity for m in reply.matches],
             "is_duplicate": reply.is_duplicate,
             "score": reply.score,
             "background": reply.background_similarity,
             "inliers": reply.matches[0].inliers if reply.matches else -1,
+            "low_information": reply.low_information,
+            "region": reply.HasField("region"),
+            "region_score": reply.region_score if reply.HasField("region_score") else None,
+            "views": reply.views,
         }
 
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -133,7 +92,9 @@ def run_checks(service: RunningService, queries: list[Query], workers: int) -> N
 def rule_scores(query: Query) -> dict[str, float]:
     """Every policy's score for the query, from one Check answer, by the service's own rules."""
     a = query.answer
-    candidates = [Candidate(d, t) for d, t in zip(a["distances"], a["thresholds"], strict=True)]
+    candidates = [
+        Candidate(*values) for values in zip(a["distances"], a["thresholds"], a["nearest_similarities"], strict=True)
+    ]
     return {name: decide(policy, candidates, a["background"]).score for name, policy in POLICIES.items()}
 
 
@@ -174,6 +135,89 @@ def geometric_bands(queries: list[Query], correct, positives: int, threshold: fl
     return result
 
 
+def enrol_and_check(benchmark: Benchmark, queries: list[Query], flags: list[str], workers: int) -> dict:
+    """Runs a fresh service: background set, enrolment, a rebuilt index, then every query's Check."""
+    with tempfile.TemporaryDirectory(prefix="neardup-eval-") as work:
+        data_dir = Path(work) / "data"
+        service = RunningService(data_dir, *flags).wait_serving()
+        stats = service.stub.Stats(pb.StatsRequest(), timeout=10)
+        build_background(service.stub, benchmark.background, data_dir, progress=False)
+        enrol_started = time.perf_counter()
+        requests = (pb.EnrollRequest(key=key, image=image_data(source)) for key, source in benchmark.enrol.items())
+        results = list(service.stub.Enroll(requests, timeout=3600))
+        enrol_seconds = time.perf_counter() - enrol_started
+        assert all(r.status == pb.EnrollResult.ENROLLED for r in results), [r for r in results if r.error]
+        service.stop()
+        rebuild(data_dir, progress=False)
+        service = RunningService(data_dir, *flags).wait_serving()  # loads the index and the background set
+        check_started = time.perf_counter()
+        run_checks(service, queries, workers)
+        check_seconds = time.perf_counter() - check_started
+        rule = service.stub.Check(pb.CheckRequest(image=queries[0].data), timeout=60).decision_rule
+        service.stop()
+    return {
+        "rule": rule,
+        "stats": {
+            "model": stats.model,
+            "input_size": stats.input_size,
+            "views_per_check": stats.views_per_check,
+            "views_per_enroll": stats.views_per_enroll,
+        },
+        "timing": {
+            "enrol_ms_per_image": 1000 * enrol_seconds / len(benchmark.enrol),
+            "check_ms_per_query": 1000 * check_seconds / len(queries),
+            "workers": workers,
+        },
+    }
+
+
+def image_data(source: Path | bytes) -> bytes:
+    return source if isinstance(source, bytes) else source.read_bytes()
+
+
+def decision_report(queries: list[Query], correct: list[bool], rule: str) -> dict:
+    """Precision and recall of the service's yes/no decision: overall, per family, by how many
+    times the query's picture is enrolled, and by where the query comes from."""
+    decided = np.array([q.answer["is_duplicate"] for q in queries])
+    correct = np.asarray(correct)
+
+    def measured(mask: np.ndarray) -> dict:
+        positives = sum(q.positive for q, m in zip(queries, mask, strict=True) if m)
+        precision, recall = precision_recall_of(decided[mask], correct[mask], positives)
+        return {"precision": precision, "recall": recall, "positives": positives,
+                "false_alarms": int((decided[mask] & ~correct[mask]).sum())}  # fmt: skip
+
+    everything = np.ones(len(queries), bool)
+    negatives = np.array([not q.positive for q in queries])
+    report = {"rule": rule} | measured(everything)
+    report["families"] = {
+        family: measured(np.array([q.family == family for q in queries]) | negatives)["recall"]
+        for family in sorted({q.family for q in queries if q.positive})
+    }
+    report["enrolled_once"] = measured(np.array([q.copies == 1 for q in queries]) | negatives)
+    report["enrolled_more_than_once"] = measured(np.array([q.copies > 1 for q in queries]) | negatives)
+    for origin in sorted({q.origin for q in queries}):
+        report[origin] = measured(np.array([q.origin == origin for q in queries]))
+    print(f"service decision ({rule}): precision {report['precision']:.4f}, recall {report['recall']:.4f}, "
+          f"{report['false_alarms']} false alarms; recall enrolled once {report['enrolled_once']['recall']:.3f}, "
+          f"more than once {report['enrolled_more_than_once']['recall']:.3f}")  # fmt: skip
+    for origin in sorted({q.origin for q in queries}):
+        part = report[origin]
+        print(f"  {origin}: precision {part['precision']:.4f}, recall {part['recall']:.4f}, "
+              f"{part['false_alarms']} false alarms")  # fmt: skip
+    return report
+
+
+def baselines(benchmark: Benchmark, queries: list[Query], results: dict, score) -> None:
+    print("baselines:")
+    keys = list(benchmark.enrol)
+    for name, hash_bits in HASHES.items():
+        index = HammingIndex(keys, [hash_bits(image_data(benchmark.enrol[key])) for key in keys])
+        nearest = [index.nearest(hash_bits(q.data)) for q in queries]
+        correct = [key in q.expected for q, (key, _) in zip(queries, nearest, strict=True)]
+        results[name] = score(name, [-distance for _, distance in nearest], correct)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -182,6 +226,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference-share", type=float, default=0.7)
     parser.add_argument("--background-share", type=float, default=0.1)
+    parser.add_argument("--twin-share", type=float, default=0.0,
+                        help="share of the references enrolled a second time under another key")  # fmt: skip
+    parser.add_argument("--catalogue", type=Path, help="a folder with a manifest (the clipart set) to enrol beside")
+    parser.add_argument("--catalogue-groups", type=int, default=1500, help="catalogue pictures enrolled")
+    parser.add_argument("--catalogue-queries", type=int, default=150,
+                        help="enrolled catalogue pictures queried under every family")  # fmt: skip
+    parser.add_argument("--catalogue-negatives", type=int, default=600,
+                        help="unenrolled catalogue drawings queried (as they are and under two families)")  # fmt: skip
     parser.add_argument("--sample", type=int, default=0, help="check at most this many queries (0: all)")
     parser.add_argument("--service-flags", default="", help="extra flags for `neardup serve`")
     parser.add_argument("--workers", type=int, default=4, help="concurrent Check calls")
@@ -189,116 +241,64 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "eval-out")
     arguments = parser.parse_args()
     started = time.perf_counter()
-    args_out = arguments.out
-    args_out.mkdir(parents=True, exist_ok=True)
+    out = arguments.out
+    out.mkdir(parents=True, exist_ok=True)
 
-    references, natural, background, distractors = split(
-        arguments.images, arguments.seed, arguments.reference_share, arguments.background_share
-    )
-    queries = make_queries(arguments.images, arguments.seed, references, natural, distractors)
+    benchmark = build(
+        arguments.images, arguments.seed, arguments.reference_share, arguments.background_share,
+        arguments.twin_share, arguments.catalogue, arguments.catalogue_groups, arguments.catalogue_queries,
+        arguments.catalogue_negatives,
+    )  # fmt: skip
+    queries = benchmark.queries
     if arguments.sample and arguments.sample < len(queries):
         queries = random.Random(arguments.seed).sample(queries, arguments.sample)
-    positives = [q for q in queries if q.expected]
-    print(f"{len(references)} references, {len(background)} background, {len(distractors)} distractor images; "
-          f"{len(positives)} positive and {len(queries) - len(positives)} negative queries", flush=True)  # fmt: skip
+    positives = [q for q in queries if q.positive]
+    counts = benchmark.counts | {"enrolled": len(benchmark.enrol), "positives": len(positives),
+                                 "negatives": len(queries) - len(positives)}  # fmt: skip
+    print(", ".join(f"{value} {name}" for name, value in counts.items()), flush=True)
 
-    flags = arguments.service_flags.split()
-    with tempfile.TemporaryDirectory(prefix="neardup-eval-") as work:
-        data_dir = Path(work) / "data"
-        service = RunningService(data_dir, *flags).wait_serving()
-        stats = service.stub.Stats(pb.StatsRequest(), timeout=10)
-        build_background(service.stub, [arguments.images / f for f in background], data_dir, progress=False)
-        enrol_started = time.perf_counter()
-        requests = (pb.EnrollRequest(key=f, image=(arguments.images / f).read_bytes()) for f in references)
-        results = list(service.stub.Enroll(requests, timeout=3600))
-        enrol_seconds = time.perf_counter() - enrol_started
-        assert all(r.status == pb.EnrollResult.ENROLLED for r in results), [r for r in results if r.error]
-        service.stop()
-        rebuild(data_dir, progress=False)
-        service = RunningService(data_dir, *flags).wait_serving()  # loads the index and the background set
-        check_started = time.perf_counter()
-        run_checks(service, queries, arguments.workers)
-        check_seconds = time.perf_counter() - check_started
-        rule = service.stub.Check(pb.CheckRequest(image=queries[0].data), timeout=60).decision_rule
-        service.stop()
+    run = enrol_and_check(benchmark, queries, arguments.service_flags.split(), arguments.workers)
+    rule = run["rule"]
+    correct = [q.positive and bool(q.answer["keys"]) and q.answer["keys"][0] in q.expected for q in queries]
+    families = np.array([q.family for q in queries])
+    positives_by_family = {family: sum(q.family == family for q in positives) for family in sorted(set(families))}
+    positives_by_family = {family: count for family, count in positives_by_family.items() if count}
+    negatives_mask = np.array([not q.positive for q in queries])
 
-    correct = [bool(q.expected) and bool(q.answer["keys"]) and q.answer["keys"][0] == q.expected for q in queries]
-    families = [q.family for q in queries]
-    positives_by_family: dict[str, int] = {}
-    for q in positives:
-        positives_by_family[q.family] = positives_by_family.get(q.family, 0) + 1
-    negatives_mask = np.array([q.expected is None for q in queries])
+    def score(name: str, scores: list[float], right: list[bool]) -> dict:
+        return summarise(name, scores, right, families, positives_by_family, negatives_mask)
+
     per_query = [rule_scores(q) | {f"service ({rule})": q.answer["score"]} for q in queries]
     print("rules (from the service's answers):")
-    results = {
-        name: summarise(name, [s[name] for s in per_query], correct, families, positives_by_family, negatives_mask)
-        for name in per_query[0]
-    }
-    decided = [q.answer["is_duplicate"] for q in queries]
-    precision, recall = precision_recall_of(decided, correct, len(positives))
-    default = {"rule": rule, "precision": precision, "recall": recall, "families": {}}
-    for family in positives_by_family:
-        mask = (np.asarray(families) == family) | negatives_mask
-        default["families"][family] = precision_recall_of(
-            np.asarray(decided)[mask], np.asarray(correct)[mask], positives_by_family[family]
-        )[1]
-    print(f"service decision ({rule}): precision {precision:.4f}, recall {recall:.4f}")
+    results = {name: score(name, [s[name] for s in per_query], correct) for name in per_query[0]}
+    default = decision_report(queries, correct, rule)
     geometric = geometric_bands(queries, correct, len(positives), results[f"service ({rule})"]["threshold@p0.999"])
-
     if not arguments.no_baselines:
-        print("baselines:")
-        for name, hash_bits in HASHES.items():
-            index = HammingIndex(references, [hash_bits((arguments.images / r).read_bytes()) for r in references])
-            nearest = [index.nearest(hash_bits(q.data)) for q in queries]
-            baseline_correct = [
-                bool(q.expected) and key == q.expected for q, (key, _) in zip(queries, nearest, strict=True)
-            ]
-            scores = [-distance for _, distance in nearest]
-            results[name] = summarise(name, scores, baseline_correct, families, positives_by_family, negatives_mask)
+        baselines(benchmark, queries, results, score)
 
-    write_failures(
-        args_out / "failures.html",
-        arguments.images,
-        queries,
-        [q.answer["score"] for q in queries],
-        correct,
-        rule,
-    )
-    plot(args_out / "pr.png", results)
+    write_failures(out / "failures.html", benchmark.enrol, queries, [q.answer["score"] for q in queries], correct, rule)
+    plot(out / "pr.png", results)
     summary = {
         "seed": arguments.seed,
         "images": str(arguments.images),
+        "catalogue": str(arguments.catalogue) if arguments.catalogue else None,
         "service_flags": arguments.service_flags,
-        "stats": {
-            "model": stats.model,
-            "input_size": stats.input_size,
-            "views_per_check": stats.views_per_check,
-            "views_per_enroll": stats.views_per_enroll,
-        },  # fmt: skip
-        "counts": {
-            "references": len(references),
-            "background": len(background),
-            "distractors": len(distractors),
-            "positives": len(positives),
-            "negatives": len(queries) - len(positives),
-        },  # fmt: skip
-        "timing": {
-            "enrol_ms_per_image": 1000 * enrol_seconds / len(references),
-            "check_ms_per_query": 1000 * check_seconds / len(queries),
-            "workers": arguments.workers,
-        },  # fmt: skip
+        "stats": run["stats"],
+        "counts": counts,
+        "timing": run["timing"],
         "default_decision": default,
         "geometric_check": geometric,
         "rejected_queries": sum("rejected" in q.answer for q in queries),
         "rules": {name: {k: v for k, v in r.items() if k != "curve"} for name, r in results.items()},
         "seconds": time.perf_counter() - started,
     }
-    (args_out / "results.json").write_text(json.dumps(summary, indent=1))
-    with open(args_out / "queries.jsonl", "w") as out:
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    with open(out / "queries.jsonl", "w") as written:
         for query, scores in zip(queries, per_query, strict=True):
-            record = {"family": query.family, "source": query.source, "expected": query.expected}
-            out.write(json.dumps(record | query.answer | {"scores": scores}) + "\n")
-    print(f"wrote {args_out}/results.json, pr.png, failures.html in {summary['seconds']:.0f} s")
+            record = {"family": query.family, "source": query.source, "expected": sorted(query.expected),
+                      "origin": query.origin, "copies": query.copies}  # fmt: skip
+            written.write(json.dumps(record | query.answer | {"scores": scores}) + "\n")
+    print(f"wrote {out}/results.json, pr.png, failures.html in {summary['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

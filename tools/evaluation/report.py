@@ -16,7 +16,8 @@ def thumbnail(data: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
 
 
-def write_failures(path: Path, images: Path, queries: list, scores: list[float], correct, rule: str) -> None:
+def write_failures(path: Path, enrolled: dict, queries: list, scores: list[float], correct, rule: str) -> None:
+    """The worst misses and false alarms with thumbnails; `enrolled` maps keys to files or bytes."""
     order = np.argsort(scores)
     missed = [i for i in order if queries[i].expected and not correct[i]][:15]
     alarms = [i for i in order[::-1] if not correct[i]][:15]
@@ -26,10 +27,13 @@ def write_failures(path: Path, images: Path, queries: list, scores: list[float],
         for i in picked:
             q = queries[i]
             nearest = q.answer["keys"][0] if q.answer["keys"] else None
-            reference = f'<img src="{thumbnail((images / nearest).read_bytes())}">' if nearest else "none"
+            source = enrolled.get(nearest)
+            data = source if isinstance(source, bytes) else source.read_bytes() if source else b""
+            reference = f'<img src="{thumbnail(data)}">' if data else "none"
+            expected = ", ".join(sorted(q.expected)) or "nothing"
             rows.append(
                 f'<tr><td><img src="{thumbnail(q.data)}"></td><td>{reference}</td><td>{q.family} of {q.source}'
-                f"<br>expected {q.expected}<br>nearest {nearest}<br>{rule} score {scores[i]:.3f}</td></tr>"
+                f"<br>expected {expected}<br>nearest {nearest}<br>{rule} score {scores[i]:.3f}</td></tr>"
             )
         rows.append("</table>")
     path.write_text(f"<html><body><h1>Worst failures of the {rule} rule</h1>{''.join(rows)}</body></html>")

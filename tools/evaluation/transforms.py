@@ -2,6 +2,7 @@
 
 Each family maps (RGB image, seeded rng) to a new RGB image; `apply` encodes the result as the
 query's bytes. Everything is drawn from the rng, so a seed reproduces every query exactly.
+`inset` also takes a host picture (one that is never enrolled) to show the copy inside.
 """
 
 import io
@@ -128,6 +129,42 @@ def aspect(image: Image.Image, rng: random.Random) -> Image.Image:
     return image.resize((image.width, max(32, round(image.height * factor))))
 
 
+def thumbnail(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Longest side 16-64 px, as a preview or an avatar."""
+    longest = rng.randint(16, 64)
+    scale = longest / max(image.size)
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
+
+
+def inset(image: Image.Image, rng: random.Random, host: Image.Image | None) -> Image.Image:
+    """The copy scaled to 25-60 % of the side inside something else: another picture, a collage of
+    four, or a plain frame with a caption (a screenshot of a post, a meme); a frame when there is
+    no host picture."""
+    side = 512
+    layout = rng.choice(["picture", "collage", "frame"]) if host is not None else "frame"
+    if layout == "picture":
+        canvas = ImageOps.fit(host, (side, side))
+    elif layout == "collage":
+        canvas = Image.new("RGB", (side, side), random_colour(rng))
+        tile = ImageOps.fit(host, (side // 2, side // 2))
+        for corner in ((0, 0), (side // 2, 0), (0, side // 2), (side // 2, side // 2)):
+            canvas.paste(ImageOps.mirror(tile) if rng.random() < 0.5 else tile, corner)
+    else:
+        canvas = Image.new("RGB", (side, side), random_colour(rng))
+    fraction = rng.uniform(0.25, 0.6)
+    scale = fraction * side / max(image.size)
+    copy = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    x, y = rng.randint(0, side - copy.width), rng.randint(0, side - copy.height)
+    canvas.paste(copy, (x, y))
+    if layout == "frame":
+        draw = ImageDraw.Draw(canvas)
+        font = ImageFont.load_default(size=rng.randint(18, 36))
+        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))).upper()
+        where = (rng.randint(0, side // 3), 8 if y > side // 4 else side - 48)
+        draw.text(where, words, font=font, fill=random_colour(rng), stroke_width=2, stroke_fill=(0, 0, 0))
+    return canvas
+
+
 SINGLE: dict[str, Transform] = {
     "jpeg": lambda image, rng: image,  # the low quality is applied when encoding (see apply)
     "downscale": downscale,
@@ -146,14 +183,18 @@ SINGLE: dict[str, Transform] = {
     "aspect": aspect,
 }
 CHAINABLE = [name for name in SINGLE if name not in ("jpeg", "crop30")]
-FAMILIES = [*SINGLE, "chain2", "chain3"]
+SINGLE["thumbnail"] = thumbnail
+FAMILIES = [*SINGLE, "inset", "chain2", "chain3"]
 
 
-def apply(family: str, image: Image.Image, rng: random.Random) -> bytes:
-    """The query's bytes: the family's transform, then a JPEG encoding (quality 10-30 for "jpeg")."""
+def apply(family: str, image: Image.Image, rng: random.Random, host: Image.Image | None = None) -> bytes:
+    """The query's bytes: the family's transform, then a JPEG encoding (quality 10-30 for "jpeg").
+    `inset` needs a host picture."""
     if family.startswith("chain"):
         for name in rng.sample(CHAINABLE, int(family[-1])):
             image = SINGLE[name](image, rng)
+    elif family == "inset":
+        image = inset(image, rng, host)
     else:
         image = SINGLE[family](image, rng)
     quality = rng.randint(10, 30) if family == "jpeg" else rng.randint(75, 95)
