@@ -31,7 +31,8 @@ class ServerSettings:
 class LimitSettings:
     max_request_bytes: int = setting(32 * 1024 * 1024, "largest request (and answer) in bytes")
     max_image_pixels: int = setting(64_000_000, "largest image in pixels, as its header claims")
-    min_image_side: int = setting(32, "smallest image side in pixels")
+    # Thumbnails are real queries; below 8 px there is nothing left to compare (docs/quality.md).
+    min_image_side: int = setting(8, "smallest image side in pixels")
     max_top_k: int = setting(100, "most matches a Check may ask for")
     enroll_window: int = setting(64, "Enroll requests read ahead of the one being answered")
     enroll_batch: int = setting(16, "Enroll items per Triton request and per LMDB transaction")

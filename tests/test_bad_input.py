@@ -35,7 +35,7 @@ BAD_IMAGES = {
     "empty": (b"", "empty"),
     "random bytes": (bytes(range(256)) * 16, "not in a supported format"),
     "truncated JPEG": (JPEG[: len(JPEG) // 2], "truncated"),
-    "1x1 image": (encoded(Image.new("RGB", (1, 1)), "PNG"), "at least 32 px"),
+    "1x1 image": (encoded(Image.new("RGB", (1, 1)), "PNG"), "at least 8 px"),
     "100000 x 100000 header": (png_header_claiming(100_000, 100_000), "too large"),
     "9000 x 9000 header": (png_header_claiming(9_000, 9_000), "over the 64 Mpx limit"),
     "ICO format": (encoded(Image.new("RGB", (64, 64), "red"), "ICO"), "not in a supported format"),

@@ -79,19 +79,39 @@ def test_byte_identical_images_are_answered_without_triton(store):
     assert sorted(m.record.key for m in result.matches) == ["a", "b"] and all(m.is_duplicate for m in result.matches)
 
 
-def test_a_clear_nearest_is_a_duplicate_and_a_close_second_is_not(store):
+def test_a_clear_nearest_is_a_duplicate_and_a_close_other_picture_is_not(store):
     query = unit(1)
     near = query + 0.2 * unit(7)
     enrol(store, "near", near / np.linalg.norm(near), b"near")
     enrol(store, "far", unit(8), b"far")
-    hasher, policy = FixedHasher(query), Policy("margin", margin_threshold=0.2, margin_beta=1.0)
-    result = asyncio.run(checker(store, hasher, policy).check(PICTURE, top_k=1, timeout_s=10))
+    no_twins = Policy("margin", margin_threshold=0.2, margin_beta=1.0, twin_similarity=2.0)
+    hasher = FixedHasher(query)
+    result = asyncio.run(checker(store, hasher, no_twins).check(PICTURE, top_k=1, timeout_s=10))
     assert hasher.views == [1]  # the check's view count
     assert result.is_duplicate and not result.identical and [m.record.key for m in result.matches] == ["near"]
     assert result.index_generation == 3 and result.matches[0].inliers == -1
-    twin = query + 0.21 * unit(9)
-    enrol(store, "twin", twin / np.linalg.norm(twin), b"twin")  # the margin rule's second is now as close
-    assert not asyncio.run(checker(store, hasher, policy).check(PICTURE, top_k=1, timeout_s=10)).is_duplicate
+    other = query + 0.21 * unit(9)
+    enrol(store, "other", other / np.linalg.norm(other), b"other")  # as close as the nearest
+    assert not asyncio.run(checker(store, hasher, no_twins).check(PICTURE, top_k=1, timeout_s=10)).is_duplicate
+
+
+def test_the_same_picture_under_two_keys_is_not_its_own_look_alike(store):
+    query = unit(1)
+    near = query + 0.2 * unit(7)
+    enrol(store, "near", near / np.linalg.norm(near), b"near")
+    enrol(store, "near again", near / np.linalg.norm(near), b"near, re-encoded")
+    enrol(store, "far", unit(8), b"far")
+    policy = Policy("margin", margin_threshold=0.2, margin_beta=1.0, twin_similarity=0.95)
+    result = asyncio.run(checker(store, FixedHasher(query), policy).check(PICTURE, top_k=3, timeout_s=10))
+    assert result.is_duplicate
+    pairs = [(m.record.key, m.is_duplicate) for m in result.matches]
+    assert sorted(pairs[:2]) == [("near", True), ("near again", True)] and pairs[2] == ("far", False)
+    assert result.matches[1].nearest_similarity == pytest.approx(1.0, abs=1e-3)
+    assert result.matches[2].nearest_similarity < 0.5
+    with_twins_as_others = Policy("margin", margin_threshold=0.2, margin_beta=1.0, twin_similarity=2.0)
+    assert not asyncio.run(
+        checker(store, FixedHasher(query), with_twins_as_others).check(PICTURE, top_k=3, timeout_s=10)
+    ).is_duplicate
 
 
 def test_nothing_enrolled_is_never_a_duplicate(store):

@@ -81,9 +81,16 @@ class NearDupServicer(pb_grpc.NearDupServicer):
                 is_duplicate=match.is_duplicate,
                 metadata=match.record.metadata,
                 inliers=match.inliers,
+                nearest_similarity=match.nearest_similarity,
             )
             for match in result.matches
         ]
+        region = (
+            pb.Region(**dict(zip(("left", "top", "width", "height"), result.region, strict=True)))
+            if result.region
+            else None
+        )
+        searched_regions = result.region_score > float("-inf")
         return pb.CheckResponse(
             is_duplicate=result.is_duplicate,
             matches=matches,
@@ -93,6 +100,10 @@ class NearDupServicer(pb_grpc.NearDupServicer):
             score=result.score,
             decision_rule=self.settings.decision.rule,
             background_similarity=result.background_similarity,
+            low_information=result.low_information,
+            region=region,
+            region_score=result.region_score if searched_regions else None,
+            views=result.views,
         )
 
     @grpc_errors

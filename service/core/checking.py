@@ -3,20 +3,30 @@
 One Check: an image byte-identical to enrolled ones is answered from its SHA-256 without
 hashing; otherwise it is embedded through Triton, its nearest records are searched, and the
 decision rule decides, with the geometric check overriding borderline scores when it is on.
+A query that is not a duplicate as a whole is searched again by regions (a cascade: the extra
+views are paid only when the whole image found nothing), so that a copy shown inside a larger
+picture is found; a region needs its own, higher score.
 """
 
 import asyncio
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from service.core.decision import Candidate, Policy, decide, is_borderline
+import numpy as np
+
+from service.core.decision import Candidate, Decision, Policy, decide, is_borderline
 from service.media import geometry
-from service.media.preprocess import Preprocessor
+from service.media.imaging import is_low_information
+from service.media.preprocess import REGIONS, Box, Preprocessor
 from service.storage.background import Background
 from service.storage.records import Record
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex
 from service.triton.client import Descriptor, Hasher
+
+# Neighbours a Check decides among, however few it returns: the margin rule needs the nearest
+# picture other than the nearest one's twins (the same picture enrolled under other keys).
+NEIGHBOURS = 8
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,7 @@ class Match:
     distance: float  # Euclidean between unit features
     is_duplicate: bool
     inliers: int = -1  # geometric check inliers; -1 when it did not run
+    nearest_similarity: float = 1.0  # cosine of its enrolled feature to the nearest match's
 
 
 @dataclass(frozen=True)
@@ -32,9 +43,30 @@ class CheckResult:
     is_duplicate: bool
     identical: bool  # byte-identical to the matches
     matches: list[Match]  # nearest first
-    score: float  # the rule's score of the nearest match
+    score: float  # the deciding rule's score of the nearest match
     background_similarity: float
     index_generation: int
+    low_information: bool = False  # near-blank: never a duplicate but of identical bytes
+    region: Box | None = None  # the part of the query the matches were found in (None: the whole)
+    region_score: float = float("-inf")  # the best region's score, when regions were searched
+    views: int = 0  # views embedded by Triton for this Check
+
+
+@dataclass(frozen=True)
+class Search:
+    """One feature's neighbours and the rule's decision on them."""
+
+    nearest: list[tuple[Record, float]]
+    to_nearest: list[float]  # each neighbour's similarity to the nearest one
+    decision: Decision
+
+    def matches(self, each: list[bool], inliers: int = -1) -> list[Match]:
+        return [
+            Match(record, distance, duplicate, inliers if position == 0 else -1, similarity)
+            for position, ((record, distance), duplicate, similarity) in enumerate(
+                zip(self.nearest, each, self.to_nearest, strict=True)
+            )
+        ]
 
 
 @dataclass(frozen=True)
@@ -62,25 +94,61 @@ class Checker:
             # Byte-identical to an enrolled image is a duplicate under any rule.
             score = decide(self.policy, [Candidate(0.0, record.threshold) for record in identical]).score
             return CheckResult(True, True, [Match(record, 0.0, True) for record in identical], score, 0.0, generation)
-        descriptor = await self.embed(image, self.views, timeout_s)
-        # The margin rule needs a second neighbour even when the caller asks for one.
-        nearest = await asyncio.to_thread(self.index.nearest, descriptor.feature, max(top_k, 2))
+        canvas = await asyncio.to_thread(self.preprocessor.canvas, image)
+        [descriptor] = await self.hasher.hash(canvas[None], [self.views], timeout_s)
         background_similarity = self.background.similarity(descriptor.feature)
-        candidates = [Candidate(distance, record.threshold) for record, distance in nearest]
-        decision = decide(self.policy, candidates, background_similarity)
-        each, inliers = decision.each, -1
-        if self.policy.geometric_band and is_borderline(self.policy, decision):
-            inliers = await asyncio.to_thread(self._inliers, image, nearest[0][0])
+        whole = await asyncio.to_thread(self._search, descriptor.feature, top_k, background_similarity)
+        result = CheckResult(
+            False, False, [], whole.decision.score, background_similarity, generation, views=self.views
+        )
+        if is_low_information(canvas):
+            return replace(result, matches=whole.matches([False] * len(whole.nearest))[:top_k], low_information=True)
+        each, inliers = whole.decision.each, -1
+        if self.policy.geometric_band and is_borderline(self.policy, whole.decision):
+            inliers = await asyncio.to_thread(self._inliers, image, whole.nearest[0][0])
             if inliers >= geometry.MIN_INLIERS:
                 each = [True, *each[1:]]
-        matches = [
-            Match(record, distance, duplicate, inliers if position == 0 else -1)
-            for position, ((record, distance), duplicate) in enumerate(zip(nearest, each, strict=True))
+        result = replace(result, matches=whole.matches(each, inliers)[:top_k], is_duplicate=bool(each) and each[0])
+        if result.is_duplicate or not self.policy.region_threshold or not whole.nearest:
+            return result
+        return await self._search_regions(image, top_k, timeout_s, result)
+
+    async def _search_regions(self, image: bytes, top_k: int, timeout_s: float, whole: CheckResult) -> CheckResult:
+        """The cascade's second stage: each region embedded and searched; the best region decides
+        if its score reaches the region threshold."""
+        canvases = await asyncio.to_thread(self.preprocessor.regions, image)
+        descriptors = await self.hasher.hash(canvases, [1] * len(canvases), timeout_s)
+        searches = await asyncio.to_thread(
+            lambda: [self._search(d.feature, top_k, whole.background_similarity) for d in descriptors]
+        )
+        best = max(range(len(searches)), key=lambda i: searches[i].decision.score)
+        search, views = searches[best], whole.views + len(canvases)
+        score = search.decision.score
+        if score < self.policy.region_threshold:
+            return replace(whole, region_score=score, views=views)
+        return CheckResult(
+            True, False, search.matches(search.decision.each)[:top_k], score, whole.background_similarity,
+            whole.index_generation, region=REGIONS[best], region_score=score, views=views,
+        )  # fmt: skip
+
+    def _search(self, feature: np.ndarray, top_k: int, background_similarity: float) -> Search:
+        nearest = self.index.nearest(feature, max(top_k, NEIGHBOURS))
+        to_nearest = similarities_to_first([record.feature for record, _ in nearest])
+        candidates = [
+            Candidate(distance, record.threshold, similarity)
+            for (record, distance), similarity in zip(nearest, to_nearest, strict=True)
         ]
-        is_duplicate = bool(each) and each[0]
-        return CheckResult(is_duplicate, False, matches[:top_k], decision.score, background_similarity, generation)
+        return Search(nearest, to_nearest, decide(self.policy, candidates, background_similarity))
 
     def _inliers(self, image: bytes, record: Record) -> int:
         with self.store.read() as view:
             stored = view.keypoints(record.id)
         return geometry.inliers(self.preprocessor.picture(image), stored)
+
+
+def similarities_to_first(features: list[np.ndarray]) -> list[float]:
+    """Cosine similarity of each unit feature to the first."""
+    if not features:
+        return []
+    stacked = np.asarray(features, dtype=np.float32)
+    return (stacked @ stacked[0]).tolist()

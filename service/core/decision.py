@@ -9,7 +9,8 @@ tools/evaluate.py scores with, so a change to a rule is measured by the benchmar
   seed        the nearest image's own radius minus its distance (the seed) >= 0
   clamped     as seed, with the radius clamped to [clamp_min, clamp_max]   >= 0
   margin      similarity of the nearest minus margin_beta x that of the
-              second nearest (the enrolled set as its own background)      >= margin_threshold
+              nearest *other picture* (the enrolled set as its own
+              background; twins of the nearest are skipped)               >= margin_threshold
   normalized  similarity minus beta x the query's mean similarity to its nearest background
               (distractor) features, as in the SSCD paper                  >= normalized_threshold
 """
@@ -24,6 +25,8 @@ class Candidate:
 
     distance: float  # Euclidean between unit vectors
     threshold: float  # the enrolled image's own near-duplicate radius
+    # Cosine similarity of this candidate's enrolled feature to the nearest candidate's.
+    nearest_similarity: float = 0.0
 
     @property
     def similarity(self) -> float:
@@ -37,15 +40,26 @@ def setting(default, help: str):  # noqa: A002 - argparse's word
 
 @dataclass(frozen=True)
 class Policy:
-    """A rule and its parameters. The defaults are the service's: margin won on the benchmark and
-    0.45 keeps precision >= 99.9 % there (docs/quality.md)."""
+    """A rule and its parameters. The defaults are the service's, chosen on the catalogue benchmark
+    (docs/quality.md): the margin over the nearest other picture, 0.55 for precision at catalogue
+    scale, region search off (it costs 7x the views and does not reach that precision)."""
 
     rule: str = setting("margin", "the decision rule (docs/quality.md compares them)")
     global_threshold: float = setting(0.75, "global rule: least cosine similarity of the nearest image")
     clamp_min: float = setting(0.3, "clamped rule: least radius")
     clamp_max: float = setting(0.7, "clamped rule: largest radius")
-    margin_threshold: float = setting(0.45, "margin rule: least similarity minus beta x the second's")
-    margin_beta: float = setting(0.5, "margin rule: weight of the second nearest image's similarity")
+    margin_threshold: float = setting(0.55, "margin rule: least similarity minus beta x the second's")
+    margin_beta: float = setting(0.5, "margin rule: weight of the nearest other picture's similarity")
+    twin_similarity: float = setting(
+        0.95,
+        "enrolled images at least this similar to the nearest are the same picture under another key: "
+        "the margin skips them and they share the nearest's decision (above 1: never)",
+    )
+    region_threshold: float = setting(
+        0.0,
+        "least score of the best region of a query that matched nothing as a whole (copies inside larger "
+        "pictures; 0: regions are not searched)",
+    )
     normalization_beta: float = setting(1.0, "normalized rule: weight of the background similarity")
     normalized_threshold: float = setting(0.5, "normalized rule: least normalised similarity")
     geometric_band: float = setting(
@@ -81,9 +95,16 @@ def _within_radius(policy: Policy, candidates: list[Candidate], background: floa
 
 
 def _margin(policy: Policy, candidates: list[Candidate], background: float) -> list[float]:
-    """Only the nearest image can win by a margin over the second."""
-    second = candidates[1].similarity if len(candidates) > 1 else 0.0
-    return [candidates[0].similarity - policy.margin_beta * second] + [float("-inf")] * (len(candidates) - 1)
+    """The nearest image wins by a margin over the nearest other picture; its twins (the same
+    picture enrolled under other keys) share its score, the rest cannot win."""
+    twins = [is_twin(policy, c) for c in candidates[1:]]
+    second = next((c.similarity for c, twin in zip(candidates[1:], twins, strict=True) if not twin), 0.0)
+    score = candidates[0].similarity - policy.margin_beta * second
+    return [score] + [score if twin else float("-inf") for twin in twins]
+
+
+def is_twin(policy: Policy, candidate: Candidate) -> bool:
+    return candidate.nearest_similarity >= policy.twin_similarity
 
 
 def _normalized(policy: Policy, candidates: list[Candidate], background: float) -> list[float]:

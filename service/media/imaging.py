@@ -6,6 +6,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# A canvas whose grey levels vary less than this (standard deviation, 0-255) shows nothing to
+# compare: every blank is like every other. On the dev and clipart sets 69 of 3,370 pictures are
+# exactly uniform (0.0) and the next lowest is a faint moon at 1.6.
+LOW_INFORMATION_STD = 1.0
 BACKGROUND = (255, 255, 255)  # transparent pixels are flattened onto white
 
 
@@ -16,6 +20,11 @@ class ImageError(ValueError):
 def decode_canvas(data: bytes, canvas_size: int, max_pixels: int, min_side: int) -> np.ndarray:
     """The image as a canvas_size x canvas_size RGB uint8 array (what Triton embeds)."""
     return to_canvas(decode(data, canvas_size, max_pixels, min_side), canvas_size)
+
+
+def is_low_information(canvas: np.ndarray) -> bool:
+    """Near-blank: too little variation for a descriptor to tell one such picture from another."""
+    return float(canvas.mean(axis=2).std()) < LOW_INFORMATION_STD
 
 
 def to_canvas(rgb: Image.Image, size: int) -> np.ndarray:

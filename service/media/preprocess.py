@@ -1,5 +1,6 @@
-"""What the front service makes of a caller's image bytes: the canvas for Triton, and the ORB
-keypoints or the full-size picture for the geometric check."""
+"""What the front service makes of a caller's image bytes: the canvas for Triton, the canvases of
+its regions (for copies shown inside a larger picture), and the ORB keypoints or the full-size
+picture for the geometric check."""
 
 from dataclasses import dataclass
 
@@ -8,6 +9,22 @@ from PIL import Image
 
 from service.media import geometry
 from service.media.imaging import decode, decode_canvas, to_canvas
+
+Box = tuple[float, float, float, float]  # left, top, width, height: fractions of the picture's sides
+
+
+def grid(side: float, steps: int) -> list[Box]:
+    """steps x steps boxes of `side`, evenly spread from edge to edge."""
+    offsets = [i * (1 - side) / (steps - 1) for i in range(steps)] if steps > 1 else [(1 - side) / 2]
+    return [(left, top, side, side) for top in offsets for left in offsets]
+
+
+# The regions a Check searches when the whole image matched nothing: half the side on a 3 x 3
+# grid and 70 % of it at the corners (docs/quality.md measures the choice).
+REGIONS: list[Box] = grid(0.5, 3) + grid(0.7, 2)
+# Regions are cut from the picture decoded at this multiple of the canvas, so that a region
+# keeps its own pixels instead of an upscaled part of the canvas.
+REGION_DECODE_SCALE = 2
 
 
 @dataclass(frozen=True)
@@ -27,6 +44,18 @@ class Preprocessor:
             return self.canvas(data), b""
         picture = self.picture(data)
         return to_canvas(picture, self.canvas_size), geometry.keypoints(picture)
+
+    def regions(self, data: bytes) -> np.ndarray:
+        """The canvases of REGIONS, stacked [len(REGIONS), canvas, canvas, 3]."""
+        picture = decode(data, self.canvas_size * REGION_DECODE_SCALE, self.max_pixels, self.min_side)
+        width, height = picture.size
+        crops = [
+            picture.crop(
+                (round(left * width), round(top * height), round((left + w) * width), round((top + h) * height))
+            )
+            for left, top, w, h in REGIONS
+        ]
+        return np.stack([to_canvas(crop, self.canvas_size) for crop in crops])
 
     def picture(self, data: bytes) -> Image.Image:
         """The image at the side the geometric check works at."""

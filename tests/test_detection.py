@@ -1,0 +1,91 @@
+"""Detection as real catalogues need it, through the service with its default settings (and region
+search turned on, which is off by default): pictures enrolled twice, copies inside other
+pictures, thumbnails, near-blank images."""
+
+import io
+
+import pytest
+from PIL import Image, ImageOps
+
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from tests.conftest import RunningService, encode_jpeg, image_bytes, reencoded
+
+PICTURE = "portrait-portraits-monsters-falcon.jpg"
+OTHERS = [
+    "gnome-adwaita.jpg",
+    "gnome-wood.jpg",
+    "portrait-portraits-humans-mage-light.jpg",
+    "portrait-portraits-drakes-blademaster.jpg",
+    "stamp-animals-mammals-cats-lion.jpg",
+    "stamp-animals-mammals-deer-deer.jpg",
+]
+HOST = "gnome-truchet.jpg"  # never enrolled
+
+
+def picture(name: str) -> Image.Image:
+    return Image.open(io.BytesIO(image_bytes(name))).convert("RGB")
+
+
+def png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory):
+    service = RunningService(tmp_path_factory.mktemp("detection") / "data", "--region-threshold", "0.45")
+    service.wait_serving()
+    items = [("falcon/original.jpg", image_bytes(PICTURE)), ("falcon/re-upload.jpg", reencoded(image_bytes(PICTURE)))]
+    items += [(name, image_bytes(name)) for name in OTHERS]
+    items.append(("blank/grey.png", png(Image.new("RGB", (300, 200), (128, 128, 128)))))
+    results = list(service.stub.Enroll(iter(pb.EnrollRequest(key=k, image=d) for k, d in items), timeout=120))
+    assert all(r.status == pb.EnrollResult.ENROLLED for r in results), results
+    try:
+        yield service.stub
+    finally:
+        service.stop()
+
+
+def check(stub, image: bytes, top_k: int = 3) -> pb.CheckResponse:
+    return stub.Check(pb.CheckRequest(image=image, top_k=top_k), timeout=60)
+
+
+def test_a_picture_enrolled_under_two_keys_is_found_by_its_cropped_copy_with_both_keys(stub):
+    falcon = picture(PICTURE)
+    cropped = falcon.crop((falcon.width // 8, falcon.height // 10, falcon.width * 7 // 8, falcon.height * 9 // 10))
+    reply = check(stub, encode_jpeg(cropped))
+    assert reply.is_duplicate and not reply.HasField("region")
+    duplicates = {match.key for match in reply.matches if match.is_duplicate}
+    assert duplicates == {"falcon/original.jpg", "falcon/re-upload.jpg"}
+    assert all(match.nearest_similarity > 0.9 for match in reply.matches[:2])
+    assert reply.matches[2].key in OTHERS and reply.matches[2].nearest_similarity < 0.9
+
+
+def test_a_copy_shown_inside_a_larger_picture_is_found_in_its_region(stub):
+    host = ImageOps.fit(picture(HOST), (600, 600))
+    copy = picture(PICTURE)
+    copy.thumbnail((240, 240))
+    host.paste(copy, (330, 40))
+    whole_image_only = check(stub, encode_jpeg(ImageOps.fit(picture(HOST), (600, 600))))
+    assert not whole_image_only.is_duplicate
+    reply = check(stub, encode_jpeg(host))
+    assert reply.is_duplicate and reply.matches[0].key.startswith("falcon/")
+    assert reply.HasField("region") and reply.region.left >= 0.3 and reply.region.top <= 0.3
+    assert reply.views > 1 and reply.region_score == pytest.approx(reply.score)
+
+
+def test_a_20_px_thumbnail_is_answered(stub):
+    small = picture(PICTURE)
+    small.thumbnail((20, 20))
+    reply = check(stub, png(small))
+    assert max(small.size) == 20 and reply.matches and reply.matches[0].key.startswith("falcon/")
+
+
+def test_near_blank_images_are_flagged_and_not_duplicates_of_each_other(stub):
+    other_grey = check(stub, encode_jpeg(Image.new("RGB", (320, 240), (131, 131, 131))))
+    assert other_grey.low_information and not other_grey.is_duplicate
+    assert other_grey.matches[0].key == "blank/grey.png" and not other_grey.matches[0].is_duplicate
+    same_bytes = check(stub, png(Image.new("RGB", (300, 200), (128, 128, 128))))
+    assert same_bytes.identical and same_bytes.is_duplicate
+    assert not check(stub, image_bytes(HOST)).low_information
