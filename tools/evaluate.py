@@ -1,13 +1,15 @@
 """Near-duplicate detection benchmark, through the real service.
 
-  python tools/evaluate.py [--images DIR] [--seed 0] [--service-flags "--decision global ..."] [--out DIR]
+  python tools/evaluate.py [--images DIR] [--seed 0] [--catalogue DIR] [--twin-share 0.3]
+                           [--service-flags "--decision global ..."] [--out DIR]
 
 From a folder of images (and its manifest.json, whose `group` ties files showing the same
 picture), it splits the groups into references (enrolled), a background set (features kept
 for score normalisation) and distractors (never enrolled); makes positive queries by
 transforming each reference with every family in tools/evaluation/transforms.py (plus the
 other files of its group, "natural"), and negative queries from the distractors and their
-transforms. It starts `neardup serve` on a fresh data directory, enrols the references,
+transforms; optionally enrols a catalogue beside them and some references twice
+(tools/evaluation/dataset.py says how). It starts `neardup serve` on a fresh data directory, enrols them,
 rebuilds the index, sends every query through `Check`, and scores every decision rule from
 the answers, with PDQ and pHash beside them. Seeded: the same seed gives the same numbers.
 
