@@ -74,7 +74,7 @@ def test_byte_identical_images_are_answered_without_triton(store):
     hasher = FixedHasher(unit(1))
     enrol(store, "a", unit(2), PICTURE)
     enrol(store, "b", unit(3), PICTURE)
-    result = asyncio.run(checker(store, hasher).check(PICTURE, top_k=5, timeout_s=10))
+    result = asyncio.run(checker(store, hasher).check(PICTURE, top_k=5, timeout_s=lambda: 10.0))
     assert hasher.views == [] and result.identical and result.is_duplicate
     assert sorted(m.record.key for m in result.matches) == ["a", "b"] and all(m.is_duplicate for m in result.matches)
 
@@ -86,13 +86,15 @@ def test_a_clear_nearest_is_a_duplicate_and_a_close_other_picture_is_not(store):
     enrol(store, "far", unit(8), b"far")
     no_twins = Policy("margin", margin_threshold=0.2, margin_beta=1.0, twin_similarity=2.0)
     hasher = FixedHasher(query)
-    result = asyncio.run(checker(store, hasher, no_twins).check(PICTURE, top_k=1, timeout_s=10))
+    result = asyncio.run(checker(store, hasher, no_twins).check(PICTURE, top_k=1, timeout_s=lambda: 10.0))
     assert hasher.views == [1]  # the check's view count
     assert result.is_duplicate and not result.identical and [m.record.key for m in result.matches] == ["near"]
     assert result.index_generation == 3 and result.matches[0].inliers == -1
     other = query + 0.21 * unit(9)
     enrol(store, "other", other / np.linalg.norm(other), b"other")  # as close as the nearest
-    assert not asyncio.run(checker(store, hasher, no_twins).check(PICTURE, top_k=1, timeout_s=10)).is_duplicate
+    assert not asyncio.run(
+        checker(store, hasher, no_twins).check(PICTURE, top_k=1, timeout_s=lambda: 10.0)
+    ).is_duplicate
 
 
 def test_the_same_picture_under_two_keys_is_not_its_own_look_alike(store):
@@ -102,7 +104,7 @@ def test_the_same_picture_under_two_keys_is_not_its_own_look_alike(store):
     enrol(store, "near again", near / np.linalg.norm(near), b"near, re-encoded")
     enrol(store, "far", unit(8), b"far")
     policy = Policy("margin", margin_threshold=0.2, margin_beta=1.0, twin_similarity=0.95)
-    result = asyncio.run(checker(store, FixedHasher(query), policy).check(PICTURE, top_k=3, timeout_s=10))
+    result = asyncio.run(checker(store, FixedHasher(query), policy).check(PICTURE, top_k=3, timeout_s=lambda: 10.0))
     assert result.is_duplicate
     pairs = [(m.record.key, m.is_duplicate) for m in result.matches]
     assert sorted(pairs[:2]) == [("near", True), ("near again", True)] and pairs[2] == ("far", False)
@@ -110,10 +112,10 @@ def test_the_same_picture_under_two_keys_is_not_its_own_look_alike(store):
     assert result.matches[2].nearest_similarity < 0.5
     with_twins_as_others = Policy("margin", margin_threshold=0.2, margin_beta=1.0, twin_similarity=2.0)
     assert not asyncio.run(
-        checker(store, FixedHasher(query), with_twins_as_others).check(PICTURE, top_k=3, timeout_s=10)
+        checker(store, FixedHasher(query), with_twins_as_others).check(PICTURE, top_k=3, timeout_s=lambda: 10.0)
     ).is_duplicate
 
 
 def test_nothing_enrolled_is_never_a_duplicate(store):
-    result = asyncio.run(checker(store, FixedHasher(unit(1))).check(PICTURE, top_k=3, timeout_s=10))
+    result = asyncio.run(checker(store, FixedHasher(unit(1))).check(PICTURE, top_k=3, timeout_s=lambda: 10.0))
     assert not result.is_duplicate and result.matches == []

@@ -68,7 +68,7 @@ class NearDupServicer(pb_grpc.NearDupServicer):
         top_k = request.top_k or 1
         if not 1 <= top_k <= self.settings.limits.max_top_k:
             raise RequestError(f"top_k must be between 1 and {self.settings.limits.max_top_k}, got {top_k}")
-        result = await self.checker.check(request.image, top_k, self._triton_timeout(context))
+        result = await self.checker.check(request.image, top_k, lambda: self._triton_timeout(context))
         return self._check_response(result)
 
     def _check_response(self, result: CheckResult) -> pb.CheckResponse:

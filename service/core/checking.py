@@ -10,6 +10,7 @@ picture is found; a region needs its own, higher score.
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -85,7 +86,8 @@ class Checker:
         [descriptor] = await self.hasher.hash(canvas[None], [views], timeout_s)
         return descriptor
 
-    async def check(self, image: bytes, top_k: int, timeout_s: float) -> CheckResult:
+    async def check(self, image: bytes, top_k: int, timeout_s: Callable[[], float]) -> CheckResult:
+        """`timeout_s()` is what is left for Triton now (the region stage asks again)."""
         await asyncio.to_thread(self.store.check_model, self.model_identity)
         generation = self.index.stats().generation
         with self.store.read() as view:
@@ -95,7 +97,7 @@ class Checker:
             score = decide(self.policy, [Candidate(0.0, record.threshold) for record in identical]).score
             return CheckResult(True, True, [Match(record, 0.0, True) for record in identical], score, 0.0, generation)
         canvas = await asyncio.to_thread(self.preprocessor.canvas, image)
-        [descriptor] = await self.hasher.hash(canvas[None], [self.views], timeout_s)
+        [descriptor] = await self.hasher.hash(canvas[None], [self.views], timeout_s())
         background_similarity = self.background.similarity(descriptor.feature)
         whole = await asyncio.to_thread(self._search, descriptor.feature, top_k, background_similarity)
         result = CheckResult(
@@ -113,11 +115,13 @@ class Checker:
             return result
         return await self._search_regions(image, top_k, timeout_s, result)
 
-    async def _search_regions(self, image: bytes, top_k: int, timeout_s: float, whole: CheckResult) -> CheckResult:
+    async def _search_regions(
+        self, image: bytes, top_k: int, timeout_s: Callable[[], float], whole: CheckResult
+    ) -> CheckResult:
         """The cascade's second stage: each region embedded and searched; the best region decides
         if its score reaches the region threshold."""
         canvases = await asyncio.to_thread(self.preprocessor.regions, image)
-        descriptors = await self.hasher.hash(canvases, [1] * len(canvases), timeout_s)
+        descriptors = await self.hasher.hash(canvases, [1] * len(canvases), timeout_s())
         searches = await asyncio.to_thread(
             lambda: [self._search(d.feature, top_k, whole.background_similarity) for d in descriptors]
         )
