@@ -8,8 +8,8 @@ from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
 DEFAULT_SERVER = "127.0.0.1:50051"
 
 
-def channel(address: str = DEFAULT_SERVER, options: list[tuple[str, int]] | None = None) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=options)
+def channel(address: str = DEFAULT_SERVER) -> grpc.Channel:
+    return grpc.insecure_channel(address)
 
 
 def stub(address: str = DEFAULT_SERVER) -> pb_grpc.NearDupStub:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.triton.contract import DIMENSIONS
+
 log = logging.getLogger(__name__)
 
 FILE = "background.npz"
@@ -36,7 +38,7 @@ class Background:
     @classmethod
     def load(cls, data_dir: Path, model_identity: str, k: int) -> "Background":
         path = Path(data_dir) / FILE
-        empty = cls(np.zeros((0, 512), np.float32), k)
+        empty = cls(np.zeros((0, DIMENSIONS), np.float32), k)
         if not path.exists():
             return empty
         with np.load(path) as data:
