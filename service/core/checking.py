@@ -82,9 +82,12 @@ class Checker:
     views: int  # per Check
 
     async def embed(self, image: bytes, views: int, timeout_s: float) -> Descriptor:
+        return (await self._canvas_and_descriptor(image, views, timeout_s))[1]
+
+    async def _canvas_and_descriptor(self, image: bytes, views: int, timeout_s: float) -> tuple[np.ndarray, Descriptor]:
         canvas = await asyncio.to_thread(self.preprocessor.canvas, image)
         [descriptor] = await self.hasher.hash(canvas[None], [views], timeout_s)
-        return descriptor
+        return canvas, descriptor
 
     async def check(self, image: bytes, top_k: int, timeout_s: Callable[[], float]) -> CheckResult:
         """`timeout_s()` is what is left for Triton now (the region stage asks again)."""
@@ -96,8 +99,7 @@ class Checker:
             # Byte-identical to an enrolled image is a duplicate under any rule.
             score = decide(self.policy, [Candidate(0.0, record.threshold) for record in identical]).score
             return CheckResult(True, True, [Match(record, 0.0, True) for record in identical], score, 0.0, generation)
-        canvas = await asyncio.to_thread(self.preprocessor.canvas, image)
-        [descriptor] = await self.hasher.hash(canvas[None], [self.views], timeout_s())
+        canvas, descriptor = await self._canvas_and_descriptor(image, self.views, timeout_s())
         background_similarity = self.background.similarity(descriptor.feature)
         whole = await asyncio.to_thread(self._search, descriptor.feature, top_k, background_similarity)
         result = CheckResult(
