@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.api.channels import stub  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.media.imaging import decode_canvas  # noqa: E402
+from service.media.imaging import Limits, decode_canvas  # noqa: E402
 from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
 from service.storage.records import Enrolment  # noqa: E402
 from service.storage.snapshots import build_snapshot  # noqa: E402
@@ -249,7 +249,7 @@ def preprocessing(images: list[bytes], repeats: int) -> None:
             for _ in range(repeats):
                 started = time.perf_counter()
                 if draft:
-                    decode_canvas(data, SETTINGS.canvas_size, MAX_IMAGE_PIXELS, 1)
+                    decode_canvas(data, SETTINGS.canvas_size, Limits(MAX_IMAGE_PIXELS, min_side=1))
                 else:
                     image = Image.open(io.BytesIO(data))
                     image.load()
@@ -258,7 +258,7 @@ def preprocessing(images: list[bytes], repeats: int) -> None:
             report("preprocessing", f"{name}, {label} (ms)", 1000 * percentile(timings, 50), "ms")
     started = time.perf_counter()
     for data in images:
-        decode_canvas(data, SETTINGS.canvas_size, MAX_IMAGE_PIXELS, 1)
+        decode_canvas(data, SETTINGS.canvas_size, Limits(MAX_IMAGE_PIXELS, min_side=1))
     mean_ms = 1000 * (time.perf_counter() - started) / len(images)
     report("preprocessing", f"the {len(images)} benchmark JPEGs, draft decode, mean (ms)", mean_ms, "ms", "Check's mix")
 
@@ -461,7 +461,7 @@ def features(images: list[bytes]) -> np.ndarray:
     """Real SSCD features of the images (the centres of the synthetic vectors)."""
     session = ort.InferenceSession(str(MODELS[TRITON.model]), providers=["CPUExecutionProvider"])
     side = TRITON.input_size
-    canvases = [decode_canvas(d, SETTINGS.canvas_size, MAX_IMAGE_PIXELS, 1) for d in images]
+    canvases = [decode_canvas(d, SETTINGS.canvas_size, Limits(MAX_IMAGE_PIXELS, min_side=1)) for d in images]
     inputs = np.stack([np.asarray(Image.fromarray(c).resize((side, side))) for c in canvases])
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: inputs[i : i + 32]})[0] for i in range(0, len(inputs), 32)])
@@ -483,7 +483,8 @@ def main() -> None:
     started = time.perf_counter()
     print(f"machine: {os.cpu_count()} CPUs; model {TRITON.model}, input {TRITON.input_size}", flush=True)
     images = load_images(arguments.images, 40 if quick else 400)
-    canvases = np.stack([decode_canvas(d, SETTINGS.canvas_size, MAX_IMAGE_PIXELS, 1) for d in images[:64]])
+    limits = Limits(MAX_IMAGE_PIXELS, min_side=1)
+    canvases = np.stack([decode_canvas(d, SETTINGS.canvas_size, limits) for d in images[:64]])
     sections = set(arguments.sections.split(","))
     limit = model_limit(canvases, 3 if quick else 10)
     if "model" in sections:

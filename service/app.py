@@ -13,22 +13,26 @@ import signal
 from dataclasses import dataclass
 
 import grpc
+import lmdb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.api.health import TritonHealth
+from service.api.health import Readiness
 from service.api.interceptors import RequestIdLogFilter, interceptor_chain
 from service.api.servicer import SERVICE_NAME, NearDupServicer
 from service.config import Settings
 from service.core.checking import Checker
-from service.core.enrollment import Enroller
+from service.core.enrollment import Enroller, ItemLimits
+from service.media.imaging import DecodeBudget, Limits
 from service.media.preprocess import Preprocessor
 from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
 from service.storage import snapshots
 from service.storage.background import Background
+from service.storage.ownership import DataDirInUse, DataDirLock
 from service.storage.snapshots import SnapshotError, SnapshotLoader
 from service.storage.store import Store
 from service.storage.usearch_index import UsearchIndex
+from service.supervision import supervise
 from service.triton.client import Hasher
 from service.triton.process import BundledTriton
 
@@ -36,6 +40,9 @@ log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 SHUTDOWN_GRACE_S = 10
+KEEPALIVE_TIMEOUT_MS = 20_000  # a peer that does not answer a ping this fast is gone
+MIN_CLIENT_PING_INTERVAL_MS = 10_000  # clients may ping this often without being told off
+DECODE_WAIT_S = 1.0  # a decode waits this long for room in the decode budget, then RESOURCE_EXHAUSTED
 
 
 def configure_logging() -> None:
@@ -47,18 +54,40 @@ def configure_logging() -> None:
 
 @dataclass
 class Storage:
+    lock: DataDirLock
     store: Store
     index: UsearchIndex
     loader: SnapshotLoader
 
+    def close(self) -> None:
+        self.store.close()
+        self.lock.release()
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; the message says why and what to do."""
+
+
+STORE_DAMAGED = (
+    "the store in {path} cannot be read ({error}): it is damaged. Restore the data directory from a backup, "
+    "or copy what can still be read with `mdb_copy -c` into a fresh directory (docs/operations.md)"
+)
+
 
 def open_storage(settings: Settings) -> Storage:
-    """The store, and the index over it: the snapshot loaded first, so that only the changes
-    after it are replayed; from then on every commit reaches the index."""
+    """The data directory's lock, the store, and the index over it: the snapshot loaded first,
+    so that only the changes after it are replayed; from then on every commit reaches the index."""
     data_dir = settings.server.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(data_dir)
-    stored_model = store.model()
+    try:
+        lock = DataDirLock(data_dir)
+    except DataDirInUse as error:
+        raise StartupError(str(error)) from None
+    try:
+        store = Store(data_dir)
+        stored_model = store.model()
+    except lmdb.Error as error:
+        lock.release()
+        raise StartupError(STORE_DAMAGED.format(path=data_dir, error=error)) from None
     if stored_model not in (None, settings.model_identity):
         log.error(
             "the store in %s holds features of %s, the service runs %s: Check and Enroll will fail",
@@ -72,7 +101,12 @@ def open_storage(settings: Settings) -> Storage:
         loader.load_if_new()
     except SnapshotError as error:
         log.error("no index snapshot loaded; serving every record from memory: %s", error)
-    index.apply_changes()
+    try:
+        index.apply_changes()
+    except lmdb.Error as error:
+        store.close()
+        lock.release()
+        raise StartupError(STORE_DAMAGED.format(path=data_dir, error=error)) from None
     store.subscribe(index.apply_changes)
     stats = index.stats()
     log.info(
@@ -82,43 +116,70 @@ def open_storage(settings: Settings) -> Storage:
         stats.generation,
         stats.unindexed,
     )
-    return Storage(store, index, loader)
+    return Storage(lock, store, index, loader)
 
 
-def build_servicer(settings: Settings, storage: Storage, hasher: Hasher) -> NearDupServicer:
+def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readiness: Readiness) -> NearDupServicer:
     limits, triton, policy = settings.limits, settings.triton, settings.decision
     preprocessor = Preprocessor(
-        settings.canvas_size, limits.max_image_pixels, limits.min_image_side, keypoints=bool(policy.geometric_band)
+        settings.canvas_size,
+        Limits(limits.max_image_pixels, limits.min_image_side, limits.max_decoded_bytes),
+        DecodeBudget(limits.decode_budget_bytes, wait_s=DECODE_WAIT_S),
+        keypoints=bool(policy.geometric_band),
     )
     background = Background.load(settings.server.data_dir, settings.model_identity, settings.index.background_k)
     checker = Checker(
         hasher, storage.store, storage.index, preprocessor, background, policy, settings.model_identity,
         triton.check_views,
     )  # fmt: skip
-    enroller = Enroller(hasher, storage.store, preprocessor.describe, settings.model_identity, triton.enroll_views)
-    return NearDupServicer(settings, checker, enroller, storage.store, storage.index, storage.loader)
+    enroller = Enroller(
+        hasher, storage.store, preprocessor.describe, settings.model_identity, triton.enroll_views,
+        ItemLimits(limits.max_metadata_entries, limits.max_metadata_bytes),
+    )  # fmt: skip
+    return NearDupServicer(settings, checker, enroller, storage.store, storage.index, storage.loader, readiness)
 
 
-def grpc_server(settings: Settings, servicer: NearDupServicer, health_servicer: health.aio.HealthServicer):
-    limit = settings.limits.max_request_bytes
+def grpc_server(settings: Settings) -> tuple[grpc.aio.Server, str]:
+    """The server, already bound to its port (so a port in use fails before anything starts)."""
+    limits = settings.limits
     server = grpc.aio.server(
-        interceptors=interceptor_chain(),
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        interceptors=interceptor_chain(SERVICE_NAME, limits.max_concurrent_calls),
+        options=[
+            ("grpc.max_receive_message_length", limits.max_request_bytes),
+            ("grpc.max_send_message_length", limits.max_request_bytes),
+            ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server sharing it
+            ("grpc.max_connection_idle_ms", int(limits.connection_idle_s * 1000)),
+            ("grpc.keepalive_time_ms", int(limits.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ],
     )
+    address = f"{settings.server.host}:{settings.server.port}"
+    if server.add_insecure_port(address) == 0:
+        raise StartupError(f"cannot listen on {address}: is the port in use?")
+    return server, address
+
+
+def add_services(server: grpc.aio.Server, servicer: NearDupServicer, health_servicer: health.aio.HealthServicer):
     pb_grpc.add_NearDupServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    address = f"{settings.server.host}:{settings.server.port}"
-    if server.add_insecure_port(address) == 0:
-        raise SystemExit(f"cannot listen on {address}: is the port in use?")
-    return server, address
 
 
 async def serve(settings: Settings) -> None:
-    """Runs the service until SIGINT or SIGTERM, then stops it and the bundled Triton cleanly."""
+    """Runs the service until SIGINT or SIGTERM, then stops it and the bundled Triton cleanly.
+
+    Raises StartupError, before starting anything that would outlive it, when the data
+    directory is in use, the store is damaged or the port is taken."""
     storage = open_storage(settings)
+    try:
+        server, address = grpc_server(settings)
+    except StartupError:
+        storage.close()
+        raise
     bundled = None
     triton_url = settings.triton.url
     if not triton_url:
@@ -127,16 +188,18 @@ async def serve(settings: Settings) -> None:
         )
         bundled.start()
         triton_url = bundled.url
-    hasher = Hasher(triton_url, settings.triton.model)
+    hasher = Hasher(triton_url, settings.triton.model, settings.limits.max_triton_queue)
     health_servicer = health.aio.HealthServicer()
-    server, address = grpc_server(settings, build_servicer(settings, storage, hasher), health_servicer)
+    readiness = Readiness(hasher, storage.store, health_servicer, ["", SERVICE_NAME], settings.triton.health_poll_s)
+    add_services(server, build_servicer(settings, storage, hasher, readiness), health_servicer)
     await server.start()
     log.info("neardup listening on %s (Triton %s, model %s)", address, triton_url, settings.triton.model)
     reload_now = asyncio.Event()
-    triton_health = TritonHealth(hasher, health_servicer, ["", SERVICE_NAME], settings.triton.health_poll_s)
     tasks = [
-        asyncio.create_task(triton_health.run()),
-        asyncio.create_task(snapshots.watch(storage.loader, settings.index.poll_s, reload_now)),
+        asyncio.create_task(supervise("readiness", readiness.run)),
+        asyncio.create_task(
+            supervise("index watch", lambda: snapshots.watch(storage.loader, settings.index.poll_s, reload_now))
+        ),
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -152,5 +215,5 @@ async def serve(settings: Settings) -> None:
     await hasher.close()
     if bundled is not None:
         await bundled.stop()
-    storage.store.close()
+    storage.close()
     log.info("stopped")

@@ -11,7 +11,9 @@ neardup index reload                      make the service load the newest snaps
 
 import argparse
 import asyncio
+import faulthandler
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -69,11 +71,16 @@ def at_least_one(text: str) -> int:
 
 
 def run_serve(arguments: argparse.Namespace) -> int:
-    from service.app import configure_logging, serve
+    from service.app import StartupError, configure_logging, serve
 
     settings = settings_from_arguments(arguments)
     configure_logging()
-    asyncio.run(serve(settings))
+    faulthandler.enable()  # a crash in native code (usearch, LMDB, Pillow) leaves its stack in the log
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as error:
+        logging.getLogger("service.app").critical("cannot start: %s", error)
+        return 1
     return 0
 
 

@@ -33,9 +33,31 @@ class LimitSettings:
     max_image_pixels: int = setting(64_000_000, "largest image in pixels, as its header claims")
     # Thumbnails are real queries; below 8 px there is nothing left to compare (docs/quality.md).
     min_image_side: int = setting(8, "smallest image side in pixels")
+    max_decoded_bytes: int = setting(
+        400_000_000, "most memory one image's decode may hold (pixels x bands x bit depth, and the RGB copy)"
+    )
+    decode_budget_bytes: int = setting(
+        1_500_000_000,
+        "most memory all decodes in progress may hold together; past it a call waits 1 s, then RESOURCE_EXHAUSTED",
+    )
     max_top_k: int = setting(100, "most matches a Check may ask for")
+    max_views: int = setting(100, "most views a Hash may ask for")
+    max_metadata_entries: int = setting(64, "most metadata entries per enrolled image")
+    max_metadata_bytes: int = setting(16384, "most bytes of metadata (keys and values, UTF-8) per enrolled image")
+    max_concurrent_calls: int = setting(
+        64, "calls of the NearDup service in progress at once; more are answered RESOURCE_EXHAUSTED at once"
+    )
+    max_triton_queue: int = setting(
+        256,
+        "views queued for or in Triton at once; a Check or Hash past it is answered RESOURCE_EXHAUSTED, "
+        "an Enroll waits",
+    )
     enroll_window: int = setting(64, "Enroll requests read ahead of the one being answered")
+    enroll_window_bytes: int = setting(64 << 20, "bytes of Enroll requests read ahead of the one being answered")
     enroll_batch: int = setting(16, "Enroll items per Triton request and per LMDB transaction")
+    stream_idle_s: float = setting(60.0, "an Enroll stream that sends nothing for this long is closed")
+    connection_idle_s: float = setting(600.0, "a connection with no call for this long is closed")
+    keepalive_s: float = setting(60.0, "the server pings an idle connection this often to find dead peers")
 
 
 @dataclass(frozen=True)
@@ -54,7 +76,7 @@ class TritonSettings:
     timeout_s: float = setting(
         30.0, "longest a call to Triton may take when the caller set no shorter deadline", flag="triton-timeout-s"
     )
-    health_poll_s: float = setting(1.0, "how often Triton's health is polled")
+    health_poll_s: float = setting(1.0, "how often readiness (Triton and its model, the store's writes) is polled")
     restart_delay_s: float = setting(
         2.0, "bundled Triton only: wait after it dies before starting it again", flag="triton-restart-delay-s"
     )

@@ -8,6 +8,7 @@ import pytest
 
 from service.core.checking import Checker
 from service.core.decision import Policy
+from service.media.imaging import Limits
 from service.media.preprocess import Preprocessor
 from service.storage.background import Background
 from service.storage.records import Enrolment
@@ -27,7 +28,9 @@ class FixedHasher:
         self.feature = feature
         self.views: list[int] = []
 
-    async def hash(self, canvases: np.ndarray, views: list[int], timeout_s: float) -> list[Descriptor]:
+    async def hash(
+        self, canvases: np.ndarray, views: list[int], timeout_s: float, wait: bool = False
+    ) -> list[Descriptor]:
         self.views.extend(views)
         return [Descriptor(self.feature, 0.0) for _ in canvases]
 
@@ -61,7 +64,7 @@ DEFAULT_POLICY = Policy()
 
 
 def checker(store: Store, hasher: FixedHasher, policy: Policy = DEFAULT_POLICY) -> Checker:
-    preprocessor = Preprocessor(246, 64_000_000, 32, keypoints=False)
+    preprocessor = Preprocessor(246, Limits(min_side=32), None, keypoints=False)
     background = Background(np.zeros((0, 512), np.float32), 5)
     return Checker(hasher, store, ExactIndex(store), preprocessor, background, policy, MODEL, views=1)
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from service.core.enrollment import Enroller, EnrollItem, EnrollOutcome
+from service.core.streams import Window
 from service.storage.store import Store
 from service.triton.client import Descriptor
 
@@ -23,7 +24,9 @@ class SlowerFirstHasher:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def hash(self, canvases: np.ndarray, views: list[int], timeout_s: float) -> list[Descriptor]:
+    async def hash(
+        self, canvases: np.ndarray, views: list[int], timeout_s: float, wait: bool = False
+    ) -> list[Descriptor]:
         self.calls += 1
         await asyncio.sleep(max(5 - self.calls, 0) * 0.02)
         return [Descriptor(unit_vector(canvas), 0.1) for canvas in canvases]
@@ -43,7 +46,9 @@ async def enroll_all(enroller: Enroller, requests: list[EnrollItem]) -> list[Enr
         for request in requests:
             yield request
 
-    return [result async for result in enroller.stream(stream(), window=64, batch_size=4, timeout_s=lambda: 10.0)]
+    return [
+        result async for result in enroller.stream(stream(), Window(items=64), batch_size=4, timeout_s=lambda: 10.0)
+    ]
 
 
 def new_enroller(tmp_path) -> tuple[Enroller, Store, SlowerFirstHasher]:

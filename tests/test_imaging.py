@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.media.imaging import ImageError, decode_canvas
+from service.media.imaging import ImageError, Limits, decode_canvas
 
 CANVAS = 246
 
@@ -18,7 +18,7 @@ def encode(image: Image.Image, image_format: str, **options) -> bytes:
 
 
 def decode(data: bytes) -> np.ndarray:
-    return decode_canvas(data, CANVAS, max_pixels=64_000_000, min_side=32)
+    return decode_canvas(data, CANVAS, Limits(min_side=32))
 
 
 def left_red_right_blue(width: int, height: int) -> Image.Image:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "service"
 # One LMDB class with its read view; splitting the transactions from the view would spread one concern.
-LONGER_FOR_A_REASON = {"storage/store.py": 280}
+LONGER_FOR_A_REASON = {"storage/store.py": 300}
 MAX_LINES = 250
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from service.config import Settings
-from service.media.imaging import decode_canvas
+from service.media.imaging import Limits, decode_canvas
 from service.triton import contract
 from service.triton.client import Hasher
 from service.triton.process import BundledTriton
@@ -42,7 +42,7 @@ async def run(arguments: argparse.Namespace) -> None:
     canvas_size = contract.canvas_size(triton.input_size)
     files = sorted(p for p in Path(arguments.images).iterdir() if p.suffix.lower() in (".jpg", ".png"))
     files = files[: arguments.count]
-    canvases = [decode_canvas(f.read_bytes(), canvas_size, 64_000_000, 1) for f in files]
+    canvases = [decode_canvas(f.read_bytes(), canvas_size, Limits(min_side=1)) for f in files]
     make_views = load_view_maker()
     bundled = None
     url = arguments.triton_url

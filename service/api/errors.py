@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 import grpc
 
+from service.core.streams import StreamIdle
 from service.media.imaging import ImageError
-from service.storage.records import ModelMismatch
+from service.overload import DeadlinePassed, Overloaded
+from service.storage.records import ModelMismatch, StoreUnwritable
 from service.storage.snapshots import SnapshotError
 from service.triton.client import TritonRejected, TritonTimeout, TritonUnavailable
 
@@ -29,6 +31,10 @@ STATUS_OF_ERROR: list[tuple[type[Exception], grpc.StatusCode]] = [
     (KeyNotFound, grpc.StatusCode.NOT_FOUND),
     (ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (SnapshotError, grpc.StatusCode.FAILED_PRECONDITION),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StoreUnwritable, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlinePassed, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (StreamIdle, grpc.StatusCode.DEADLINE_EXCEEDED),
     (TritonUnavailable, grpc.StatusCode.UNAVAILABLE),
     (TritonTimeout, grpc.StatusCode.UNAVAILABLE),
     (TritonRejected, grpc.StatusCode.INTERNAL),

@@ -1,21 +1,31 @@
 """The server's interceptor chain: cross-cutting concerns around every call, in order.
 
-Today: a request id per call (the caller's `x-request-id` metadata, or a new one), kept in a
-context variable so that every log line written for the call carries it. Authentication and
-metrics go into the same chain.
+1. ParseRequests: requests are parsed here rather than by gRPC, so that bytes that are not a
+   valid message (a string field with invalid UTF-8, a truncated message) get INVALID_ARGUMENT
+   with the reason instead of UNKNOWN; in a request stream a malformed message reaches the
+   method as a `Malformed` item, so one bad item does not end the stream.
+2. RequestIds: a request id per call (the caller's `x-request-id` metadata, or a new one), kept
+   in a context variable so that every log line written for the call carries it.
+3. Admission: at most `max_calls` calls of the NearDup service in progress; the next one is
+   answered RESOURCE_EXHAUSTED at once instead of queueing until its deadline. Health and
+   reflection are not counted, so probes still answer under load.
 """
 
+import contextlib
 import contextvars
 import inspect
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import grpc
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID_CHARS = 64
+
+log = logging.getLogger(__name__)
 
 
 class RequestIdLogFilter(logging.Filter):
@@ -26,6 +36,103 @@ class RequestIdLogFilter(logging.Filter):
         return True
 
 
+@dataclass(frozen=True)
+class Malformed:
+    """A message of a request stream that could not be parsed."""
+
+    reason: str
+
+
+def kind_of(handler: grpc.RpcMethodHandler) -> str:
+    requests = "stream" if handler.request_streaming else "unary"
+    return requests + "_" + ("stream" if handler.response_streaming else "unary")
+
+
+def rebuilt(handler: grpc.RpcMethodHandler, behaviour: Callable, request_deserializer=...) -> grpc.RpcMethodHandler:
+    """The handler with another behaviour (and optionally another request deserializer)."""
+    kind = kind_of(handler)
+    if request_deserializer is ...:
+        request_deserializer = handler.request_deserializer
+    make = getattr(grpc, f"{kind}_rpc_method_handler")
+    return make(behaviour, request_deserializer=request_deserializer, response_serializer=handler.response_serializer)
+
+
+def around_handler(handler: grpc.RpcMethodHandler, around: Callable) -> grpc.RpcMethodHandler:
+    """The same handler, its method run inside the async context manager around(context),
+    entered in the call's own context."""
+    behaviour = getattr(handler, kind_of(handler))
+
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def wrapped(request, context):
+            async with around(context):
+                async for response in behaviour(request, context):
+                    yield response
+
+    else:
+
+        async def wrapped(request, context):
+            async with around(context):
+                return await behaviour(request, context)
+
+    return rebuilt(handler, wrapped)
+
+
+class ParseRequests(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+        message = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+        name = message.full_name if message is not None else "request"
+        behaviour = getattr(handler, kind_of(handler))
+
+        def problem(raw: bytes, error: Exception) -> str:
+            return f"{len(raw)} bytes are not a valid {name}: {error}"
+
+        if handler.request_streaming:
+
+            async def parsed(raw_requests: AsyncIterator[bytes]):
+                async for raw in raw_requests:
+                    try:
+                        yield parse(raw)
+                    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and friends
+                        yield Malformed(problem(raw, error))
+
+            if inspect.isasyncgenfunction(behaviour):
+
+                async def wrapped(raw_requests, context):
+                    async for response in behaviour(parsed(raw_requests), context):
+                        yield response
+
+            else:
+
+                async def wrapped(raw_requests, context):
+                    return await behaviour(parsed(raw_requests), context)
+
+        else:
+
+            async def parse_or_abort(raw: bytes, context: grpc.aio.ServicerContext):
+                try:
+                    return parse(raw)
+                except Exception as error:  # noqa: BLE001 - as above
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem(raw, error))
+
+            if inspect.isasyncgenfunction(behaviour):
+
+                async def wrapped(raw, context):
+                    async for response in behaviour(await parse_or_abort(raw, context), context):
+                        yield response
+
+            else:
+
+                async def wrapped(raw, context):
+                    return await behaviour(await parse_or_abort(raw, context), context)
+
+        return rebuilt(handler, wrapped, request_deserializer=None)
+
+
 class RequestIds(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
@@ -33,36 +140,41 @@ class RequestIds(grpc.aio.ServerInterceptor):
             return None
         given = dict(details.invocation_metadata or ()).get(REQUEST_ID_HEADER, "")
         request_id = str(given)[:MAX_REQUEST_ID_CHARS] if given else uuid.uuid4().hex[:16]
-        return around_handler(handler, lambda: REQUEST_ID.set(request_id))
+
+        @contextlib.asynccontextmanager
+        async def with_request_id(context):
+            REQUEST_ID.set(request_id)
+            yield
+
+        return around_handler(handler, with_request_id)
 
 
-def around_handler(handler: grpc.RpcMethodHandler, before: Callable[[], object]) -> grpc.RpcMethodHandler:
-    """The same handler, calling before() in the call's own context before its method runs."""
-    kind = (
-        ("stream" if handler.request_streaming else "unary")
-        + "_"
-        + ("stream" if handler.response_streaming else "unary")
-    )
-    behaviour = getattr(handler, kind)
+class Admission(grpc.aio.ServerInterceptor):
+    def __init__(self, service: str, max_calls: int):
+        self.prefix = f"/{service}/"
+        self.max_calls = max_calls
+        self.in_progress = 0
 
-    if inspect.isasyncgenfunction(behaviour):
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(self.prefix):
+            return handler
+        return around_handler(handler, self.admitted)
 
-        async def wrapped(request, context):
-            before()
-            async for response in behaviour(request, context):
-                yield response
-
-    else:
-
-        async def wrapped(request, context):
-            before()
-            return await behaviour(request, context)
-
-    make = getattr(grpc, f"{kind}_rpc_method_handler")
-    return make(
-        wrapped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
+    @contextlib.asynccontextmanager
+    async def admitted(self, context: grpc.aio.ServicerContext):
+        if self.in_progress >= self.max_calls:
+            log.warning("overloaded: %d calls in progress; one refused", self.in_progress)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the service is at its limit of {self.max_calls} calls in progress; retry with backoff",
+            )
+        self.in_progress += 1
+        try:
+            yield
+        finally:
+            self.in_progress -= 1
 
 
-def interceptor_chain() -> list[grpc.aio.ServerInterceptor]:
-    return [RequestIds()]
+def interceptor_chain(service: str, max_calls: int) -> list[grpc.aio.ServerInterceptor]:
+    return [ParseRequests(), RequestIds(), Admission(service, max_calls)]

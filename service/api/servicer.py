@@ -7,9 +7,12 @@ from collections.abc import AsyncIterator
 import grpc
 
 from service.api.errors import KeyNotFound, RequestError, grpc_errors
+from service.api.health import Readiness
+from service.api.interceptors import Malformed
 from service.config import Settings
 from service.core.checking import Checker, CheckResult
-from service.core.enrollment import Enroller, EnrollItem
+from service.core.enrollment import Enroller, EnrollItem, key_problem
+from service.core.streams import Window
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
 from service.storage import snapshots
@@ -34,8 +37,10 @@ class NearDupServicer(pb_grpc.NearDupServicer):
         store: Store,
         index: VectorIndex,
         loader: SnapshotLoader,
+        readiness: Readiness,
     ):
         self.settings = settings
+        self.readiness = readiness
         self.checker = checker
         self.enroller = enroller
         self.store = store
@@ -54,6 +59,8 @@ class NearDupServicer(pb_grpc.NearDupServicer):
         problem = contract.view_problem(views)
         if problem:
             raise RequestError(problem)
+        if views > self.settings.limits.max_views:
+            raise RequestError(f"views must be at most {self.settings.limits.max_views}, got {views}")
         descriptor = await self.checker.embed(request.image, views, self._triton_timeout(context))
         return pb.HashResponse(
             feature=descriptor.feature.tolist(),
@@ -110,12 +117,14 @@ class NearDupServicer(pb_grpc.NearDupServicer):
     async def Enroll(self, requests: AsyncIterator[pb.EnrollRequest], context: grpc.aio.ServicerContext):
         async def items() -> AsyncIterator[EnrollItem]:
             async for request in requests:
-                yield EnrollItem(request.key, request.image, dict(request.metadata))
+                if isinstance(request, Malformed):
+                    yield EnrollItem("", b"", problem=request.reason)
+                else:
+                    yield EnrollItem(request.key, request.image, dict(request.metadata))
 
         limits = self.settings.limits
-        outcomes = self.enroller.stream(
-            items(), limits.enroll_window, limits.enroll_batch, lambda: self._triton_timeout(context)
-        )
+        window = Window(limits.enroll_window, limits.enroll_window_bytes, limits.stream_idle_s)
+        outcomes = self.enroller.stream(items(), window, limits.enroll_batch, lambda: self._triton_timeout(context))
         async for outcome in outcomes:
             yield pb.EnrollResult(
                 key=outcome.key, status=pb.EnrollResult.Status.Value(outcome.status), id=outcome.id, error=outcome.error
@@ -123,6 +132,8 @@ class NearDupServicer(pb_grpc.NearDupServicer):
 
     @grpc_errors
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        if problem := key_problem(request.key):
+            raise RequestError(problem)
         removed = await asyncio.to_thread(self.store.delete, request.key)
         if removed is None:
             raise KeyNotFound(f"no image is enrolled under key {request.key!r}")
@@ -140,6 +151,8 @@ class NearDupServicer(pb_grpc.NearDupServicer):
             index_generation=index.generation,
             index_size=index.snapshot_size,
             unindexed_records=index.unindexed,
+            removed_records=index.removed,
+            not_ready=[f"{name}: {why}" for name, why in self.readiness.problems.items()],
             model=triton.model,
             bytes_on_disk=self.store.bytes_on_disk() + snapshots.bytes_on_disk(self.settings.index_dir),
             input_size=triton.input_size,

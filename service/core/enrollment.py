@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.core.streams import Window, read_ahead
 from service.media.imaging import ImageError
 from service.storage.records import MAX_KEY_BYTES, Enrolment
 from service.storage.store import Store
@@ -21,6 +22,18 @@ class EnrollItem:
     key: str
     image: bytes
     metadata: dict[str, str] = field(default_factory=dict)
+    problem: str = ""  # set when the request itself could not be read: the item is INVALID
+
+    @property
+    def size(self) -> int:
+        """Roughly what the item holds in memory while it waits, in bytes."""
+        return len(self.image) + len(self.key) + sum(len(k) + len(v) for k, v in self.metadata.items())
+
+
+@dataclass(frozen=True)
+class ItemLimits:
+    max_metadata_entries: int = 64
+    max_metadata_bytes: int = 16384
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,20 @@ def key_problem(key: str) -> str | None:
     return None
 
 
+def item_problem(item: EnrollItem, limits: ItemLimits) -> str | None:
+    """Why an item cannot be enrolled whatever its image, or None."""
+    if item.problem:
+        return item.problem
+    if problem := key_problem(item.key):
+        return problem
+    if len(item.metadata) > limits.max_metadata_entries:
+        return f"metadata has {len(item.metadata)} entries; at most {limits.max_metadata_entries}"
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in item.metadata.items())
+    if size > limits.max_metadata_bytes:
+        return f"metadata is {size} bytes of UTF-8; at most {limits.max_metadata_bytes}"
+    return None
+
+
 class Enroller:
     """Hashes and stores batches of enrolment requests.
 
@@ -64,29 +91,27 @@ class Enroller:
         describe: Callable[[bytes], tuple[np.ndarray, bytes]],
         model_identity: str,
         views: int,
+        limits: ItemLimits = ItemLimits(),
     ):
         self.hasher = hasher
         self.store = store
         self.describe = describe  # bytes -> (canvas, keypoints or b"")
         self.model_identity = model_identity
         self.views = views
+        self.limits = limits
 
     async def stream(
-        self, requests: AsyncIterator[EnrollItem], window: int, batch_size: int, timeout_s: Callable[[], float]
+        self,
+        requests: AsyncIterator[EnrollItem],
+        window: Window,
+        batch_size: int,
+        timeout_s: Callable[[], float],
     ) -> AsyncIterator[EnrollOutcome]:
-        """Answers a request stream in order. At most `window` requests are read ahead of the
-        answers, so a client sending faster than the service hashes is held back by gRPC flow
-        control instead of filling memory."""
-        queue: asyncio.Queue = asyncio.Queue(maxsize=window)
-
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    await queue.put(request)
-            finally:
-                await queue.put(None)  # the end of the stream, or of what could be read
-
-        reader = asyncio.create_task(read())
+        """Answers a request stream in order. At most `window` requests (in count and in bytes)
+        are read ahead of the answers, so a client sending faster than the service hashes is
+        held back by gRPC flow control instead of filling memory; a stream that sends nothing
+        for `window.idle_s` ends with StreamIdle."""
+        queue, reader = read_ahead(requests, window)
         # Two batches in flight: the next one is decoded and hashed while the one before is
         # still in Triton. Each commits after the one before it, and answers keep stream order.
         in_flight: collections.deque[tuple[asyncio.Task, frozenset[str]]] = collections.deque()
@@ -94,8 +119,8 @@ class Enroller:
             ended = False
             while not ended:
                 batch = [await queue.get()]
-                while len(batch) < batch_size and not queue.empty():
-                    batch.append(queue.get_nowait())
+                while len(batch) < batch_size and batch[-1] is not None and queue.ready():
+                    batch.append(await queue.get())
                 if batch[-1] is None:
                     batch.pop()
                     ended = True
@@ -126,7 +151,7 @@ class Enroller:
         await asyncio.to_thread(self.store.check_model, self.model_identity)
         items = [Item(request) for request in requests]
         for item in items:
-            problem = key_problem(item.request.key)
+            problem = item_problem(item.request, self.limits)
             item.result = self._invalid(item, problem) if problem else None
             item.sha256 = hashlib.sha256(item.request.image).digest()
         pending = await asyncio.to_thread(self._skip_unchanged, items, uncommitted)
@@ -135,7 +160,7 @@ class Enroller:
         descriptors = []
         if to_hash:
             canvases = np.stack([item.canvas for item in to_hash])
-            descriptors = await self.hasher.hash(canvases, [self.views] * len(to_hash), timeout_s)
+            descriptors = await self.hasher.hash(canvases, [self.views] * len(to_hash), timeout_s, wait=True)
         if after is not None:
             await after
         if to_hash:

@@ -1,9 +1,15 @@
 """Decoding and preprocessing: encoded bytes to the square RGB canvas that Triton embeds."""
 
+import contextlib
 import io
+import threading
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.overload import Overloaded
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # A canvas whose grey levels vary less than this (standard deviation, 0-255) shows nothing to
@@ -11,15 +17,57 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # exactly uniform (0.0) and the next lowest is a faint moon at 1.6.
 LOW_INFORMATION_STD = 1.0
 BACKGROUND = (255, 255, 255)  # transparent pixels are flattened onto white
+# Bytes per pixel a decode holds at its peak, by the mode Pillow decodes to: the decoded bands,
+# the RGB copy, and for high bit depths the float32 scaling in to_rgb.
+PEAK_BYTES_PER_PIXEL = {"1": 4, "L": 4, "P": 7, "LA": 9, "PA": 9, "RGB": 6, "RGBA": 10, "CMYK": 10, "YCbCr": 6}
+HIGH_DEPTH_PEAK_BYTES_PER_PIXEL = 16  # I;16, I, F: the bands, float32 values, the scaled copy, RGB
 
 
 class ImageError(ValueError):
     """The bytes are not an image the service can use; the message says why."""
 
 
-def decode_canvas(data: bytes, canvas_size: int, max_pixels: int, min_side: int) -> np.ndarray:
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int = 64_000_000  # as the header claims
+    min_side: int = 8
+    max_decoded_bytes: int = 400_000_000  # the memory one decode may hold at its peak
+
+
+class DecodeBudget:
+    """The memory all decodes in progress may hold together (thread-safe).
+
+    A decode that would pass it waits up to `wait_s` for others to finish, then gives up with
+    Overloaded: the caller is told to retry instead of the process running out of memory."""
+
+    def __init__(self, total_bytes: int, wait_s: float):
+        self.total_bytes = total_bytes
+        self.wait_s = wait_s
+        self.in_use = 0
+        self._condition = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, amount: int):
+        with self._condition:
+            if not self._condition.wait_for(lambda: self.in_use + amount <= self.total_bytes, self.wait_s):
+                raise Overloaded(
+                    f"images being decoded hold {self.in_use / 1e6:.0f} MB of the {self.total_bytes / 1e6:.0f} MB "
+                    f"budget and this one needs {amount / 1e6:.0f} MB; retry shortly"
+                )
+            self.in_use += amount
+        try:
+            yield
+        finally:
+            with self._condition:
+                self.in_use -= amount
+                self._condition.notify_all()
+
+
+def decode_canvas(
+    data: bytes, canvas_size: int, limits: Limits = Limits(), budget: DecodeBudget | None = None
+) -> np.ndarray:
     """The image as a canvas_size x canvas_size RGB uint8 array (what Triton embeds)."""
-    return to_canvas(decode(data, canvas_size, max_pixels, min_side), canvas_size)
+    return to_canvas(decode(data, canvas_size, limits, budget), canvas_size)
 
 
 def is_low_information(canvas: np.ndarray) -> bool:
@@ -31,39 +79,62 @@ def to_canvas(rgb: Image.Image, size: int) -> np.ndarray:
     return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR))
 
 
-def decode(data: bytes, needed_side: int, max_pixels: int, min_side: int) -> Image.Image:
-    """Decodes an image: EXIF orientation applied, any mode to RGB.
+def decode(data: bytes, needed_side: int, limits: Limits, budget: DecodeBudget | None = None) -> Image.Image:
+    """Decodes an image: EXIF orientation applied, any mode to RGB, the first frame of several.
 
-    The pixel count is checked from the header, before any pixel is decoded, so a small file
-    that claims a huge size (a decompression bomb) costs nothing. JPEGs are decoded at the
-    smallest of 1/1, 1/2, 1/4, 1/8 scale that still covers needed_side (Pillow's draft mode).
+    The size is checked from the header before any pixel is decoded, so a small file that
+    claims a huge size (a decompression bomb) costs nothing; the memory the decode will hold
+    (bit depth and bands counted) is checked against the per-image limit and reserved in the
+    budget of all decodes in progress. JPEGs are decoded at the smallest of 1/1, 1/2, 1/4, 1/8
+    scale that still covers needed_side (Pillow's draft mode). Whatever Pillow raises on the
+    bytes becomes ImageError: a damaged file is the caller's mistake, not ours.
     """
     if not data:
         raise ImageError("image is empty: send the encoded image bytes (JPEG, PNG, WebP, GIF, BMP, TIFF)")
-    try:
-        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
-    except UnidentifiedImageError:
-        raise ImageError(
-            f"image is not in a supported format ({', '.join(SUPPORTED_FORMATS)}); "
-            f"{len(data)} bytes starting {data[:8].hex()}"
-        ) from None
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"image is too large to decode safely: {error}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about damaged metadata; the decode decides
+        try:
+            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+        except UnidentifiedImageError:
+            raise ImageError(
+                f"image is not in a supported format ({', '.join(SUPPORTED_FORMATS)}); "
+                f"{len(data)} bytes starting {data[:8].hex()}"
+            ) from None
+        except Image.DecompressionBombError as error:
+            raise ImageError(f"image is too large to decode safely: {error}") from None
+        except Exception as error:  # noqa: BLE001 - Pillow's plugins raise many kinds on damaged headers
+            raise ImageError(f"image header could not be read ({type(error).__name__}: {error})") from None
+        width, height = image.size
+        if width * height > limits.max_pixels:
+            raise ImageError(
+                f"image is {width}x{height} = {width * height / 1e6:.1f} Mpx, over the "
+                f"{limits.max_pixels / 1e6:.0f} Mpx limit; downscale it before sending"
+            )
+        if min(width, height) < limits.min_side:
+            raise ImageError(f"image is {width}x{height} px; both sides must be at least {limits.min_side} px")
+        try:
+            if image.format == "JPEG":
+                image.draft("RGB", (needed_side, needed_side))
+            peak = peak_bytes(image)
+            if peak > limits.max_decoded_bytes:
+                raise ImageError(
+                    f"image is {width}x{height} {image.mode}: decoding it needs {peak / 1e6:.0f} MB, over the "
+                    f"{limits.max_decoded_bytes / 1e6:.0f} MB limit per image; send it smaller or in 8-bit colour"
+                )
+            with budget.hold(peak) if budget else contextlib.nullcontext():
+                image.load()
+                return to_rgb(ImageOps.exif_transpose(image))
+        except (ImageError, Overloaded):
+            raise
+        except Exception as error:  # noqa: BLE001 - as above: truncated data, bad tables, broken EXIF
+            raise ImageError(f"image {image.format} {width}x{height} could not be decoded: {error}") from None
+
+
+def peak_bytes(image: Image.Image) -> int:
+    """The memory decoding `image` holds at its peak (after any draft scaling)."""
     width, height = image.size
-    if width * height > max_pixels:
-        raise ImageError(
-            f"image is {width}x{height} = {width * height / 1e6:.1f} Mpx, over the "
-            f"{max_pixels / 1e6:.0f} Mpx limit; downscale it before sending"
-        )
-    if min(width, height) < min_side:
-        raise ImageError(f"image is {width}x{height} px; both sides must be at least {min_side} px")
-    try:
-        if image.format == "JPEG":
-            image.draft("RGB", (needed_side, needed_side))
-        image.load()
-        return to_rgb(ImageOps.exif_transpose(image))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageError(f"image {image.format} {width}x{height} could not be decoded: {error}") from None
+    per_pixel = PEAK_BYTES_PER_PIXEL.get(image.mode, HIGH_DEPTH_PEAK_BYTES_PER_PIXEL)
+    return width * height * per_pixel
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -75,7 +146,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         flat.paste(rgba, mask=rgba.getchannel("A"))
         return flat
     if image.mode in ("I", "I;16", "F"):  # high bit depth: scale to 8 bits rather than clip
-        values = np.asarray(image, dtype=np.float64)
-        span = max(values.max() - values.min(), 1e-9)
-        return Image.fromarray(((values - values.min()) / span * 255).astype(np.uint8)).convert("RGB")
+        values = np.asarray(image, dtype=np.float32)
+        low, span = values.min(), max(float(values.max() - values.min()), 1e-9)
+        values -= low
+        values *= 255 / span
+        return Image.fromarray(values.astype(np.uint8)).convert("RGB")
     return image.convert("RGB")

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from service.media import geometry
-from service.media.imaging import decode, decode_canvas, to_canvas
+from service.media.imaging import DecodeBudget, Limits, decode, decode_canvas, to_canvas
 
 Box = tuple[float, float, float, float]  # left, top, width, height: fractions of the picture's sides
 
@@ -30,13 +30,13 @@ REGION_DECODE_SCALE = 2
 @dataclass(frozen=True)
 class Preprocessor:
     canvas_size: int  # the square canvas Triton embeds
-    max_pixels: int
-    min_side: int
+    limits: Limits
+    budget: DecodeBudget | None
     keypoints: bool  # enrolment stores ORB keypoints (the geometric check is on)
 
     def canvas(self, data: bytes) -> np.ndarray:
         """The image as a canvas_size x canvas_size RGB uint8 array."""
-        return decode_canvas(data, self.canvas_size, self.max_pixels, self.min_side)
+        return decode_canvas(data, self.canvas_size, self.limits, self.budget)
 
     def describe(self, data: bytes) -> tuple[np.ndarray, bytes]:
         """The canvas, and the packed keypoints when they are stored (else b"")."""
@@ -47,7 +47,7 @@ class Preprocessor:
 
     def regions(self, data: bytes) -> np.ndarray:
         """The canvases of REGIONS, stacked [len(REGIONS), canvas, canvas, 3]."""
-        picture = decode(data, self.canvas_size * REGION_DECODE_SCALE, self.max_pixels, self.min_side)
+        picture = decode(data, self.canvas_size * REGION_DECODE_SCALE, self.limits, self.budget)
         width, height = picture.size
         crops = [
             picture.crop(
@@ -59,4 +59,4 @@ class Preprocessor:
 
     def picture(self, data: bytes) -> Image.Image:
         """The image at the side the geometric check works at."""
-        return decode(data, geometry.MAX_SIDE, self.max_pixels, self.min_side)
+        return decode(data, geometry.MAX_SIDE, self.limits, self.budget)

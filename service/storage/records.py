@@ -15,6 +15,10 @@ class StoreError(RuntimeError):
     pass
 
 
+class StoreUnwritable(StoreError):
+    """A write failed on the disk's side (full, failing): nothing of it was kept."""
+
+
 class ModelMismatch(StoreError):
     """The store holds features of another model; mixing them would make every distance meaningless."""
 

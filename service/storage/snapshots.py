@@ -13,80 +13,29 @@ background and swaps it in; changes committed meanwhile are replayed from the st
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 from usearch.index import Index
 
+from service.storage.manifest import FIX, MANIFEST, Manifest, SnapshotError, file_sha256, fsync_directory
 from service.storage.store import Store
 from service.storage.usearch_index import EXPANSION_SEARCH, SNAPSHOT_DTYPE, UsearchIndex, new_index
 from service.triton.contract import DIMENSIONS
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 LOCK = ".rebuild.lock"
 BATCH = 10_000  # records added to the index per call while building
-FIX = "rebuild it with `neardup index rebuild --data-dir DIR` (or tools/rebuild_index.py)"
-
-
-class SnapshotError(RuntimeError):
-    """The snapshot on disk cannot be used; the message says why and what to do."""
 
 
 class RebuildError(RuntimeError):
     """A rebuild cannot run now (another is running, or there is nothing to index)."""
-
-
-@dataclass(frozen=True)
-class Manifest:
-    generation: int
-    count: int
-    model: str
-    snapshot_seq: int  # the store's change sequence number the snapshot includes
-    dtype: str
-    file: str
-    created_at: float
-    build_seconds: float = 0.0
-
-    @staticmethod
-    def path(index_dir: Path) -> Path:
-        return index_dir / MANIFEST
-
-    @classmethod
-    def parse(cls, raw: bytes, path: Path) -> "Manifest":
-        try:
-            return cls(**json.loads(raw))
-        except (ValueError, TypeError) as error:
-            raise SnapshotError(f"{path} is corrupt ({error}); {FIX}") from None
-
-    def write(self, index_dir: Path) -> None:
-        write_atomically(self.path(index_dir), json.dumps(asdict(self), indent=1).encode())
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
-    fsync_directory(path.parent)
-
-
-def fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def generation_of(path: Path) -> int:
@@ -145,9 +94,12 @@ def build_snapshot(store: Store, index_dir: Path, dtype: str, keep: int, progres
         index.save(str(temporary))
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
+        checksum = file_sha256(temporary)
         os.replace(temporary, index_dir / name)
         fsync_directory(index_dir)
-        manifest = Manifest(generation, len(index), model, seq, dtype, name, time.time(), time.perf_counter() - started)
+        manifest = Manifest(
+            generation, len(index), model, seq, dtype, name, time.time(), checksum, time.perf_counter() - started
+        )
         manifest.write(index_dir)
         remove_old_generations(index_dir, generation, keep)
         return manifest
@@ -174,6 +126,8 @@ def load_snapshot(index_dir: Path, manifest: Manifest, model: str | None) -> Ind
     path = index_dir / manifest.file
     if not path.exists():
         raise SnapshotError(f"{path} named by {MANIFEST} is missing: {FIX}")
+    if file_sha256(path) != manifest.sha256:
+        raise SnapshotError(f"{path} does not match the checksum in {MANIFEST}: the file is damaged; {FIX}")
     try:
         snapshot = Index.restore(str(path), view=True)
     except Exception as error:  # usearch raises plain RuntimeError/ValueError for damaged files
@@ -209,18 +163,27 @@ class SnapshotLoader:
                 return False
             try:
                 manifest = Manifest.parse(raw, path)
+                if manifest.snapshot_seq < self.index.store.pruned_to():
+                    raise SnapshotError(
+                        f"index generation {manifest.generation} is older than the store's change log "
+                        f"(changes up to {self.index.store.pruned_to()} were pruned): {FIX}"
+                    )
                 snapshot = load_snapshot(self.index_dir, manifest, self.index.store.model())
             except SnapshotError:
                 self.refused = raw
                 raise
             self.index.swap(snapshot, manifest.generation, manifest.snapshot_seq)
             self.loaded = raw
+            pruned = self.index.store.prune_changes(manifest.snapshot_seq)
             log.info(
-                "index generation %d in use: %d vectors, snapshot at change %d, %d enrolled since",
+                "index generation %d in use: %d vectors, snapshot at change %d, %d enrolled and %d removed since; "
+                "%d changes it covers pruned from the log",
                 manifest.generation,
                 manifest.count,
                 manifest.snapshot_seq,
                 self.index.stats().unindexed,
+                self.index.stats().removed,
+                pruned,
             )
             return True
 

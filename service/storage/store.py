@@ -14,7 +14,6 @@ record in it survives a crash, and a crash mid-batch leaves none of it (no torn 
 commit calls the store's subscribers (the index), so no writer has to remember to.
 """
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,41 +28,14 @@ from service.storage.records import (
     ModelMismatch,
     Record,
     StoreError,
+    StoreUnwritable,
     Written,
     from_u64,
     u64,
 )
+from service.storage.rwlock import ReadWriteLock
 
 MIN_MAP_SIZE = 1 << 30
-
-
-class ReadWriteLock:
-    """Many readers or one writer; used only so the map can be grown while no transaction is open."""
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._readers = 0
-        self._writing = False
-
-    def acquire_read(self) -> None:
-        with self._condition:
-            self._condition.wait_for(lambda: not self._writing)
-            self._readers += 1
-
-    def release_read(self) -> None:
-        with self._condition:
-            self._readers -= 1
-            self._condition.notify_all()
-
-    def acquire_write(self) -> None:
-        with self._condition:
-            self._condition.wait_for(lambda: not self._writing and self._readers == 0)
-            self._writing = True
-
-    def release_write(self) -> None:
-        with self._condition:
-            self._writing = False
-            self._condition.notify_all()
 
 
 class Store:
@@ -89,8 +61,9 @@ class Store:
         self.changes = self.env.open_db(b"changes", create=not readonly)
         self.meta = self.env.open_db(b"meta", create=not readonly)
         self.keypoints = self.env.open_db(b"keypoints", create=not readonly)
-        self._lock = ReadWriteLock()
+        self._lock = ReadWriteLock()  # held for writing only while the map grows
         self._subscribers: list[Callable[[], None]] = []
+        self.write_failure: str | None = None  # why the last write failed, until one succeeds
 
     def subscribe(self, on_commit: Callable[[], None]) -> None:
         """Calls on_commit() after every write transaction commits (in the writer's thread)."""
@@ -109,11 +82,17 @@ class Store:
         with self.read() as view:
             return view.model()
 
+    def pruned_to(self) -> int:
+        """The last change seq dropped from the log: an index snapshot older than it cannot catch up."""
+        with self.env.begin() as txn:
+            return from_u64(txn.get(b"pruned_to", u64(0), db=self.meta))
+
     # Writes ----------------------------------------------------------------------------------
 
     def _write(self, work):
         """Runs work(txn) in one durable write transaction, growing the map if it is full, then
-        tells the subscribers."""
+        tells the subscribers. A write the disk refuses (full, failing) raises StoreUnwritable
+        and keeps nothing of the transaction."""
         while True:
             self._lock.acquire_read()
             try:
@@ -122,12 +101,45 @@ class Store:
                 break
             except lmdb.MapFullError:
                 pass
+            except (lmdb.DiskError, lmdb.PanicError, lmdb.MapResizedError) as error:
+                self._refused(error)
+            except lmdb.Error as error:
+                if type(error) is not lmdb.Error:  # a subclass names a fault of ours, not of the disk
+                    raise
+                self._refused(error)
             finally:
                 self._lock.release_read()
             self._grow()
+        self.write_failure = None
         for on_commit in self._subscribers:
             on_commit()
         return result
+
+    def _refused(self, error: lmdb.Error):
+        self.write_failure = f"the store in {self.path} cannot write: {error}"
+        raise StoreUnwritable(f"{self.write_failure}; is its disk full? Nothing of this write was kept")
+
+    def probe_write(self) -> None:
+        """A tiny write, to learn whether the store can write again after a failure."""
+        self._write(lambda txn: txn.put(b"write_probe", u64(int(time.time())), db=self.meta))
+
+    def prune_changes(self, upto: int, batch: int = 10_000) -> int:
+        """Drops change log entries up to seq `upto` (ones an index snapshot covers), in
+        transactions of `batch`; returns how many were dropped."""
+
+        def work(txn: lmdb.Transaction) -> int:
+            cursor, dropped = txn.cursor(db=self.changes), 0
+            while dropped < batch and cursor.first() and from_u64(cursor.key()) <= upto:
+                cursor.delete()
+                dropped += 1
+            if upto > from_u64(txn.get(b"pruned_to", u64(0), db=self.meta)):
+                txn.put(b"pruned_to", u64(upto), db=self.meta)
+            return dropped
+
+        total = 0
+        while dropped := self._write(work):
+            total += dropped
+        return total
 
     def _grow(self) -> None:
         self._lock.acquire_write()

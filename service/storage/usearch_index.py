@@ -3,7 +3,8 @@
 The snapshot covers the store up to a change sequence number (its manifest says which). What
 came after lives in memory: a small exact usearch index of records enrolled since, and the ids
 deleted (or replaced) since, which are filtered out of the snapshot's answers. So a Check sees
-an enrolment or a deletion at once, and a rebuild only makes search cheaper.
+an enrolment or a deletion at once, and a rebuild only makes search cheaper. With no snapshot
+the live part starts from every record in the store (the change log may have been pruned).
 """
 
 import threading
@@ -50,6 +51,14 @@ class LiveChanges:
         self.removed: set[int] = set()
         self.seq = seq  # the last change applied
 
+    @classmethod
+    def everything(cls, view: ReadView) -> "LiveChanges":
+        """Every record of the store, for an index with no snapshot."""
+        live = cls(seq=view.seq())
+        for record in view.records():
+            live.added.add(record.id, record.feature.astype(np.float32))
+        return live
+
     def catch_up(self, view: ReadView) -> None:
         """Applies the store's changes after the last one applied, in commit order."""
         for change in view.changes_after(self.seq):
@@ -65,6 +74,22 @@ class LiveChanges:
                 self.added.add(change.id, record.feature.astype(np.float32))
 
 
+def search_without(snapshot: Index, query: np.ndarray, k: int, removed: set[int]) -> list[int]:
+    """The k nearest ids in the snapshot that are not in `removed`.
+
+    Asks for a few more than k and doubles the count while removed ids crowd out the answer,
+    so thousands of deletions since the snapshot cost a search of about k + the removed ids
+    that are really near, not k + every removed id."""
+    count = k + min(len(removed), k)
+    while True:
+        count = min(count, len(snapshot))
+        keys = [int(key) for key in snapshot.search(query, count).keys]
+        kept = [key for key in keys if key not in removed]
+        if len(kept) >= k or count == len(snapshot):
+            return kept[:k]
+        count *= 2
+
+
 class UsearchIndex:
     """The snapshot and the live changes since, searched as one (a VectorIndex). Thread-safe."""
 
@@ -73,14 +98,19 @@ class UsearchIndex:
         self._lock = threading.Lock()
         self.snapshot: Index | None = None
         self.generation = 0  # the snapshot's; 0 while there is none
-        self.live = LiveChanges(seq=0)  # empty until apply_changes() or a snapshot swap
+        self.live: LiveChanges | None = None  # set by the first apply_changes() or snapshot swap
 
     def stats(self) -> IndexStats:
         snapshot_size = len(self.snapshot) if self.snapshot is not None else 0
-        return IndexStats(self.generation, snapshot_size, len(self.live.added))
+        live = self.live
+        return IndexStats(
+            self.generation, snapshot_size, len(live.added) if live else 0, len(live.removed) if live else 0
+        )
 
     def apply_changes(self) -> None:
         with self._lock, self.store.read() as view:
+            if self.live is None:
+                self.live = LiveChanges.everything(view)
             self.live.catch_up(view)
 
     def swap(self, snapshot: Index, generation: int, snapshot_seq: int) -> None:
@@ -107,9 +137,8 @@ class UsearchIndex:
         with self._lock:
             snapshot, live = self.snapshot, self.live
             if snapshot is not None and len(snapshot):
-                matches = snapshot.search(query, min(k + len(live.removed), len(snapshot)))
-                found.update(int(key) for key in matches.keys if int(key) not in live.removed)
-            if len(live.added):
+                found.update(search_without(snapshot, query, k, live.removed if live else set()))
+            if live is not None and len(live.added):
                 found.update(int(key) for key in live.added.search(query, min(k, len(live.added)), exact=True).keys)
         return found
 

@@ -18,6 +18,7 @@ class IndexStats:
     generation: int  # the snapshot in use (0: none)
     snapshot_size: int  # records in the snapshot
     unindexed: int  # records enrolled since the snapshot, searched from the live part
+    removed: int = 0  # snapshot records deleted or replaced since, filtered out of its answers
 
 
 class VectorIndex(Protocol):

@@ -8,6 +8,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
+from service.overload import DeadlinePassed, Overloaded
 from service.triton import contract
 
 # Reconnect fast after Triton restarts: gRPC's default backoff grows to two minutes.
@@ -39,20 +40,47 @@ class Descriptor:
 
 
 class Hasher:
-    """Sends canvases with their view counts to the Triton model and reads back descriptors."""
+    """Sends canvases with their view counts to the Triton model and reads back descriptors.
 
-    def __init__(self, url: str, model: str):
+    At most `max_queued` views are queued for or in Triton at once, so a burst turns into quick
+    Overloaded answers (or waiting Enroll streams) rather than a Triton queue that every
+    caller's deadline runs out in.
+    """
+
+    def __init__(self, url: str, model: str, max_queued: int = 256):
         self.url = url
         self.model = model
         self.client = triton.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+        self.max_queued = max_queued
+        self.queued = 0
+        self._room = asyncio.Condition()
 
-    async def hash(self, canvases: np.ndarray, views: list[int], timeout_s: float) -> list[Descriptor]:
-        """Descriptors of the canvases, in order; batches over the model's limit go as several requests."""
-        size = contract.MAX_BATCH
-        chunks = range(0, len(canvases), size)
-        parts = await asyncio.gather(
-            *(self._infer(canvases[i : i + size], views[i : i + size], timeout_s) for i in chunks)
-        )
+    async def hash(
+        self, canvases: np.ndarray, views: list[int], timeout_s: float, wait: bool = False
+    ) -> list[Descriptor]:
+        """Descriptors of the canvases, in order; batches over the model's limit go as several
+        requests. Past the queue bound: Overloaded at once, or with `wait` a wait for room."""
+        if timeout_s <= 0:
+            raise DeadlinePassed("the call's deadline passed before the model was asked; nothing was done")
+        work = min(sum(views), self.max_queued)  # one request larger than the bound runs alone
+        async with self._room:
+            if self.queued + work > self.max_queued:
+                if not wait:
+                    raise Overloaded(
+                        f"{self.queued} views are queued for the model (limit {self.max_queued}); retry with backoff"
+                    )
+                await self._room.wait_for(lambda: self.queued + work <= self.max_queued)
+            self.queued += work
+        try:
+            size = contract.MAX_BATCH
+            chunks = range(0, len(canvases), size)
+            parts = await asyncio.gather(
+                *(self._infer(canvases[i : i + size], views[i : i + size], timeout_s) for i in chunks)
+            )
+        finally:
+            async with self._room:
+                self.queued -= work
+                self._room.notify_all()
         return [descriptor for part in parts for descriptor in part]
 
     async def _infer(self, canvases: np.ndarray, views: list[int], timeout_s: float) -> list[Descriptor]:

@@ -1,0 +1,81 @@
+"""Reading a request stream ahead of the answers, bounded in count, bytes and idle time."""
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Sized(Protocol):
+    @property
+    def size(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Window:
+    """How much of a request stream is read ahead of the answers, and how long it may idle."""
+
+    items: int = 64
+    bytes: int = 64 << 20
+    idle_s: float = 60.0
+
+
+class StreamIdle(TimeoutError):
+    """The caller sent nothing on its stream for longer than the idle limit."""
+
+
+class ReadAhead:
+    """The requests read but not yet taken into a batch, bounded in count and in bytes (one
+    request always fits, however large). `None` marks the end of the stream."""
+
+    def __init__(self, window: Window):
+        self.window = window
+        self.items: collections.deque[Sized | None] = collections.deque()
+        self.bytes = 0
+        self._changed = asyncio.Condition()
+
+    def ready(self) -> bool:
+        return bool(self.items)
+
+    async def put(self, item: Sized | None) -> None:
+        size = item.size if item is not None else 0
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: (
+                    not self.items or (len(self.items) < self.window.items and self.bytes + size <= self.window.bytes)
+                )
+            )
+            self.items.append(item)
+            self.bytes += size
+            self._changed.notify_all()
+
+    async def get(self) -> Sized | None:
+        async with self._changed:
+            await self._changed.wait_for(self.ready)
+            item = self.items.popleft()
+            self.bytes -= item.size if item is not None else 0
+            self._changed.notify_all()
+            return item
+
+
+def read_ahead(requests: AsyncIterator[Sized], window: Window) -> tuple[ReadAhead, asyncio.Task]:
+    """Starts reading `requests` into a ReadAhead (ending with None); the task raises what broke
+    the stream, StreamIdle included."""
+    queue = ReadAhead(window)
+
+    async def read() -> None:
+        try:
+            stream = aiter(requests)
+            while True:
+                try:
+                    request = await asyncio.wait_for(anext(stream), window.idle_s)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise StreamIdle(f"no request for {window.idle_s:g} s: the stream is closed") from None
+                await queue.put(request)
+        finally:
+            await queue.put(None)  # the end of the stream, or of what could be read
+
+    return queue, asyncio.create_task(read())
