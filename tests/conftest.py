@@ -30,6 +30,17 @@ def stub(service):
     return service.stub
 
 
+@pytest.fixture(scope="session")
+def scratch_service(tmp_path_factory):
+    """A second session service for tests that enrol whatever they like (fuzzing, malformed
+    input), so the images they leave behind cannot change other tests' answers."""
+    running = RunningService(tmp_path_factory.mktemp("scratch") / "data")
+    try:
+        yield running.wait_serving()
+    finally:
+        running.stop()
+
+
 def children_of(pid: int) -> list[int]:
     """Direct child processes, from /proc."""
     found = []
