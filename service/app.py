@@ -156,7 +156,11 @@ def grpc_server(settings: Settings) -> tuple[grpc.aio.Server, str]:
         ],
     )
     address = f"{settings.server.host}:{settings.server.port}"
-    if server.add_insecure_port(address) == 0:
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        bound = 0
+    if bound == 0:
         raise StartupError(f"cannot listen on {address}: is the port in use?")
     return server, address
 

@@ -68,11 +68,12 @@ def pid_exists(pid: int) -> bool:
 
 @pytest.fixture
 def start_service(tmp_path):
-    """Starts services (stopped at the end of the test): start_service(*flags, data_dir=...)."""
+    """Starts services (stopped at the end of the test): start_service(*flags, data_dir=..., port=...,
+    preexec_fn=...)."""
     started: list[RunningService] = []
 
-    def start(*flags: str, data_dir: Path | None = None) -> RunningService:
-        running = RunningService(data_dir or tmp_path / "data", *flags)
+    def start(*flags: str, data_dir: Path | None = None, **options) -> RunningService:
+        running = RunningService(data_dir or tmp_path / "data", *flags, **options)
         started.append(running)
         return running.wait_serving()
 

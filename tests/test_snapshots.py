@@ -89,3 +89,58 @@ def test_keep_removes_all_but_the_newest_generations_and_never_the_current_one(s
 def test_an_empty_store_is_not_indexed(store, tmp_path):
     with pytest.raises(RebuildError, match="enrol images first"):
         build_snapshot(store, tmp_path / "index", "f16", keep=2, progress=False)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"generation": "two"},
+        {"count": 2.5},
+        {"created_at": "yesterday"},
+        {"sha256": None},
+        {"file": "../store.lmdb/data.mdb"},
+        {"file": "index-9.usearch"},
+    ],
+    ids=["generation a string", "count a float", "created_at a string", "no checksum", "file outside", "other file"],
+)
+def test_a_manifest_with_wrong_types_or_another_file_is_refused(store, tmp_path, change):
+    enroll(store, "a")
+    build_snapshot(store, tmp_path / "index", "f16", keep=2, progress=False)
+    path = Manifest.path(tmp_path / "index")
+    path.write_text(json.dumps(json.loads(path.read_text()) | change))
+    with pytest.raises(SnapshotError, match="is corrupt"):
+        SnapshotLoader(following(store), tmp_path / "index").load_if_new()
+
+
+@pytest.mark.parametrize("damage", ["flipped bytes", "truncated"])
+def test_an_index_file_that_does_not_match_its_checksum_never_reaches_usearch(store, tmp_path, damage):
+    index = following(store)
+    loader = SnapshotLoader(index, tmp_path / "index")
+    enroll(store, *[f"k{i}" for i in range(30)])
+    build_snapshot(store, tmp_path / "index", "f16", keep=2, progress=False)
+    loader.load_if_new()
+    second = build_snapshot(store, tmp_path / "index", "f16", keep=2, progress=False)
+    path = tmp_path / "index" / second.file
+    data = bytearray(path.read_bytes())
+    if damage == "flipped bytes":  # the same size, a few bytes changed deep inside the graph
+        for at in range(len(data) // 2, len(data) // 2 + 40, 4):
+            data[at] ^= 0xFF
+    else:
+        del data[len(data) * 3 // 4 :]
+    path.write_bytes(bytes(data))
+    with pytest.raises(SnapshotError, match="does not match the checksum"):
+        loader.load_if_new()
+    assert index.stats().generation == 1 and nearest_key(store, index, "k3") == "k3"
+
+
+def test_a_snapshot_older_than_the_pruned_change_log_is_refused(store, tmp_path):
+    enroll(store, "a")
+    build_snapshot(store, tmp_path / "index", "f16", keep=5, progress=False)
+    first_manifest = Manifest.path(tmp_path / "index").read_text()
+    enroll(store, "b")
+    build_snapshot(store, tmp_path / "index", "f16", keep=5, progress=False)
+    index = following(store)
+    assert SnapshotLoader(index, tmp_path / "index").load_if_new()  # loads generation 2, prunes the log
+    Manifest.path(tmp_path / "index").write_text(first_manifest)  # an operator restores an old index
+    with pytest.raises(SnapshotError, match="older than the store's change log"):
+        SnapshotLoader(following(store), tmp_path / "index").load_if_new()

@@ -80,3 +80,32 @@ def test_nearest_ranks_an_i8_snapshot_and_live_records_by_exact_distances_from_t
     assert nearest[0][0].key == "k17"
     exact = sorted(float(np.linalg.norm(query - feature)) for feature in stored.values())[:5]
     assert [distance for _, distance in nearest] == pytest.approx(exact, abs=1e-6)
+
+
+def test_deletions_since_the_snapshot_are_filtered_out_without_widening_every_search(store, tmp_path):
+    index = following(store)
+    enroll(store, *[f"k{i}" for i in range(400)])
+    build_snapshot(store, tmp_path / "index", "f16", keep=2, progress=False)
+    assert SnapshotLoader(index, tmp_path / "index").load_if_new()
+    with store.read() as view:
+        feature = view.by_key("k10").feature
+    nearest_before = [record.key for record, _ in index.nearest(feature, 20)]
+    for key in nearest_before[:15]:  # the deleted crowd the nearest: the search has to go deeper
+        store.delete(key)
+    elsewhere = [f"k{i}" for i in range(100, 300) if f"k{i}" not in nearest_before]
+    for key in elsewhere:  # and many more far from it
+        store.delete(key)
+    assert index.stats().removed == 15 + len(elsewhere)
+    found = [record.key for record, _ in index.nearest(feature, 5)]
+    assert found == nearest_before[15:20]
+
+
+def test_without_a_snapshot_the_index_starts_from_every_record_not_the_change_log(store, tmp_path):
+    enroll(store, "a", "b", "c")
+    build_snapshot(store, tmp_path / "index", "f16", keep=2, progress=False)
+    with store.read() as view:
+        last = view.seq()
+    assert store.prune_changes(last) == 3 and store.pruned_to() == last
+    index = following(store)  # no snapshot loaded, and the log no longer holds a, b, c
+    index.apply_changes()
+    assert [nearest_key(store, index, key) for key in "abc"] == list("abc")

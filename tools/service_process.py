@@ -38,8 +38,8 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
 class RunningService:
     """`neardup serve` as a child process, with a channel to it."""
 
-    def __init__(self, data_dir: Path, *flags: str):
-        self.port = free_port()
+    def __init__(self, data_dir: Path, *flags: str, port: int | None = None, preexec_fn=None):
+        self.port = port or free_port()
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"service-{self.port}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -53,7 +53,9 @@ class RunningService:
             "--data-dir",
             str(data_dir),
         ]
-        self.process = subprocess.Popen([*command, *flags], stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [*command, *flags], stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
+        )
         self.channel = channels.channel(f"127.0.0.1:{self.port}")
         self.stub = neardup_pb2_grpc.NearDupStub(self.channel)
 

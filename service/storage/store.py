@@ -36,6 +36,7 @@ from service.storage.records import (
 from service.storage.rwlock import ReadWriteLock
 
 MIN_MAP_SIZE = 1 << 30
+PROBE_BYTES = 1 << 20
 
 
 class Store:
@@ -120,8 +121,9 @@ class Store:
         raise StoreUnwritable(f"{self.write_failure}; is its disk full? Nothing of this write was kept")
 
     def probe_write(self) -> None:
-        """A tiny write, to learn whether the store can write again after a failure."""
-        self._write(lambda txn: txn.put(b"write_probe", u64(int(time.time())), db=self.meta))
+        """A write of PROBE_BYTES, to learn whether the store can write again after a failure (a
+        tiny one could fit in pages LMDB already has and say nothing about the disk)."""
+        self._write(lambda txn: txn.put(b"write_probe", bytes(PROBE_BYTES), db=self.meta))
 
     def prune_changes(self, upto: int, batch: int = 10_000) -> int:
         """Drops change log entries up to seq `upto` (ones an index snapshot covers), in

@@ -1,0 +1,94 @@
+"""Overload: past the limits, calls are answered RESOURCE_EXHAUSTED at once; admitted ones are
+answered correctly; memory stays bounded; an idle Enroll stream is closed."""
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from tests.conftest import image_bytes, mosaic, reencoded
+
+FAST = ("--enroll-views", "1", "--check-views", "1")
+
+
+def resident_mb(pid: int) -> float:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) / 1024
+
+
+def burst(calls: list, timeout: float = 60) -> list[tuple[grpc.StatusCode, float, object]]:
+    """Starts every call at once (futures); returns (status, seconds to the answer, response) each."""
+    started = time.monotonic()
+    answered: list = [None] * len(calls)
+    done = threading.Event()
+    left = [len(calls)]
+    lock = threading.Lock()
+
+    def finish(index: int, future) -> None:
+        elapsed = time.monotonic() - started
+        error = future.exception()
+        answered[index] = (error.code() if error else grpc.StatusCode.OK, elapsed, None if error else future.result())
+        with lock:
+            left[0] -= 1
+            if not left[0]:
+                done.set()
+
+    for index, call in enumerate(calls):
+        call().add_done_callback(lambda future, index=index: finish(index, future))
+    assert done.wait(timeout)
+    return answered
+
+
+def test_calls_past_the_limit_are_refused_at_once_and_the_admitted_ones_answered_right(start_service):
+    service = start_service(*FAST, "--max-concurrent-calls", "2")
+    images = {f"o/{i}": mosaic(500 + i) for i in range(4)}
+    list(service.stub.Enroll(iter(pb.EnrollRequest(key=k, image=v) for k, v in images.items()), timeout=60))
+    queries = [(key, reencoded(image)) for key, image in images.items()] * 15
+    memory_before = resident_mb(service.process.pid)
+    for _ in range(3):
+        answers = burst(
+            [lambda q=q: service.stub.Check.future(pb.CheckRequest(image=q[1]), timeout=30) for q in queries]
+        )
+        refused = [elapsed for code, elapsed, _ in answers if code == grpc.StatusCode.RESOURCE_EXHAUSTED]
+        admitted = [
+            (key, response) for (key, _), (code, _, response) in zip(queries, answers, strict=True) if code.name == "OK"
+        ]
+        assert len(refused) + len(admitted) == len(queries)
+        assert refused and admitted
+        assert sorted(refused)[len(refused) // 2] < 0.1, sorted(refused)  # the median, however busy the machine
+        assert all(response.is_duplicate and response.matches[0].key == key for key, response in admitted)
+    assert resident_mb(service.process.pid) - memory_before < 100
+    assert "overloaded" in service.output()
+
+
+def test_views_past_the_triton_queue_are_refused_but_enroll_waits(start_service):
+    service = start_service(*FAST, "--max-triton-queue", "10")
+    jpeg = image_bytes("gnome-wood.jpg")
+    answers = burst([lambda: service.stub.Hash.future(pb.HashRequest(image=jpeg, views=10), timeout=60)] * 8)
+    codes = [code for code, _, _ in answers]
+    assert grpc.StatusCode.OK in codes and grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    # An Enroll stream of 40 items (3 batches over the queue's 10 views) waits for room instead.
+    requests = (pb.EnrollRequest(key=f"q/{i}", image=mosaic(600 + i)) for i in range(40))
+    assert all(r.status == pb.EnrollResult.ENROLLED for r in service.stub.Enroll(requests, timeout=120))
+
+
+def test_an_idle_enroll_stream_is_closed_after_answering_what_it_sent(start_service):
+    service = start_service(*FAST, "--stream-idle-s", "1")
+
+    def requests():
+        yield pb.EnrollRequest(key="idle/1", image=mosaic(700))
+        time.sleep(5)
+        yield pb.EnrollRequest(key="idle/2", image=mosaic(701))
+
+    results, error = [], None
+    try:
+        for result in service.stub.Enroll(requests(), timeout=30):
+            results.append(result)
+    except grpc.RpcError as raised:
+        error = raised
+    assert [r.key for r in results] == ["idle/1"] and results[0].status == pb.EnrollResult.ENROLLED
+    assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no request for 1 s" in error.details()
