@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service.api.health import Readiness
 from service.api.interceptors import RequestIdLogFilter, interceptor_chain
+from service.api.security import Security, SecurityError
 from service.api.servicer import SERVICE_NAME, NearDupServicer
 from service.config import Settings
 from service.core.checking import Checker
@@ -33,7 +34,7 @@ from service.storage.snapshots import SnapshotError, SnapshotLoader
 from service.storage.store import Store
 from service.storage.usearch_index import UsearchIndex
 from service.supervision import supervise
-from service.triton.client import Hasher
+from service.triton.client import Hasher, TritonTls
 from service.triton.process import BundledTriton
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class StartupError(RuntimeError):
 
 STORE_DAMAGED = (
     "the store in {path} cannot be read ({error}): it is damaged. Restore the data directory from a backup, "
-    "or copy what can still be read with `mdb_copy -c` into a fresh directory (docs/operations.md)"
+    "or see docs/operations.md ('A damaged store') for checking it and copying out what can still be read"
 )
 
 
@@ -139,11 +140,11 @@ def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readine
     return NearDupServicer(settings, checker, enroller, storage.store, storage.index, storage.loader, readiness)
 
 
-def grpc_server(settings: Settings) -> tuple[grpc.aio.Server, str]:
+def grpc_server(settings: Settings, security: Security) -> tuple[grpc.aio.Server, str]:
     """The server, already bound to its port (so a port in use fails before anything starts)."""
     limits = settings.limits
     server = grpc.aio.server(
-        interceptors=interceptor_chain(SERVICE_NAME, limits.max_concurrent_calls),
+        interceptors=interceptor_chain(SERVICE_NAME, limits.max_concurrent_calls, security.interceptor()),
         options=[
             ("grpc.max_receive_message_length", limits.max_request_bytes),
             ("grpc.max_send_message_length", limits.max_request_bytes),
@@ -157,7 +158,7 @@ def grpc_server(settings: Settings) -> tuple[grpc.aio.Server, str]:
     )
     address = f"{settings.server.host}:{settings.server.port}"
     try:
-        bound = server.add_insecure_port(address)
+        bound = security.add_port(server, address)
     except RuntimeError:  # grpcio raises where older versions returned 0
         bound = 0
     if bound == 0:
@@ -178,26 +179,43 @@ async def serve(settings: Settings) -> None:
 
     Raises StartupError, before starting anything that would outlive it, when the data
     directory is in use, the store is damaged or the port is taken."""
+    try:
+        security = Security.load(settings)
+    except SecurityError as error:
+        raise StartupError(str(error)) from None
     storage = open_storage(settings)
     try:
-        server, address = grpc_server(settings)
+        server, address = grpc_server(settings, security)
     except StartupError:
         storage.close()
         raise
     bundled = None
-    triton_url = settings.triton.url
+    triton = settings.triton
+    triton_url = triton.url
     if not triton_url:
         bundled = BundledTriton(
             [settings.triton.model], settings.triton.model_repository, restart_delay_s=settings.triton.restart_delay_s
         )
         bundled.start()
         triton_url = bundled.url
-    hasher = Hasher(triton_url, settings.triton.model, settings.limits.max_triton_queue)
+    hasher = Hasher(
+        triton_url,
+        settings.triton.model,
+        settings.limits.max_triton_queue,
+        TritonTls(triton.ssl_ca, triton.ssl_cert, triton.ssl_key) if triton.ssl_ca or triton.ssl_cert else None,
+        dict([triton.header.split("=", 1)]) if triton.header else None,
+    )
     health_servicer = health.aio.HealthServicer()
     readiness = Readiness(hasher, storage.store, health_servicer, ["", SERVICE_NAME], settings.triton.health_poll_s)
     add_services(server, build_servicer(settings, storage, hasher, readiness), health_servicer)
     await server.start()
-    log.info("neardup listening on %s (Triton %s, model %s)", address, triton_url, settings.triton.model)
+    log.info(
+        "neardup listening on %s (%s; Triton %s, model %s)",
+        address,
+        security.describe(),
+        triton_url,
+        settings.triton.model,
+    )
     reload_now = asyncio.Event()
     tasks = [
         asyncio.create_task(supervise("readiness", readiness.run)),
@@ -209,7 +227,12 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_now.set)
+
+    def reload() -> None:  # SIGHUP: tokens, certificates, and the index at once
+        security.reload()
+        reload_now.set()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await stop.wait()
     log.info("stopping: finishing in-flight requests")
     for task in tasks:

@@ -7,6 +7,9 @@ neardup stats                             the service's Stats, as JSON
 neardup health                            exit 0 if the service reports SERVING (container probes)
 neardup index rebuild --data-dir DIR      build a new index snapshot from the store
 neardup index reload                      make the service load the newest snapshot now
+neardup token new NAME --roles ROLES       a fresh auth token and its entry for the token file
+
+Commands that call the service take --server, --token, --tls-ca, --client-cert, --client-key.
 """
 
 import argparse
@@ -18,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from service.api.channels import DEFAULT_SERVER
+from service.api.channels import add_client_arguments
 from service.config import add_arguments, settings_from_arguments
 from service.storage.usearch_index import SNAPSHOT_DTYPE
 
@@ -30,16 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     enroll = commands.add_parser("enroll", help="enrol a folder of images, or the files listed in a text file")
     enroll.add_argument("source", type=Path, help="a folder (searched recursively) or a file with one path a line")
-    add_server(enroll)
+    add_client_arguments(enroll)
 
     check = commands.add_parser("check", help="is each image a near-duplicate of an enrolled one?")
     check.add_argument("images", type=Path, nargs="+")
     check.add_argument("--top-k", type=int, default=1)
     check.add_argument("--json", action="store_true", help="one JSON object per image")
-    add_server(check)
+    add_client_arguments(check)
 
-    add_server(commands.add_parser("stats", help="the service's Stats, as JSON"))
-    add_server(commands.add_parser("health", help="exit 0 if the service reports SERVING"))
+    add_client_arguments(commands.add_parser("stats", help="the service's Stats, as JSON"))
+    add_client_arguments(commands.add_parser("health", help="exit 0 if the service reports SERVING"))
 
     index = commands.add_parser("index", help="operate the index snapshots").add_subparsers(
         dest="index_command", required=True
@@ -55,12 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="CPU priority decrement (see nice(1)): the service keeps the CPU it needs meanwhile; 0 for full speed",
     )
-    add_server(index.add_parser("reload", help="make the running service load the newest snapshot now"))
+    add_client_arguments(index.add_parser("reload", help="make the running service load the newest snapshot now"))
+
+    token = commands.add_parser("token", help="auth tokens").add_subparsers(dest="token_command", required=True)
+    new = token.add_parser("new", help="print a fresh token and its entry for the --auth-tokens file")
+    new.add_argument("name", help="who will use it (logged as the caller)")
+    new.add_argument("--roles", required=True, help="comma-separated: check, enroll, admin")
     return parser
-
-
-def add_server(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default=DEFAULT_SERVER, help=f"the service's address (default {DEFAULT_SERVER})")
 
 
 def at_least_one(text: str) -> int:
@@ -85,11 +89,11 @@ def run_serve(arguments: argparse.Namespace) -> int:
 
 
 def run_enroll(arguments: argparse.Namespace) -> int:
-    from service.api.channels import stub
+    from service.api.channels import stub_from
     from service.client import enroll, image_paths
 
     paths = image_paths(arguments.source)
-    summary = enroll(stub(arguments.server), ((str(p), p) for p in paths), total=len(paths))
+    summary = enroll(stub_from(arguments), ((str(p), p) for p in paths), total=len(paths))
     for key, why in summary.failures:
         print(f"failed: {key}: {why}", file=sys.stderr)
     print(summary.line())
@@ -97,11 +101,11 @@ def run_enroll(arguments: argparse.Namespace) -> int:
 
 
 def run_check(arguments: argparse.Namespace) -> int:
-    from service.api.channels import stub
+    from service.api.channels import stub_from
     from service.client import check
 
     failed = False
-    for line, answered in check(stub(arguments.server), arguments.images, arguments.top_k, arguments.json):
+    for line, answered in check(stub_from(arguments), arguments.images, arguments.top_k, arguments.json):
         print(line)
         failed |= not answered
     return 1 if failed else 0
@@ -110,10 +114,10 @@ def run_check(arguments: argparse.Namespace) -> int:
 def run_stats(arguments: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    from service.api.channels import stub
+    from service.api.channels import stub_from
     from service.proto.neardup.v1 import neardup_pb2 as pb
 
-    reply = stub(arguments.server).Stats(pb.StatsRequest(), timeout=10)
+    reply = stub_from(arguments).Stats(pb.StatsRequest(), timeout=10)
     print(json.dumps(MessageToDict(reply, always_print_fields_with_no_presence=True), indent=1))
     return 0
 
@@ -122,9 +126,9 @@ def run_health(arguments: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from service.api.channels import channel
+    from service.api.channels import channel_from
 
-    with channel(arguments.server) as opened:
+    with channel_from(arguments) as opened:
         try:
             reply = health_pb2_grpc.HealthStub(opened).Check(health_pb2.HealthCheckRequest(), timeout=2)
         except grpc.RpcError as error:
@@ -136,10 +140,10 @@ def run_health(arguments: argparse.Namespace) -> int:
 
 def run_index(arguments: argparse.Namespace) -> int:
     if arguments.index_command == "reload":
-        from service.api.channels import stub
+        from service.api.channels import stub_from
         from service.proto.neardup.v1 import neardup_pb2 as pb
 
-        reply = stub(arguments.server).ReloadIndex(pb.ReloadIndexRequest(), timeout=120)
+        reply = stub_from(arguments).ReloadIndex(pb.ReloadIndexRequest(), timeout=120)
         print(f"index generation {reply.index_generation} ({'reloaded' if reply.reloaded else 'already in use'})")
         return 0
 
@@ -159,6 +163,20 @@ def run_index(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def run_token(arguments: argparse.Namespace) -> int:
+    from service.api.auth import TokenFileError, new_token
+
+    try:
+        token, entry = new_token(arguments.name, [role.strip() for role in arguments.roles.split(",") if role.strip()])
+    except TokenFileError as error:
+        print(f"neardup token new: {error}", file=sys.stderr)
+        return 2
+    print(f"token (give it to {arguments.name}; it is not stored anywhere): {token}")
+    print('entry for the token file\'s "tokens" list (then SIGHUP the service):')
+    print(json.dumps(entry))
+    return 0
+
+
 COMMANDS = {
     "serve": run_serve,
     "enroll": run_enroll,
@@ -166,6 +184,7 @@ COMMANDS = {
     "stats": run_stats,
     "health": run_health,
     "index": run_index,
+    "token": run_token,
 }
 
 

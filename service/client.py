@@ -2,6 +2,7 @@
 
 import collections
 import json
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,8 @@ class EnrollSummary:
 def enroll(
     stub: pb_grpc.NearDupStub, items: Iterable[tuple[str, Path]], total: int | None = None, progress: bool = True
 ) -> EnrollSummary:
-    """Streams (key, file) pairs to Enroll; an unreadable file is a failure, not the end."""
+    """Streams (key, file) pairs to Enroll; an unreadable file is a failure, not the end. Keys are
+    sent in Unicode NFC, the form the service stores (file names on some systems are NFD)."""
     summary = EnrollSummary()
 
     def requests() -> Iterator[pb.EnrollRequest]:
@@ -51,7 +53,7 @@ def enroll(
             except OSError as error:
                 summary.failures.append((key, f"cannot read {path}: {error.strerror}"))
                 continue
-            yield pb.EnrollRequest(key=key, image=image)
+            yield pb.EnrollRequest(key=unicodedata.normalize("NFC", key), image=image)
 
     with tqdm(total=total, unit="img", desc="enrolling", disable=not progress) as bar:
         for result in stub.Enroll(requests()):

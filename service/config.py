@@ -28,6 +28,19 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class SecuritySettings:
+    auth_tokens: str = setting(
+        "",
+        "JSON file of token digests and roles (see `neardup token new`); re-read on SIGHUP; empty: no auth, "
+        "loopback only",
+    )
+    tls_cert: str = setting("", "PEM certificate chain for TLS (with --tls-key); re-read on SIGHUP")
+    tls_key: str = setting("", "PEM private key for TLS")
+    tls_client_ca: str = setting("", "PEM CA bundle: clients must present a certificate it signed (mutual TLS)")
+    insecure: bool = setting(False, "allow a non-loopback --host without --auth-tokens (warned at every start)")
+
+
+@dataclass(frozen=True)
 class LimitSettings:
     max_request_bytes: int = setting(32 * 1024 * 1024, "largest request (and answer) in bytes")
     max_image_pixels: int = setting(64_000_000, "largest image in pixels, as its header claims")
@@ -43,7 +56,7 @@ class LimitSettings:
     max_top_k: int = setting(100, "most matches a Check may ask for")
     max_views: int = setting(100, "most views a Hash may ask for")
     max_metadata_entries: int = setting(64, "most metadata entries per enrolled image")
-    max_metadata_bytes: int = setting(16384, "most bytes of metadata (keys and values, UTF-8) per enrolled image")
+    max_metadata_bytes: int = setting(8192, "most bytes of metadata (keys and values, UTF-8) per enrolled image")
     max_concurrent_calls: int = setting(
         64, "calls of the NearDup service in progress at once; more are answered RESOURCE_EXHAUSTED at once"
     )
@@ -76,6 +89,14 @@ class TritonSettings:
     timeout_s: float = setting(
         30.0, "longest a call to Triton may take when the caller set no shorter deadline", flag="triton-timeout-s"
     )
+    ssl_ca: str = setting("", "external Triton over TLS: PEM CA file to trust", flag="triton-ssl-ca")
+    ssl_cert: str = setting("", "external Triton over mutual TLS: PEM client certificate", flag="triton-ssl-cert")
+    ssl_key: str = setting("", "external Triton over mutual TLS: PEM client private key", flag="triton-ssl-key")
+    header: str = setting(
+        "",
+        "NAME=VALUE sent with every call to an external Triton whose protocols are restricted (prefer the variable)",
+        flag="triton-header",
+    )
     health_poll_s: float = setting(1.0, "how often readiness (Triton and its model, the store's writes) is polled")
     restart_delay_s: float = setting(
         2.0, "bundled Triton only: wait after it dies before starting it again", flag="triton-restart-delay-s"
@@ -95,6 +116,7 @@ POLICY_FLAGS = {"rule": ("decision", tuple(RULES))}
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     triton: TritonSettings = field(default_factory=TritonSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
@@ -139,6 +161,10 @@ class Flag:
         return next((name for kind, name in kinds if isinstance(self.default, kind)), "TEXT")
 
     def convert(self, raw: str):
+        if isinstance(self.default, bool):
+            if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise ValueError("expected true or false")
+            return raw.lower() in ("1", "true", "yes")
         try:
             value = type(self.default)(raw)
         except ValueError:
@@ -167,6 +193,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         def converter(raw: str, flag: Flag = flag):
             return flag.convert(raw)
 
+        help_text = f"{flag.help} (default: {flag.default}; env {flag.env})"
+        if isinstance(flag.default, bool):
+            parser.add_argument(f"--{flag.flag}", dest=flag.dest, action="store_const", const=True, help=help_text)
+            continue
         converter.__name__ = type(flag.default).__name__  # argparse names the type in its errors
         parser.add_argument(
             f"--{flag.flag}",
@@ -174,7 +204,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             type=converter,
             default=None,
             metavar=flag.metavar,
-            help=f"{flag.help} (default: {flag.default}; env {flag.env})",
+            help=help_text,
         )
 
 
@@ -202,4 +232,27 @@ def settings_from_arguments(arguments: argparse.Namespace, environ: dict[str, st
         problem = contract.view_problem(views)
         if problem:
             raise SystemExit(f"neardup: {flag}: {problem}")
+    if settings.triton.header and "=" not in settings.triton.header:
+        raise SystemExit("neardup: --triton-header must be NAME=VALUE")
+    if problem := exposure_problem(settings):
+        raise SystemExit(f"neardup: {problem}")
     return settings
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def exposure_problem(settings: Settings) -> str | None:
+    """Why the settings would expose an open service, or None."""
+    security = settings.security
+    if bool(security.tls_cert) != bool(security.tls_key):
+        return "--tls-cert and --tls-key go together"
+    if security.tls_client_ca and not security.tls_cert:
+        return "--tls-client-ca needs --tls-cert and --tls-key"
+    if settings.server.host not in LOOPBACK and not security.auth_tokens and not security.insecure:
+        return (
+            f"--host {settings.server.host} would let anyone who reaches the port read and delete everything: "
+            "add --auth-tokens FILE (make tokens with `neardup token new NAME --roles ...`) and --tls-cert/--tls-key, "
+            "or pass --insecure to accept that"
+        )
+    return None

@@ -2,6 +2,7 @@
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,9 @@ import pytest
 import yaml
 
 from service import cli
+from service.api.auth import Tokens
+from service.api.tls import ServerCertificates
+from service.config import settings_from_arguments
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.triton.contract import MODELS
 from tests.conftest import RunningService, image_bytes
@@ -36,14 +40,45 @@ def test_compose_points_the_service_at_triton_and_keeps_data_on_a_volume():
     assert command[:2] == ["neardup", "serve"]
     arguments = cli.build_parser().parse_args(command[1:])  # the flags are ones the CLI accepts
     assert arguments.triton_url == "triton:8001"
-    assert arguments.host == "0.0.0.0" and neardup["ports"] == [f"{arguments.port}:{arguments.port}"]
+    assert arguments.host == "0.0.0.0" and neardup["ports"] == [f"127.0.0.1:{arguments.port}:{arguments.port}"]
     volume, mount = neardup["volumes"][0].split(":")
     assert mount == str(arguments.data_dir) and volume in COMPOSE["volumes"]
     assert neardup["depends_on"]["triton"]["condition"] == "service_healthy"
     assert (ROOT / neardup["build"]["dockerfile"]).exists()
-    probe = neardup["healthcheck"]["test"]
-    assert probe[:3] == ["CMD", "neardup", "health"]
-    assert cli.build_parser().parse_args(probe[2:]).server == f"127.0.0.1:{arguments.port}"
+    probe = cli.build_parser().parse_args(neardup["healthcheck"]["test"][2:])
+    assert neardup["healthcheck"]["test"][:3] == ["CMD", "neardup", "health"]
+    assert probe.server == f"127.0.0.1:{arguments.port}" and probe.tls_ca == arguments.tls_cert
+
+
+def test_compose_runs_the_service_with_tokens_and_tls_from_mounted_secrets(tmp_path):
+    neardup = COMPOSE["services"]["neardup"]
+    arguments = cli.build_parser().parse_args(neardup["command"][1:])
+    mounted = {f"/run/secrets/{name}": COMPOSE["secrets"][name]["file"] for name in neardup["secrets"]}
+    assert {arguments.auth_tokens, arguments.tls_cert, arguments.tls_key} <= set(mounted)
+    settings = settings_from_arguments(arguments, environ={})  # not refused: auth is on
+    assert settings.security.auth_tokens and settings.server.host == "0.0.0.0"
+    # The documented script makes exactly the files the compose file mounts, and they load.
+    made = subprocess.run(["sh", str(ROOT / "docker" / "make-dev-secrets.sh"), "secrets"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    for path in mounted.values():
+        assert (tmp_path / path).exists(), path
+    tokens = Tokens(tmp_path / "secrets" / "tokens.json")
+    assert sorted(caller.name for caller in tokens.callers.values()) == ["dev-admin", "dev-check", "dev-enroll"]
+    token = re.search(r"dev-check token: (\S+)", made.stdout).group(1)
+    assert tokens.caller([("authorization", f"Bearer {token}")]).roles == {"check"}
+    ServerCertificates(tmp_path / "secrets" / "tls.crt", tmp_path / "secrets" / "tls.key", None).credentials()
+    assert "NEARDUP_TRITON_ADMIN_SECRET=" in (tmp_path / ".env").read_text()
+
+
+def test_compose_triton_loads_one_model_and_closes_its_admin_protocols():
+    command = COMPOSE["services"]["triton"]["command"]
+    assert "--model-control-mode=explicit" in command and "--load-model=sscd" in command
+    for flag in ("--grpc-restricted-protocol=", "--http-restricted-api="):
+        [restricted] = [argument for argument in command if argument.startswith(flag)]
+        protocols, header = restricted[len(flag) :].split(":", 1)
+        assert set(protocols.split(",")) >= {"model-repository", "shared-memory", "model-config"}
+        assert header.startswith("neardup-admin=${NEARDUP_TRITON_ADMIN_SECRET:?")
 
 
 def test_the_front_images_own_command_is_one_the_cli_accepts():

@@ -60,7 +60,7 @@ def test_a_damaged_store_is_refused_at_start_with_what_to_do(tmp_path, start_ser
     assert "is damaged" in refused.stderr and "Restore the data directory from a backup" in refused.stderr
 
 
-FILE_SIZE_LIMIT = 3 << 20
+FILE_SIZE_LIMIT = 2 << 20
 
 
 def limit_file_size():
@@ -68,11 +68,11 @@ def limit_file_size():
 
 
 def test_a_full_disk_mid_enroll_is_resource_exhausted_and_loses_nothing_acknowledged(tmp_path, start_service):
-    """The service may write files of at most 3 MB; 15 kB of metadata per record fills that."""
+    """The service may write files of at most 2 MB; 7.5 kB of metadata per record fills that."""
     data_dir = tmp_path / "data"
     service = start_service(*FAST, "--enroll-batch", "4", data_dir=data_dir, preexec_fn=limit_file_size)
     image = mosaic(7)
-    requests = [pb.EnrollRequest(key=f"full/{i}", image=image, metadata={"pad": f"{i:>5}" * 3_000}) for i in range(400)]
+    requests = [pb.EnrollRequest(key=f"full/{i}", image=image, metadata={"pad": f"{i:>5}" * 1_500}) for i in range(400)]
     acknowledged = []
     with pytest.raises(grpc.RpcError) as raised:
         for result in service.stub.Enroll(iter(requests), timeout=120):

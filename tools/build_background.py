@@ -1,6 +1,6 @@
 """Build the background set for the "normalized" decision rule from images known not to be enrolled.
 
-  python tools/build_background.py --images DIR --data-dir DIR [--server HOST:PORT]
+  python tools/build_background.py --images DIR --data-dir DIR [--server HOST:PORT] [--token ... --tls-ca ...]
 
 Hashes every image through the running service (as a Check would: Stats.views_per_check views)
 and writes DATA_DIR/background.npz with the service's model identity. The service reads it at
@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.api.channels import stub  # noqa: E402
+from service.api.channels import add_client_arguments, stub_from  # noqa: E402
 from service.client import image_paths  # noqa: E402
 from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
 from service.storage.background import Background  # noqa: E402
@@ -35,10 +35,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, required=True, help="a folder, or a file listing image paths")
     parser.add_argument("--data-dir", type=Path, required=True, help="the service's --data-dir")
-    parser.add_argument("--server", default="127.0.0.1:50051")
+    add_client_arguments(parser)
     arguments = parser.parse_args()
     paths = image_paths(arguments.images)
-    written = build_background(stub(arguments.server), paths, arguments.data_dir)
+    written = build_background(stub_from(arguments), paths, arguments.data_dir)
     print(f"{len(paths)} background features -> {written}; restart the service to use them")
 
 

@@ -1,6 +1,6 @@
 """Migrate a seed database (hash_database.npz or .h5 plus image_list.txt) into a running service.
 
-  python tools/import_seed_db.py --database hash_database.npz --list image_list.txt [--server HOST:PORT]
+  python tools/import_seed_db.py --database hash_database.npz --list image_list.txt [--server HOST:PORT ...]
 
 The seed stored ImageNet ResNet50 features; ours are SSCD descriptors, a different space, so the
 stored features cannot be reused: every listed image is re-enrolled from its file, with the path
@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.api.channels import stub  # noqa: E402
+from service.api.channels import add_client_arguments, stub_from  # noqa: E402
 from service.client import enroll  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--database", type=Path, required=True, help="the seed's hash_database.npz or .h5")
     parser.add_argument("--list", type=Path, required=True, help="the seed's image_list.txt, one path a line")
     parser.add_argument("--root", type=Path, help="resolve relative paths here (default: the list's folder)")
-    parser.add_argument("--server", default="127.0.0.1:50051")
+    add_client_arguments(parser)
     arguments = parser.parse_args()
 
     keys = [line.strip() for line in arguments.list.read_text().splitlines() if line.strip()]
@@ -50,7 +50,7 @@ def main() -> None:
     print(f"re-enrolling {len(keys)} images: the seed's ResNet50 features are not SSCD features and cannot be reused")
     root = arguments.root or arguments.list.parent
     items = [(key, Path(key) if Path(key).is_absolute() else root / key) for key in keys]
-    summary = enroll(stub(arguments.server), items, total=len(items))
+    summary = enroll(stub_from(arguments), items, total=len(items))
     for key, why in summary.failures:
         print(f"failed: {key}: {why}")
     print(summary.line())

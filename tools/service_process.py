@@ -38,7 +38,14 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
 class RunningService:
     """`neardup serve` as a child process, with a channel to it."""
 
-    def __init__(self, data_dir: Path, *flags: str, port: int | None = None, preexec_fn=None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *flags: str,
+        port: int | None = None,
+        preexec_fn=None,
+        credentials: channels.Credentials | None = None,
+    ):
         self.port = port or free_port()
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"service-{self.port}.log"
@@ -56,7 +63,7 @@ class RunningService:
         self.process = subprocess.Popen(
             [*command, *flags], stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
         )
-        self.channel = channels.channel(f"127.0.0.1:{self.port}")
+        self.channel = channels.channel(f"127.0.0.1:{self.port}", credentials)
         self.stub = neardup_pb2_grpc.NearDupStub(self.channel)
 
     def wait_serving(self, timeout_s: float = START_TIMEOUT_S) -> "RunningService":

@@ -1,5 +1,6 @@
 """The server's interceptor chain: cross-cutting concerns around every call, in order.
 
+0. Authentication (service/api/auth.py), when a token file is configured.
 1. ParseRequests: requests are parsed here rather than by gRPC, so that bytes that are not a
    valid message (a string field with invalid UTF-8, a truncated message) get INVALID_ARGUMENT
    with the reason instead of UNKNOWN; in a request stream a malformed message reaches the
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import grpc
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")  # the token's name (auth on)
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID_CHARS = 64
 
@@ -29,10 +31,12 @@ log = logging.getLogger(__name__)
 
 
 class RequestIdLogFilter(logging.Filter):
-    """Adds `request_id` to every log record ("-" outside a call)."""
+    """Adds `request_id` to every log record ("-" outside a call), and the caller's name after
+    it when auth is on."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = REQUEST_ID.get()
+        caller = CALLER.get()
+        record.request_id = f"{REQUEST_ID.get()} {caller}" if caller else REQUEST_ID.get()
         return True
 
 
@@ -176,5 +180,9 @@ class Admission(grpc.aio.ServerInterceptor):
             self.in_progress -= 1
 
 
-def interceptor_chain(service: str, max_calls: int) -> list[grpc.aio.ServerInterceptor]:
-    return [ParseRequests(), RequestIds(), Admission(service, max_calls)]
+def interceptor_chain(
+    service: str, max_calls: int, authentication: grpc.aio.ServerInterceptor | None = None
+) -> list[grpc.aio.ServerInterceptor]:
+    """Authentication (when on) first, so a caller without a valid token learns nothing more."""
+    chain = [ParseRequests(), RequestIds(), Admission(service, max_calls)]
+    return [authentication, *chain] if authentication else chain

@@ -11,7 +11,7 @@ from service.api.health import Readiness
 from service.api.interceptors import Malformed
 from service.config import Settings
 from service.core.checking import Checker, CheckResult
-from service.core.enrollment import Enroller, EnrollItem, key_problem
+from service.core.enrollment import Enroller, EnrollItem, key_problem, shown
 from service.core.streams import Window
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
@@ -136,8 +136,8 @@ class NearDupServicer(pb_grpc.NearDupServicer):
             raise RequestError(problem)
         removed = await asyncio.to_thread(self.store.delete, request.key)
         if removed is None:
-            raise KeyNotFound(f"no image is enrolled under key {request.key!r}")
-        log.info("deleted %r (id %d)", request.key, removed.id)
+            raise KeyNotFound(f"no image is enrolled under key {shown(request.key)}")
+        log.info("deleted %s (id %d)", shown(request.key), removed.id)
         return pb.DeleteResponse()
 
     @grpc_errors

@@ -3,6 +3,7 @@
 import asyncio
 import collections
 import hashlib
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from service.storage.records import MAX_KEY_BYTES, Enrolment
 from service.storage.store import Store
 from service.triton.client import Hasher
 
+SHOWN_KEY_CHARS = 40  # of a bad key, in messages and logs
 INVALID = "INVALID"  # besides the store's ENROLLED, UPDATED and UNCHANGED
 
 
@@ -33,7 +35,7 @@ class EnrollItem:
 @dataclass(frozen=True)
 class ItemLimits:
     max_metadata_entries: int = 64
-    max_metadata_bytes: int = 16384
+    max_metadata_bytes: int = 8192
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,22 @@ class Item:
 
 
 def key_problem(key: str) -> str | None:
+    """Why a key cannot be stored, or None. Keys are stored exactly as sent, so they must be in
+    Unicode NFC (one spelling per key: "é" composed, not e + accent); clients normalise."""
     if not key:
         return "key is empty: every image needs the caller's identifier (a path, a URL)"
     if len(key.encode()) > MAX_KEY_BYTES:
-        return f"key is {len(key.encode())} bytes of UTF-8; at most {MAX_KEY_BYTES}"
+        return f"key {shown(key)} is {len(key.encode())} bytes of UTF-8; at most {MAX_KEY_BYTES}"
+    if "\0" in key:
+        return f"key {shown(key)} holds a NUL character"
+    if not unicodedata.is_normalized("NFC", key):
+        return f"key {shown(key)} is not in Unicode NFC form: normalise it (unicodedata.normalize('NFC', key))"
     return None
+
+
+def shown(key: str, prefix: int = SHOWN_KEY_CHARS) -> str:
+    """At most a short prefix of a caller's key, for messages and logs."""
+    return repr(key[:prefix] + ("..." if len(key) > prefix else ""))
 
 
 def item_problem(item: EnrollItem, limits: ItemLimits) -> str | None:

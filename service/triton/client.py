@@ -39,6 +39,19 @@ class Descriptor:
     threshold: float
 
 
+@dataclass(frozen=True)
+class TritonTls:
+    """TLS to an external Triton: a CA to trust, and a client certificate for mutual TLS."""
+
+    ca: str
+    cert: str = ""
+    key: str = ""
+
+    def client_options(self) -> dict:
+        return {"ssl": True, "root_certificates": self.ca or None, "private_key": self.key or None,
+                "certificate_chain": self.cert or None}  # fmt: skip
+
+
 class Hasher:
     """Sends canvases with their view counts to the Triton model and reads back descriptors.
 
@@ -47,10 +60,12 @@ class Hasher:
     caller's deadline runs out in.
     """
 
-    def __init__(self, url: str, model: str, max_queued: int = 256):
+    def __init__(self, url: str, model: str, max_queued: int = 256, tls: TritonTls | None = None, headers=None):
         self.url = url
         self.model = model
-        self.client = triton.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+        self.headers = dict(headers or {})  # for a Triton whose protocols are restricted
+        options = tls.client_options() if tls else {}
+        self.client = triton.InferenceServerClient(url, channel_args=CHANNEL_ARGS, **options)
         self.max_queued = max_queued
         self.queued = 0
         self._room = asyncio.Condition()
@@ -97,6 +112,7 @@ class Hasher:
                     triton.InferRequestedOutput(contract.THRESHOLD),
                 ],
                 client_timeout=max(timeout_s, 0.001),
+                headers=self.headers,
             )
         except InferenceServerException as error:
             raise self._classify(error) from None
@@ -116,9 +132,9 @@ class Hasher:
     async def ready(self) -> tuple[bool, str]:
         """Whether the model can serve now, and if not, why."""
         try:
-            if not await self.client.is_server_live(client_timeout=2):
+            if not await self.client.is_server_live(headers=self.headers, client_timeout=2):
                 return False, f"Triton at {self.url} is not live"
-            if not await self.client.is_model_ready(self.model, client_timeout=2):
+            if not await self.client.is_model_ready(self.model, headers=self.headers, client_timeout=2):
                 return False, f"model {self.model!r} is not loaded in Triton at {self.url}"
         except InferenceServerException as error:
             return False, f"Triton at {self.url} is unreachable: {error.message()}"

@@ -5,6 +5,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 # checkout (and an editable install) uses the top-level model_repository/.
 PACKAGED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 CHECKOUT_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+
+
+ADMIN_PROTOCOLS = "shared-memory,model-config,model-repository,statistics,trace,logging"
+ADMIN_HEADER = "neardup-triton-admin"
 
 
 def default_model_repository() -> Path:
@@ -62,8 +67,9 @@ class BundledTriton:
         self.repository = repository
         self.restart_delay_s = restart_delay_s
         self.grpc_port = free_port()
-        self.http_port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="neardup-triton-"))
+        # Sent by nobody: the admin protocols it guards are closed to every client, ours included.
+        self.admin_secret = secrets.token_urlsafe(24)
         self.process: subprocess.Popen | None = None
         self._watch: asyncio.Task | None = None
         self._stopping = False
@@ -88,17 +94,29 @@ class BundledTriton:
             shutil.copy(stub, copied)
         return python_backend.parent
 
+    def _served_repository(self) -> Path:
+        """A private repository holding only the served models (links to the real ones): with
+        model control off, Triton loads all of it and nothing else, ever."""
+        served = self.workdir / "models"
+        served.mkdir(parents=True, exist_ok=True)
+        for model in self.models:
+            if not (served / model).exists():
+                (served / model).symlink_to(self.repository.resolve() / model, target_is_directory=True)
+        return served
+
     def command(self) -> list[str]:
+        """Locked down: gRPC on loopback only, no HTTP, no model loading or unloading, and the
+        admin protocols (shared memory, repository, configuration, statistics, trace, logging)
+        refused to any client without a header that only this object knows."""
         return [
             str(self.dist / "bin" / "tritonserver"),
-            f"--model-repository={self.repository}",
+            f"--model-repository={self._served_repository()}",
             f"--backend-directory={self._backend_directory()}",
-            "--model-control-mode=explicit",
-            *[f"--load-model={model}" for model in self.models],
+            "--model-control-mode=none",
             "--grpc-address=127.0.0.1",
             f"--grpc-port={self.grpc_port}",
-            "--http-address=127.0.0.1",
-            f"--http-port={self.http_port}",
+            f"--grpc-restricted-protocol={ADMIN_PROTOCOLS}:{ADMIN_HEADER}={self.admin_secret}",
+            "--allow-http=false",
             "--allow-metrics=false",
             "--log-info=false",
         ]

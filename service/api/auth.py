@@ -1,0 +1,150 @@
+"""Who may call what: bearer tokens with roles, checked by an interceptor.
+
+The token file (`--auth-tokens`) holds SHA-256 digests, never tokens:
+
+    {"tokens": [{"name": "search-api", "sha256": "<hex>", "roles": ["check"]}, ...]}
+
+Callers send `authorization: Bearer <token>`. Roles: `check` (Hash, Check, Stats, and
+reflection), `enroll` (Enroll, Delete), `admin` (ReloadIndex). Health stays open for
+orchestrator probes. A missing or unknown token is UNAUTHENTICATED, a known one without the
+role PERMISSION_DENIED; the method never runs. The file is read again on SIGHUP; a file that
+does not parse keeps the tokens in use. Logs name the caller (the token's name), never a token.
+"""
+
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from service.api.interceptors import CALLER, around_handler
+
+log = logging.getLogger(__name__)
+
+ROLES = ("check", "enroll", "admin")
+METHOD_ROLES = {
+    "/neardup.v1.NearDup/Hash": "check",
+    "/neardup.v1.NearDup/Check": "check",
+    "/neardup.v1.NearDup/Stats": "check",
+    "/neardup.v1.NearDup/Enroll": "enroll",
+    "/neardup.v1.NearDup/Delete": "enroll",
+    "/neardup.v1.NearDup/ReloadIndex": "admin",
+}
+SERVICE_ROLES = {"grpc.reflection.v1alpha.ServerReflection": "check", "grpc.reflection.v1.ServerReflection": "check"}
+OPEN_SERVICES = ("grpc.health.v1.Health",)
+HEADER = "authorization"
+DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+class TokenFileError(ValueError):
+    """The token file cannot be used; the message says why (and never holds a token)."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    roles: frozenset[str]
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(name: str, roles: list[str]) -> tuple[str, dict]:
+    """A fresh random token and its entry for the token file."""
+    unknown = set(roles) - set(ROLES)
+    if unknown or not roles:
+        raise TokenFileError(f"roles must be among {', '.join(ROLES)}; got {', '.join(roles) or 'none'}")
+    token = secrets.token_urlsafe(32)
+    return token, {"name": name, "sha256": digest(token), "roles": sorted(set(roles))}
+
+
+def parse_tokens(raw: bytes, path: Path) -> dict[str, Caller]:
+    """Digest -> caller, from the file's bytes; TokenFileError says what is wrong."""
+    try:
+        entries = json.loads(raw)["tokens"]
+        if not isinstance(entries, list):
+            raise TypeError("'tokens' is not a list")
+        callers = {}
+        for number, entry in enumerate(entries, 1):
+            name, sha256, roles = entry["name"], entry["sha256"], entry["roles"]
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"entry {number}: 'name' must be a non-empty string")
+            if not isinstance(sha256, str) or not DIGEST.fullmatch(sha256):
+                raise TypeError(f"entry {number} ({name}): 'sha256' must be 64 lower-case hex digits")
+            if not isinstance(roles, list) or not roles or set(roles) - set(ROLES):
+                raise TypeError(f"entry {number} ({name}): 'roles' must be a list among {', '.join(ROLES)}")
+            callers[sha256] = Caller(name, frozenset(roles))
+    except (ValueError, TypeError, KeyError) as error:
+        raise TokenFileError(f"{path}: {type(error).__name__}: {error}") from None
+    return callers
+
+
+class Tokens:
+    """The token file, read at start and again by reload() (SIGHUP)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.callers = parse_tokens(self._read(), self.path)
+
+    def _read(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except OSError as error:
+            raise TokenFileError(f"cannot read the token file {self.path}: {error.strerror}") from None
+
+    def reload(self) -> None:
+        """Reads the file again; on any error the tokens in use stay."""
+        try:
+            self.callers = parse_tokens(self._read(), self.path)
+        except TokenFileError as error:
+            log.error("auth tokens not reloaded, the previous ones stay in use: %s", error)
+            return
+        log.info("auth tokens reloaded from %s: %d callers", self.path, len(self.callers))
+
+    def caller(self, metadata) -> Caller | None:
+        given = dict(metadata or ()).get(HEADER, "")
+        scheme, _, token = str(given).partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        return self.callers.get(digest(token.strip()))
+
+
+def required_role(method: str) -> str | None:
+    """The role a method needs; None for the open services (health)."""
+    service = method.strip("/").split("/")[0]
+    if service in OPEN_SERVICES:
+        return None
+    return METHOD_ROLES.get(method) or SERVICE_ROLES.get(service, "admin")
+
+
+class Authentication(grpc.aio.ServerInterceptor):
+    def __init__(self, tokens: Tokens):
+        self.tokens = tokens
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        role = required_role(details.method)
+        if handler is None or role is None:
+            return handler
+        caller = self.tokens.caller(details.invocation_metadata)
+
+        @contextlib.asynccontextmanager
+        async def authorised(context: grpc.aio.ServicerContext):
+            if caller is None:
+                log.warning("%s refused: no valid bearer token", details.method)
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, "send a valid token as 'authorization: Bearer <token>'"
+                )
+            if role not in caller.roles:
+                log.warning("%s refused: caller %s lacks the %s role", details.method, caller.name, role)
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{details.method} needs the {role!r} role")
+            CALLER.set(caller.name)
+            yield
+
+        return around_handler(handler, authorised)

@@ -1,0 +1,204 @@
+"""Authentication, roles and TLS against the real service, with certificates made at test time."""
+
+import base64
+import json
+import signal
+import subprocess
+import sys
+
+import grpc
+import pytest
+import trustme
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.api.auth import new_token
+from service.api.channels import Credentials, channel
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
+from tests.conftest import mosaic, reencoded, wait_for
+from tests.test_grpcurl import GRPCURL
+
+FAST = ("--enroll-views", "1", "--check-views", "1")
+ROLE_OF = {"Hash": "check", "Check": "check", "Stats": "check", "Enroll": "enroll", "Delete": "enroll"}
+ROLE_OF["ReloadIndex"] = "admin"
+IMAGE = mosaic(4242)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A server CA and certificate for 127.0.0.1, and a separate CA for client certificates."""
+    folder = tmp_path_factory.mktemp("pki")
+    server_ca, client_ca = trustme.CA(), trustme.CA()
+    server = server_ca.issue_cert("127.0.0.1", "localhost")
+    client = client_ca.issue_cert("search-api.clients.example")
+    files = {
+        "ca": server_ca.cert_pem,
+        "cert": server.cert_chain_pems[0],
+        "key": server.private_key_pem,
+        "client_ca": client_ca.cert_pem,
+        "client_cert": client.cert_chain_pems[0],
+        "client_key": client.private_key_pem,
+    }
+    for name, blob in files.items():
+        blob.write_to_path(str(folder / f"{name}.pem"))
+    return {name: str(folder / f"{name}.pem") for name in files}
+
+
+def write_tokens(path, names_and_roles: dict[str, list[str]]) -> dict[str, str]:
+    tokens, entries = {}, []
+    for name, roles in names_and_roles.items():
+        tokens[name], entry = new_token(name, roles)
+        entries.append(entry)
+    path.write_text(json.dumps({"tokens": entries}))
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory, pki):
+    """One service with a token file and server TLS; the tokens by name."""
+    from tools.service_process import RunningService
+
+    folder = tmp_path_factory.mktemp("secured")
+    token_file = folder / "tokens.json"
+    tokens = write_tokens(
+        token_file, {"searcher": ["check"], "ingest": ["enroll"], "operator": ["admin"], "all": ["check", "enroll"]}
+    )
+    flags = ["--auth-tokens", str(token_file), "--tls-cert", pki["cert"], "--tls-key", pki["key"], *FAST]
+    running = RunningService(folder / "data", *flags, credentials=Credentials(tls_ca=pki["ca"]))
+    try:
+        yield running.wait_serving(), tokens, token_file
+    finally:
+        running.stop()
+
+
+def stub_for(service, pki, token: str = "") -> pb_grpc.NearDupStub:
+    return pb_grpc.NearDupStub(channel(f"127.0.0.1:{service.port}", Credentials(token=token, tls_ca=pki["ca"])))
+
+
+CALLS = {
+    "Hash": lambda s: s.Hash(pb.HashRequest(image=IMAGE), timeout=30),
+    "Check": lambda s: s.Check(pb.CheckRequest(image=IMAGE), timeout=30),
+    "Stats": lambda s: s.Stats(pb.StatsRequest(), timeout=30),
+    "Enroll": lambda s: list(s.Enroll(iter([pb.EnrollRequest(key="matrix/one", image=IMAGE)]), timeout=30)),
+    "Delete": lambda s: s.Delete(pb.DeleteRequest(key="matrix/absent"), timeout=30),
+    "ReloadIndex": lambda s: s.ReloadIndex(pb.ReloadIndexRequest(), timeout=30),
+}
+
+
+def status(call) -> grpc.StatusCode:
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("caller", ["no token", "unknown token", "searcher", "ingest", "operator"])
+def test_the_role_matrix(secured, pki, caller):
+    service, tokens, _ = secured
+    token = {"no token": "", "unknown token": "not-a-token-of-ours"}.get(caller, tokens.get(caller, ""))
+    roles = {"searcher": {"check"}, "ingest": {"enroll"}, "operator": {"admin"}}.get(caller, set())
+    stub = stub_for(service, pki, token)
+    for method, call in CALLS.items():
+        code = status(lambda call=call: call(stub))
+        if not token or caller == "unknown token":
+            expected = {grpc.StatusCode.UNAUTHENTICATED}
+        elif ROLE_OF[method] in roles:
+            # Allowed: answered by the method itself (absent keys, a reload with no index).
+            expected = {grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
+        else:
+            expected = {grpc.StatusCode.PERMISSION_DENIED}
+        assert code in expected, f"{caller} {method}: {code}"
+    # Health stays open to everyone, orchestrator probes included.
+    health = health_pb2_grpc.HealthStub(channel(f"127.0.0.1:{service.port}", Credentials(tls_ca=pki["ca"])))
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_refused_enroll_or_delete_changes_nothing(secured, pki):
+    service, tokens, _ = secured
+    writer, reader = stub_for(service, pki, tokens["all"]), stub_for(service, pki, tokens["searcher"])
+    [kept] = writer.Enroll(iter([pb.EnrollRequest(key="kept/1", image=mosaic(1))]), timeout=60)
+    assert kept.status in (pb.EnrollResult.ENROLLED, pb.EnrollResult.UNCHANGED)
+    before = reader.Stats(pb.StatsRequest(), timeout=10).records
+    for stub in (reader, stub_for(service, pki), stub_for(service, pki, "forged")):
+        assert status(lambda s=stub: list(s.Enroll(iter([pb.EnrollRequest(key="sneaky", image=mosaic(2))])))) in (
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNAUTHENTICATED,
+        )
+        assert status(lambda s=stub: s.Delete(pb.DeleteRequest(key="kept/1"), timeout=10)) in (
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNAUTHENTICATED,
+        )
+    assert reader.Stats(pb.StatsRequest(), timeout=10).records == before
+    assert reader.Check(pb.CheckRequest(image=reencoded(mosaic(1))), timeout=30).matches[0].key == "kept/1"
+    assert status(lambda: writer.Delete(pb.DeleteRequest(key="sneaky"), timeout=10)) == grpc.StatusCode.NOT_FOUND
+
+
+def test_logs_name_the_caller_and_never_a_token(secured, pki):
+    service, tokens, _ = secured
+    stub = stub_for(service, pki, tokens["ingest"])
+    assert status(lambda: stub.Delete(pb.DeleteRequest(key="logged/absent"), timeout=10)) == grpc.StatusCode.NOT_FOUND
+    wait_for(lambda: " ingest]: Delete: NOT_FOUND" in service.output(), 10, "the caller's name in the log")
+    assert not any(token in service.output() for token in tokens.values())
+
+
+def test_a_plaintext_client_is_refused_by_a_tls_service(secured):
+    service, tokens, _ = secured
+    plain = pb_grpc.NearDupStub(channel(f"127.0.0.1:{service.port}", Credentials(token=tokens["searcher"])))
+    assert status(lambda: plain.Stats(pb.StatsRequest(), timeout=5)) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tokens_rotate_on_sighup_without_a_restart(secured, pki):
+    service, tokens, token_file = secured
+    old = tokens["operator"]
+    assert status(lambda: stub_for(service, pki, old).ReloadIndex(pb.ReloadIndexRequest(), timeout=10)) != (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    entries = json.loads(token_file.read_text())["tokens"]
+    fresh, entry = new_token("operator", ["admin"])
+    token_file.write_text(json.dumps({"tokens": [e for e in entries if e["name"] != "operator"] + [entry]}))
+    service.process.send_signal(signal.SIGHUP)
+
+    def rotated() -> bool:
+        refused = status(lambda: stub_for(service, pki, old).Stats(pb.StatsRequest(), timeout=5))
+        accepted = status(lambda: stub_for(service, pki, fresh).ReloadIndex(pb.ReloadIndexRequest(), timeout=5))
+        return refused == grpc.StatusCode.UNAUTHENTICATED and accepted != grpc.StatusCode.UNAUTHENTICATED
+
+    wait_for(rotated, 20, "the old operator token to stop working and the new one to work")
+    tokens["operator"] = fresh
+    searcher = stub_for(service, pki, tokens["searcher"])
+    assert status(lambda: searcher.Stats(pb.StatsRequest(), timeout=5)) == grpc.StatusCode.OK  # others untouched
+
+
+def test_grpcurl_with_a_token_and_tls(secured, pki):
+    """The README's grpcurl example with auth on (reflection needs the check role)."""
+    service, tokens, _ = secured
+    base = [GRPCURL, "-cacert", pki["ca"], "-max-time", "60"]
+    header = ["-H", f"authorization: Bearer {tokens['searcher']}"]
+    listed = subprocess.run([*base, *header, f"127.0.0.1:{service.port}", "list"], capture_output=True, text=True)
+    assert listed.returncode == 0 and "neardup.v1.NearDup" in listed.stdout, listed.stderr
+    request = json.dumps({"image": base64.b64encode(IMAGE).decode()})
+    command = [*base, *header, "-d", "@", f"127.0.0.1:{service.port}", "neardup.v1.NearDup/Check"]
+    checked = subprocess.run(command, input=request, capture_output=True, text=True)
+    assert checked.returncode == 0 and "model" in json.loads(checked.stdout), checked.stderr
+    refused = subprocess.run([*base, f"127.0.0.1:{service.port}", "list"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "Unauthenticated" in refused.stderr
+
+
+def test_mutual_tls_refuses_a_client_without_a_certificate(tmp_path, pki, start_service):
+    flags = ["--tls-cert", pki["cert"], "--tls-key", pki["key"], "--tls-client-ca", pki["client_ca"], *FAST]
+    with_certificate = Credentials(tls_ca=pki["ca"], client_cert=pki["client_cert"], client_key=pki["client_key"])
+    service = start_service(*flags, credentials=with_certificate)
+    address = f"127.0.0.1:{service.port}"
+    stats = pb_grpc.NearDupStub(channel(address, with_certificate)).Stats(pb.StatsRequest(), timeout=10)
+    assert stats.records == 0
+    without = pb_grpc.NearDupStub(channel(address, Credentials(tls_ca=pki["ca"])))
+    assert status(lambda: without.Stats(pb.StatsRequest(), timeout=5)) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_non_loopback_host_without_auth_is_refused_with_what_to_add(tmp_path):
+    command = [sys.executable, "-m", "service.cli", "serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path)]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0
+    assert "add --auth-tokens FILE" in refused.stderr and "--insecure" in refused.stderr
+    assert not (tmp_path / "store.lmdb").exists()  # nothing was opened
