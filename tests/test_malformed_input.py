@@ -133,6 +133,8 @@ REQUESTS = {
     ),
     "Delete, empty key": (lambda s: s.Delete(pb.DeleteRequest(key=""), timeout=30), INVALID, "key is empty"),
     "Delete, 600-byte key": (lambda s: s.Delete(pb.DeleteRequest(key="k" * 600), timeout=30), INVALID, "at most 511"),
+    "Delete, key with NUL": (lambda s: s.Delete(pb.DeleteRequest(key="a\0b"), timeout=30), INVALID, "NUL"),
+    "Delete, key not NFC": (lambda s: s.Delete(pb.DeleteRequest(key="cafe\u0301"), timeout=30), INVALID, "NFC"),
     "Delete, absent key": (
         lambda s: s.Delete(pb.DeleteRequest(key="never/enrolled"), timeout=30),
         grpc.StatusCode.NOT_FOUND,
@@ -199,3 +201,12 @@ def test_bad_enroll_items_are_invalid_results_and_the_stream_goes_on(scratch_ser
     assert "not a valid neardup.v1.EnrollRequest" in results[95].error
     acknowledged = [r for r in results if r.status in (pb.EnrollResult.ENROLLED, pb.EnrollResult.UNCHANGED)]
     assert [r.key for r in acknowledged] == [f"stream/{i}" for i in range(100) if i not in bad and i != 95]
+
+
+def test_a_bad_key_is_echoed_by_a_short_prefix_only(scratch_service):
+    key = "secret-looking-" + "x" * 480 + "-tail"  # 500 bytes: valid, absent
+    code, details = status_of(lambda: scratch_service.stub.Delete(pb.DeleteRequest(key=key), timeout=30))
+    assert code == grpc.StatusCode.NOT_FOUND and key[:40] in details and "-tail" not in details
+    [result] = scratch_service.stub.Enroll(iter([pb.EnrollRequest(key=key + "\u0301", image=b"x")]), timeout=30)
+    assert result.status == pb.EnrollResult.INVALID and "NFC" in result.error and "-tail" not in result.error
+    assert "-tail" not in scratch_service.output()
