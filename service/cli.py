@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from service.api.channels import add_client_arguments
-from service.config import add_arguments, settings_from_arguments
+from service.flags import add_arguments, settings_from_arguments
 from service.storage.usearch_index import SNAPSHOT_DTYPE
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from service.cli import build_parser
-from service.config import Settings, flags, settings_from_arguments
+from service.config import Settings
 from service.core.decision import Policy
+from service.flags import flags, settings_from_arguments
 
 ROOT = Path(__file__).parent.parent
 

@@ -12,7 +12,7 @@ import yaml
 from service import cli
 from service.api.auth import Tokens
 from service.api.tls import ServerCertificates
-from service.config import settings_from_arguments
+from service.flags import settings_from_arguments
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.triton.contract import MODELS
 from tests.conftest import RunningService, image_bytes

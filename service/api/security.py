@@ -8,7 +8,8 @@ import grpc
 
 from service.api.auth import Authentication, TokenFileError, Tokens
 from service.api.tls import ServerCertificates, TlsError
-from service.config import LOOPBACK, Settings
+from service.config import Settings
+from service.flags import LOOPBACK
 
 log = logging.getLogger(__name__)
 
