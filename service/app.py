@@ -17,8 +17,9 @@ import lmdb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service import metrics
 from service.api.health import Readiness
-from service.api.interceptors import RequestIdLogFilter, interceptor_chain
+from service.api.interceptors import interceptor_chain
 from service.api.security import Security, SecurityError
 from service.api.servicer import SERVICE_NAME, NearDupServicer
 from service.config import Settings
@@ -39,18 +40,10 @@ from service.triton.process import BundledTriton
 
 log = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 SHUTDOWN_GRACE_S = 10
 KEEPALIVE_TIMEOUT_MS = 20_000  # a peer that does not answer a ping this fast is gone
 MIN_CLIENT_PING_INTERVAL_MS = 10_000  # clients may ping this often without being told off
 DECODE_WAIT_S = 1.0  # a decode waits this long for room in the decode budget, then RESOURCE_EXHAUSTED
-
-
-def configure_logging() -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    handler.addFilter(RequestIdLogFilter())
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
 @dataclass
@@ -166,6 +159,18 @@ def grpc_server(settings: Settings, security: Security) -> tuple[grpc.aio.Server
     return server, address
 
 
+def serve_metrics(port: int, storage: Storage) -> None:
+    metrics.watch_state(storage.index, storage.store, storage.loader)
+    try:
+        metrics.serve_metrics(port)
+    except OSError as error:
+        raise StartupError(
+            f"cannot serve metrics on 127.0.0.1:{port}: {error.strerror} (--metrics-port 0: none)"
+        ) from None
+    if port:
+        log.info("metrics on http://127.0.0.1:%d/metrics", port)
+
+
 def add_services(server: grpc.aio.Server, servicer: NearDupServicer, health_servicer: health.aio.HealthServicer):
     pb_grpc.add_NearDupServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -186,6 +191,7 @@ async def serve(settings: Settings) -> None:
     storage = open_storage(settings)
     try:
         server, address = grpc_server(settings, security)
+        serve_metrics(settings.server.metrics_port, storage)
     except StartupError:
         storage.close()
         raise
@@ -206,7 +212,10 @@ async def serve(settings: Settings) -> None:
         dict([triton.header.split("=", 1)]) if triton.header else None,
     )
     health_servicer = health.aio.HealthServicer()
-    readiness = Readiness(hasher, storage.store, health_servicer, ["", SERVICE_NAME], settings.triton.health_poll_s)
+    readiness = Readiness(
+        hasher, storage.store, storage.index, health_servicer, SERVICE_NAME, settings.triton.health_poll_s,
+        settings.index.stale_records,
+    )  # fmt: skip
     add_services(server, build_servicer(settings, storage, hasher, readiness), health_servicer)
     await server.start()
     log.info(

@@ -42,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_arguments(check)
 
     add_client_arguments(commands.add_parser("stats", help="the service's Stats, as JSON"))
-    add_client_arguments(commands.add_parser("health", help="exit 0 if the service reports SERVING"))
+    health = commands.add_parser("health", help="exit 0 if the service reports SERVING")
+    health.add_argument(
+        "--service",
+        default="neardup.v1.NearDup",
+        help="readiness (default), '' for liveness, or a component: triton, store, index",
+    )
+    add_client_arguments(health)
 
     index = commands.add_parser("index", help="operate the index snapshots").add_subparsers(
         dest="index_command", required=True
@@ -75,10 +81,11 @@ def at_least_one(text: str) -> int:
 
 
 def run_serve(arguments: argparse.Namespace) -> int:
-    from service.app import StartupError, configure_logging, serve
+    from service import logs
+    from service.app import StartupError, serve
 
     settings = settings_from_arguments(arguments)
-    configure_logging()
+    logs.configure(settings.server.log_format)
     faulthandler.enable()  # a crash in native code (usearch, LMDB, Pillow) leaves its stack in the log
     try:
         asyncio.run(serve(settings))
@@ -130,7 +137,8 @@ def run_health(arguments: argparse.Namespace) -> int:
 
     with channel_from(arguments) as opened:
         try:
-            reply = health_pb2_grpc.HealthStub(opened).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            request = health_pb2.HealthCheckRequest(service=arguments.service)
+            reply = health_pb2_grpc.HealthStub(opened).Check(request, timeout=2)
         except grpc.RpcError as error:
             print(f"{arguments.server}: {error.code().name}: {error.details()}", file=sys.stderr)
             return 1

@@ -19,6 +19,8 @@ class ServerSettings:
     host: str = setting("127.0.0.1", "address the gRPC service listens on")
     port: int = setting(50051, "port the gRPC service listens on")
     data_dir: Path = setting(Path("data"), "where the store (store.lmdb/) and the index snapshots (index/) live")
+    metrics_port: int = setting(9464, "Prometheus /metrics on 127.0.0.1 at this port; 0 serves none")
+    log_format: str = setting("text", "log lines as text or as one JSON object each", choices=("text", "json"))
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,12 @@ class TritonSettings:
 class IndexSettings:
     poll_s: float = setting(1.0, "how often the service looks for a new index snapshot", flag="index-poll-s")
     background_k: int = setting(5, "normalized rule: nearest background features averaged")
+    stale_records: int = setting(
+        50_000,
+        "health component 'index' is NOT_SERVING (stale: rebuild) while more records than this were enrolled or "
+        "removed since the snapshot",
+        flag="index-stale-records",
+    )
 
 
 # Policy's fields are flags too; its rule is --decision.

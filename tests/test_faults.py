@@ -91,6 +91,8 @@ def test_a_full_disk_mid_enroll_is_resource_exhausted_and_loses_nothing_acknowle
             f"{name} NOT_SERVING",
         )
     assert any(line.startswith("store: ") for line in service.stub.Stats(pb.StatsRequest(), timeout=10).not_ready)
+    liveness = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+    assert liveness == health_pb2.HealthCheckResponse.SERVING  # not ready, but alive
     assert service.stub.Check(pb.CheckRequest(image=image), timeout=30).matches  # reads still work
 
     resource.prlimit(service.process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))

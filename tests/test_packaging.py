@@ -54,7 +54,7 @@ def test_a_wheel_built_from_the_sdist_serves_and_rebuilds_outside_the_checkout(t
     data_dir, port = tmp_path / "data", free_port()
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
-        [venv / "bin/neardup", "serve", "--port", str(port), "--data-dir", data_dir],
+        [venv / "bin/neardup", "serve", "--port", str(port), "--data-dir", data_dir, "--metrics-port", "0"],
         cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

@@ -2,6 +2,7 @@
 nothing but its loopback gRPC port, and the service stays SERVING."""
 
 import os
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,11 @@ from service.proto.neardup.v1 import neardup_pb2 as pb
 from tests.conftest import children_of, health_status, image_bytes, process_name
 
 
-def bundled_triton(service) -> tuple[int, int]:
-    """The tritonserver child's pid and gRPC port."""
+def bundled_triton(service, port_flag: str = "--grpc-port=") -> tuple[int, int]:
+    """The tritonserver child's pid and gRPC (or another) port."""
     [pid] = [pid for pid in children_of(service.process.pid) if process_name(pid) == "tritonserver"]
     arguments = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-    [port] = [int(a.split("=", 1)[1]) for a in arguments if a.startswith("--grpc-port=")]
+    [port] = [int(a.split("=", 1)[1]) for a in arguments if a.startswith(port_flag)]
     return pid, port
 
 
@@ -61,9 +62,12 @@ def test_admin_protocols_are_refused(service, attack):
     assert len(service.stub.Hash(pb.HashRequest(image=image_bytes("gnome-vnc.jpg")), timeout=60).feature) == 512
 
 
-def test_it_listens_on_its_loopback_grpc_port_only(service):
+def test_it_listens_on_loopback_only_for_grpc_and_its_metrics(service):
     pid, port = bundled_triton(service)
+    _, metrics_port = bundled_triton(service, "--metrics-port=")
     sockets = listening(pid)
-    assert {found for _, found in sockets} == {port}  # no HTTP, no metrics
+    assert {found for _, found in sockets} == {port, metrics_port}  # no HTTP
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    assert "nv_inference_request_success" in scraped
     # 127.0.0.1 in /proc's byte order, as IPv4 or IPv4-mapped IPv6 (::ffff:127.0.0.1).
     assert all(address in ("0100007F", "0000000000000000FFFF00000100007F") for address, _ in sockets), sockets

@@ -6,7 +6,7 @@ import time
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.config import Settings
 from service.proto.neardup.v1 import neardup_pb2 as pb
@@ -65,6 +65,12 @@ def test_external_triton_stopped_then_back(tmp_path):
         details = assert_unavailable_within_deadline(service.stub)
         assert triton.triton.url in details
         wait_for(lambda: health_status(service.channel) == NOT_SERVING, 10, "health to go NOT_SERVING")
+        health = health_pb2_grpc.HealthStub(service.channel)
+        component = health.Check(health_pb2.HealthCheckRequest(service="triton"), timeout=5).status
+        liveness = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+        assert (component, liveness) == (NOT_SERVING, SERVING)  # not ready, but alive: no restart needed
+        [reason] = service.stub.Stats(pb.StatsRequest(), timeout=10).not_ready
+        assert reason.startswith("triton: ") and triton.triton.url in reason
 
         triton.start()
         wait_for(lambda: health_status(service.channel) == SERVING, 120, "health to come back to SERVING")

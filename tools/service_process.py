@@ -60,6 +60,9 @@ class RunningService:
             "--data-dir",
             str(data_dir),
         ]
+        if "--metrics-port" not in flags:  # several services run at once in the tests
+            self.metrics_port = free_port()
+            flags = (*flags, "--metrics-port", str(self.metrics_port))
         self.process = subprocess.Popen(
             [*command, *flags], stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
         )

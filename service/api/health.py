@@ -1,9 +1,15 @@
-"""gRPC health: readiness follows Triton (and its model) and whether the store can write.
+"""gRPC health: liveness, readiness, and a status per component, each with its reason.
 
-Each component has its own health name ("triton", "store"); the service's readiness ("" and
-neardup.v1.NearDup) is SERVING only while every component is. A store that failed to write
-(disk full) is probed with a tiny write at every poll, so it reports SERVING again as soon as
-writes work, without waiting for a caller to try.
+- "" is liveness: SERVING while the process runs and answers (restart it if not).
+- "neardup.v1.NearDup" is readiness: SERVING while Triton (and the model) answer and the store
+  can write; route traffic elsewhere if not.
+- "triton", "store", "index" are the components; "index" is NOT_SERVING while the live part
+  (records enrolled or removed since the snapshot) is past --index-stale-records: still
+  correct, searched more slowly, so a rebuild is due; it does not take readiness down.
+
+A store that failed to write (disk full) is probed at every poll with a 1 MiB write, so it
+reports SERVING again as soon as writes work, without waiting for a caller to try. The reasons
+are logged when they change and listed in Stats.not_ready.
 """
 
 import asyncio
@@ -13,6 +19,7 @@ from grpc_health.v1 import health, health_pb2
 
 from service.storage.records import StoreUnwritable
 from service.storage.store import Store
+from service.storage.vector_index import VectorIndex
 from service.triton.client import Hasher
 
 log = logging.getLogger(__name__)
@@ -20,25 +27,43 @@ log = logging.getLogger(__name__)
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+LIVENESS = ""
+READINESS_COMPONENTS = ("triton", "store")
+
+
 class Readiness:
     def __init__(
-        self, hasher: Hasher, store: Store, servicer: health.aio.HealthServicer, services: list[str], poll_s: float
+        self,
+        hasher: Hasher,
+        store: Store,
+        index: VectorIndex,
+        servicer: health.aio.HealthServicer,
+        readiness: str,
+        poll_s: float,
+        stale_records: int,
     ):
         self.hasher = hasher
         self.store = store
+        self.index = index
         self.servicer = servicer
-        self.services = services  # the names that mean "the whole service"
+        self.readiness = readiness  # the health name that means "send me traffic"
         self.poll_s = poll_s
+        self.stale_records = stale_records
         self.problems: dict[str, str] = {"triton": "not polled yet"}  # component -> why it is not ready
 
     async def run(self) -> None:
+        await self.servicer.set(LIVENESS, SERVING)
         while True:
             await self.poll()
             await asyncio.sleep(self.poll_s)
 
     async def poll(self) -> None:
         triton_ready, why = await self.hasher.ready()
-        components = {"triton": None if triton_ready else why, "store": await asyncio.to_thread(self._store_problem)}
+        components = {
+            "triton": None if triton_ready else why,
+            "store": await asyncio.to_thread(self._store_problem),
+            "index": self._index_problem(),
+        }
         for name, problem in components.items():
             if problem != self.problems.get(name):
                 if problem:
@@ -47,8 +72,18 @@ class Readiness:
                     log.info("health: %s SERVING", name)
             await self.servicer.set(name, NOT_SERVING if problem else SERVING)
         self.problems = {name: problem for name, problem in components.items() if problem}
-        for name in self.services:
-            await self.servicer.set(name, NOT_SERVING if self.problems else SERVING)
+        ready = not any(name in self.problems for name in READINESS_COMPONENTS)
+        await self.servicer.set(self.readiness, SERVING if ready else NOT_SERVING)
+
+    def _index_problem(self) -> str | None:
+        stats = self.index.stats()
+        live = stats.unindexed + stats.removed
+        if live <= self.stale_records:
+            return None
+        return (
+            f"stale: {stats.unindexed} records enrolled and {stats.removed} removed since index generation "
+            f"{stats.generation} (over --index-stale-records {self.stale_records}): run `neardup index rebuild`"
+        )
 
     def _store_problem(self) -> str | None:
         if self.store.write_failure is None:

@@ -1,6 +1,7 @@
 """The server's interceptor chain: cross-cutting concerns around every call, in order.
 
-0. Authentication (service/api/auth.py), when a token file is configured.
+0. RpcMetrics: every call counted by method and status code, and timed (service/metrics.py);
+   then Authentication (service/api/auth.py), when a token file is configured.
 1. ParseRequests: requests are parsed here rather than by gRPC, so that bytes that are not a
    valid message (a string field with invalid UTF-8, a truncated message) get INVALID_ARGUMENT
    with the reason instead of UNKNOWN; in a request stream a malformed message reaches the
@@ -16,11 +17,14 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
+
+from service import metrics
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")  # the token's name (auth on)
@@ -28,16 +32,6 @@ REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID_CHARS = 64
 
 log = logging.getLogger(__name__)
-
-
-class RequestIdLogFilter(logging.Filter):
-    """Adds `request_id` to every log record ("-" outside a call), and the caller's name after
-    it when auth is on."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        caller = CALLER.get()
-        record.request_id = f"{REQUEST_ID.get()} {caller}" if caller else REQUEST_ID.get()
-        return True
 
 
 @dataclass(frozen=True)
@@ -153,6 +147,33 @@ class RequestIds(grpc.aio.ServerInterceptor):
         return around_handler(handler, with_request_id)
 
 
+class RpcMetrics(grpc.aio.ServerInterceptor):
+    """Counts every call by method and status code, and times it (service/metrics.py)."""
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        service, _, method = details.method.strip("/").partition("/")
+
+        @contextlib.asynccontextmanager
+        async def measured(context: grpc.aio.ServicerContext):
+            started = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                yield
+                code = context.code() or grpc.StatusCode.OK
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                metrics.RPCS.labels(service, method, name).inc()
+                metrics.RPC_SECONDS.labels(service, method).observe(time.perf_counter() - started)
+
+        return around_handler(handler, measured)
+
+
 class Admission(grpc.aio.ServerInterceptor):
     def __init__(self, service: str, max_calls: int):
         self.prefix = f"/{service}/"
@@ -183,6 +204,7 @@ class Admission(grpc.aio.ServerInterceptor):
 def interceptor_chain(
     service: str, max_calls: int, authentication: grpc.aio.ServerInterceptor | None = None
 ) -> list[grpc.aio.ServerInterceptor]:
-    """Authentication (when on) first, so a caller without a valid token learns nothing more."""
-    chain = [ParseRequests(), RequestIds(), Admission(service, max_calls)]
-    return [authentication, *chain] if authentication else chain
+    """Metrics outermost (every call is counted, refused ones too), then authentication (when
+    on), so a caller without a valid token learns nothing more."""
+    first = [RpcMetrics(), authentication] if authentication else [RpcMetrics()]
+    return [*first, ParseRequests(), RequestIds(), Admission(service, max_calls)]

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from service import metrics
 from service.api.errors import KeyNotFound, RequestError, grpc_errors
 from service.api.health import Readiness
 from service.api.interceptors import Malformed
@@ -76,6 +77,8 @@ class NearDupServicer(pb_grpc.NearDupServicer):
         if not 1 <= top_k <= self.settings.limits.max_top_k:
             raise RequestError(f"top_k must be between 1 and {self.settings.limits.max_top_k}, got {top_k}")
         result = await self.checker.check(request.image, top_k, lambda: self._triton_timeout(context))
+        decision = "identical" if result.identical else "duplicate" if result.is_duplicate else "new"
+        metrics.DECISIONS.labels(decision).inc()
         return self._check_response(result)
 
     def _check_response(self, result: CheckResult) -> pb.CheckResponse:
@@ -126,6 +129,7 @@ class NearDupServicer(pb_grpc.NearDupServicer):
         window = Window(limits.enroll_window, limits.enroll_window_bytes, limits.stream_idle_s)
         outcomes = self.enroller.stream(items(), window, limits.enroll_batch, lambda: self._triton_timeout(context))
         async for outcome in outcomes:
+            metrics.ENROLLED.labels(outcome.status).inc()
             yield pb.EnrollResult(
                 key=outcome.key, status=pb.EnrollResult.Status.Value(outcome.status), id=outcome.id, error=outcome.error
             )

@@ -152,6 +152,7 @@ class SnapshotLoader:
         self.index_dir = index_dir
         self._lock = threading.Lock()  # one load at a time
         self.loaded: bytes | None = None  # the manifest in use, as read
+        self.manifest: Manifest | None = None  # and parsed
         self.refused: bytes | None = None  # the last manifest that failed: not retried unless forced
 
     def load_if_new(self, force: bool = False) -> bool:
@@ -173,7 +174,7 @@ class SnapshotLoader:
                 self.refused = raw
                 raise
             self.index.swap(snapshot, manifest.generation, manifest.snapshot_seq)
-            self.loaded = raw
+            self.loaded, self.manifest = raw, manifest
             pruned = self.index.store.prune_changes(manifest.snapshot_seq)
             log.info(
                 "index generation %d in use: %d vectors, snapshot at change %d, %d enrolled and %d removed since; "

@@ -83,6 +83,15 @@ class Store:
         with self.read() as view:
             return view.model()
 
+    def count(self) -> int:
+        with self.read() as view:
+            return view.count()
+
+    def map_use(self) -> float:
+        """The share of the LMDB map in use; _write grows the map when it is full."""
+        info, stat = self.env.info(), self.env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"] / info["map_size"]
+
     def pruned_to(self) -> int:
         """The last change seq dropped from the log: an index snapshot older than it cannot catch up."""
         with self.env.begin() as txn:

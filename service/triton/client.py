@@ -1,6 +1,7 @@
 """The Triton client: canvases to (feature, threshold) descriptors, and Triton's errors classified."""
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -8,6 +9,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
+from service import metrics
 from service.overload import DeadlinePassed, Overloaded
 from service.triton import contract
 
@@ -86,6 +88,7 @@ class Hasher:
                     )
                 await self._room.wait_for(lambda: self.queued + work <= self.max_queued)
             self.queued += work
+            metrics.TRITON_QUEUED.set(self.queued)
         try:
             size = contract.MAX_BATCH
             chunks = range(0, len(canvases), size)
@@ -95,6 +98,7 @@ class Hasher:
         finally:
             async with self._room:
                 self.queued -= work
+                metrics.TRITON_QUEUED.set(self.queued)
                 self._room.notify_all()
         return [descriptor for part in parts for descriptor in part]
 
@@ -103,6 +107,8 @@ class Hasher:
         image.set_data_from_numpy(canvases)
         view_counts = triton.InferInput(contract.VIEWS, [len(views), 1], "INT32")
         view_counts.set_data_from_numpy(np.array(views, dtype=np.int32).reshape(-1, 1))
+        metrics.TRITON_BATCH.observe(len(canvases))
+        started = time.perf_counter()
         try:
             result = await self.client.infer(
                 self.model,
@@ -115,7 +121,10 @@ class Hasher:
                 headers=self.headers,
             )
         except InferenceServerException as error:
-            raise self._classify(error) from None
+            classified = self._classify(error)
+            metrics.TRITON_ERRORS.labels(type(classified).__name__.removeprefix("Triton").lower()).inc()
+            raise classified from None
+        metrics.TRITON_SECONDS.observe(time.perf_counter() - started)
         features = result.as_numpy(contract.FEATURE)
         thresholds = result.as_numpy(contract.THRESHOLD).reshape(-1)
         return [Descriptor(f, float(t)) for f, t in zip(features, thresholds, strict=True)]

@@ -15,6 +15,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from service import metrics
+
 log = logging.getLogger(__name__)
 
 # An installed wheel carries the repository inside the package (setup.py copies it there); a
@@ -67,6 +69,7 @@ class BundledTriton:
         self.repository = repository
         self.restart_delay_s = restart_delay_s
         self.grpc_port = free_port()
+        self.metrics_port = free_port()  # Triton's own Prometheus metrics, on loopback
         self.workdir = Path(tempfile.mkdtemp(prefix="neardup-triton-"))
         # Sent by nobody: the admin protocols it guards are closed to every client, ours included.
         self.admin_secret = secrets.token_urlsafe(24)
@@ -105,7 +108,7 @@ class BundledTriton:
         return served
 
     def command(self) -> list[str]:
-        """Locked down: gRPC on loopback only, no HTTP, no model loading or unloading, and the
+        """Locked down: gRPC and metrics on loopback only, no HTTP, no model loading or unloading, and the
         admin protocols (shared memory, repository, configuration, statistics, trace, logging)
         refused to any client without a header that only this object knows."""
         return [
@@ -117,7 +120,9 @@ class BundledTriton:
             f"--grpc-port={self.grpc_port}",
             f"--grpc-restricted-protocol={ADMIN_PROTOCOLS}:{ADMIN_HEADER}={self.admin_secret}",
             "--allow-http=false",
-            "--allow-metrics=false",
+            "--allow-metrics=true",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
             "--log-info=false",
         ]
 
@@ -144,7 +149,12 @@ class BundledTriton:
 
     def start(self) -> None:
         """Starts the server and restarts it whenever it dies, until stop(); needs a running event loop."""
-        log.info("starting bundled tritonserver on %s (models: %s)", self.url, ", ".join(self.models))
+        log.info(
+            "starting bundled tritonserver on %s (models: %s; its metrics on http://127.0.0.1:%d/metrics)",
+            self.url,
+            ", ".join(self.models),
+            self.metrics_port,
+        )
         self.process = self.spawn()
         if self._watch is None:
             self._watch = asyncio.get_running_loop().create_task(self._restart_when_dead())
@@ -160,6 +170,7 @@ class BundledTriton:
                 )
                 await asyncio.sleep(self.restart_delay_s)
                 if not self._stopping:
+                    metrics.TRITON_RESTARTS.inc()
                     self.start()
 
     async def stop(self, timeout_s: float = 15.0) -> None:

@@ -1,0 +1,92 @@
+"""Prometheus metrics: what an operator watches, in one registry served on --metrics-port.
+
+Counters and histograms are updated where things happen (the RPC interceptor, the Triton
+client, the servicer, the bundled Triton); the state of the index and the store is read when
+Prometheus scrapes (StateCollector), so it is never stale. Label sets are bounded: method and
+status code names, decisions, enrolment statuses, Triton error kinds.
+"""
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REGISTRY = CollectorRegistry()
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+RPCS = Counter(
+    "neardup_rpc_requests",
+    "RPCs answered, by service, method and status code",
+    ["service", "method", "code"],
+    registry=REGISTRY,
+)
+RPC_SECONDS = Histogram(
+    "neardup_rpc_duration_seconds",
+    "RPC duration, by service and method",
+    ["service", "method"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+TRITON_SECONDS = Histogram(
+    "neardup_triton_request_duration_seconds", "one inference request to Triton", buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)  # fmt: skip
+TRITON_BATCH = Histogram(
+    "neardup_triton_batch_images", "images per inference request", buckets=(1, 2, 4, 8, 16), registry=REGISTRY
+)
+TRITON_ERRORS = Counter("neardup_triton_errors", "failed inference requests, by kind", ["kind"], registry=REGISTRY)
+TRITON_QUEUED = Gauge("neardup_triton_queued_views", "views queued for or in Triton", registry=REGISTRY)
+TRITON_RESTARTS = Counter("neardup_triton_restarts", "bundled tritonserver restarts after it died", registry=REGISTRY)
+DECISIONS = Counter("neardup_decisions", "Check answers: duplicate, new or identical", ["decision"], registry=REGISTRY)
+ENROLLED = Counter("neardup_enroll_results", "Enroll items answered, by status", ["status"], registry=REGISTRY)
+
+
+class StateCollector(Collector):
+    """Gauges read at scrape time: name -> (help, a function returning the value)."""
+
+    def __init__(self, gauges: dict[str, tuple[str, Callable[[], float]]]):
+        self.gauges = gauges
+
+    def collect(self):
+        for name, (meaning, read) in self.gauges.items():
+            yield GaugeMetricFamily(name, meaning, value=read())
+
+
+def watch_state(index, store, loader) -> None:
+    """Registers the index and store gauges (once per process)."""
+
+    def age() -> float:
+        return time.time() - loader.manifest.created_at if loader.manifest else float("nan")
+
+    REGISTRY.register(
+        StateCollector(
+            {
+                "neardup_index_generation": ("index snapshot in use (0: none)", lambda: index.stats().generation),
+                "neardup_index_snapshot_records": ("records in the snapshot", lambda: index.stats().snapshot_size),
+                "neardup_index_live_added_records": (
+                    "records enrolled since the snapshot (searched exhaustively)",
+                    lambda: index.stats().unindexed,
+                ),
+                "neardup_index_live_removed_records": (
+                    "snapshot records deleted or replaced since it",
+                    lambda: index.stats().removed,
+                ),
+                "neardup_index_snapshot_age_seconds": ("seconds since the snapshot in use was built", age),
+                "neardup_store_records": ("records in the store", store.count),
+                "neardup_store_bytes": ("bytes of the store's files", store.bytes_on_disk),
+                "neardup_store_map_used_ratio": ("share of the LMDB map in use (it grows when full)", store.map_use),
+                "neardup_store_writable": (
+                    "1 while the store can write, 0 after a failed write",
+                    lambda: float(store.write_failure is None),
+                ),
+            }
+        )
+    )
+
+
+def serve_metrics(port: int) -> None:
+    """The /metrics endpoint on 127.0.0.1:port (a thread); 0 serves nothing."""
+    if port:
+        start_http_server(port, addr="127.0.0.1", registry=REGISTRY)

@@ -1,0 +1,106 @@
+"""What an operator sees: Prometheus metrics with the right counts, health per component with its
+reason (liveness apart from readiness), JSON logs with the request id."""
+
+import json
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from tests.conftest import mosaic, reencoded, wait_for
+
+FAST = ("--enroll-views", "1", "--check-views", "1")
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """(sample name, sorted labels) -> value, parsed with Prometheus' own text parser."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def health(service, name: str) -> int:
+    stub = health_pb2_grpc.HealthStub(service.channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory):
+    from tools.service_process import RunningService
+
+    folder = tmp_path_factory.mktemp("observed")
+    running = RunningService(folder / "data", *FAST, "--index-stale-records", "4", "--log-format", "json")
+    try:
+        yield running.wait_serving()
+    finally:
+        running.stop()
+
+
+def test_metrics_count_what_happened(observed):
+    images = {f"obs/{i}": mosaic(800 + i) for i in range(6)}
+    requests = [pb.EnrollRequest(key=k, image=v) for k, v in images.items()]
+    requests.append(pb.EnrollRequest(key="obs/bad", image=b"not an image"))
+    results = list(observed.stub.Enroll(iter(requests), timeout=60))
+    checks = [observed.stub.Check(pb.CheckRequest(image=reencoded(v)), timeout=30) for v in images.values()]
+    identical = observed.stub.Check(pb.CheckRequest(image=images["obs/0"]), timeout=30)
+    new = observed.stub.Check(pb.CheckRequest(image=mosaic(900)), timeout=30)
+    with pytest.raises(grpc.RpcError):
+        observed.stub.Delete(pb.DeleteRequest(key="obs/absent"), timeout=10)
+    assert identical.identical and not new.is_duplicate and sum(c.is_duplicate for c in checks) >= 5
+
+    scraped = scrape(observed.metrics_port)
+
+    def value(name: str, **labels) -> float:
+        return scraped.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    ours = "neardup.v1.NearDup"
+    assert value("neardup_rpc_requests_total", service=ours, method="Check", code="OK") == 8
+    assert value("neardup_rpc_requests_total", service=ours, method="Enroll", code="OK") == 1
+    assert value("neardup_rpc_requests_total", service=ours, method="Delete", code="NOT_FOUND") == 1
+    assert value("neardup_rpc_duration_seconds_count", service=ours, method="Check") == 8
+    assert value("neardup_rpc_requests_total", service="grpc.health.v1.Health", method="Check", code="OK") >= 1
+    duplicates = sum(c.is_duplicate and not c.identical for c in checks)
+    assert value("neardup_decisions_total", decision="duplicate") == duplicates
+    assert value("neardup_decisions_total", decision="identical") == 1 + sum(c.identical for c in checks)
+    assert value("neardup_decisions_total", decision="new") == 1 + sum(not c.is_duplicate for c in checks)
+    assert value("neardup_enroll_results_total", status="ENROLLED") == 6
+    assert value("neardup_enroll_results_total", status="INVALID") == 1
+    assert sum(r.status == pb.EnrollResult.ENROLLED for r in results) == 6
+    # Triton: the 6 good enrolments (in as many batches as the stream's timing made) and the 7
+    # Checks that were not byte-identical, one image each.
+    triton_requests = value("neardup_triton_request_duration_seconds_count")
+    assert triton_requests == value("neardup_triton_batch_images_count") and 1 + 7 <= triton_requests <= 6 + 7
+    assert value("neardup_triton_batch_images_sum") == 6 + 7
+    assert value("neardup_store_records") == 6 and value("neardup_store_writable") == 1
+    assert value("neardup_index_generation") == 0 and value("neardup_index_live_added_records") == 6
+    assert 0 < value("neardup_store_map_used_ratio") < 1 and value("neardup_store_bytes") > 0
+
+
+def test_health_per_component_with_its_reason(observed):
+    # More than --index-stale-records (4) enrolled since the (absent) snapshot: the index is stale.
+    list(observed.stub.Enroll(iter(pb.EnrollRequest(key=f"stale/{i}", image=mosaic(950 + i)) for i in range(5))))
+    wait_for(lambda: health(observed, "index") == NOT_SERVING, 10, "the index component to be stale")
+    assert health(observed, "") == SERVING  # liveness
+    assert health(observed, "neardup.v1.NearDup") == SERVING  # a stale index still answers right
+    assert health(observed, "triton") == SERVING and health(observed, "store") == SERVING
+    [reason] = observed.stub.Stats(pb.StatsRequest(), timeout=10).not_ready
+    assert reason.startswith("index: stale:") and "neardup index rebuild" in reason
+
+
+def test_logs_are_json_lines_with_the_request_id(observed):
+    with pytest.raises(grpc.RpcError):
+        observed.stub.Delete(pb.DeleteRequest(key="json/absent"), metadata=[("x-request-id", "req-json-1")], timeout=10)
+
+    def logged():
+        lines = [json.loads(line) for line in observed.output().splitlines() if line.startswith("{")]
+        return next((line for line in lines if line.get("request_id") == "req-json-1"), None)
+
+    line = wait_for(logged, 10, "the call's JSON log line")
+    assert line["level"] == "INFO" and "NOT_FOUND" in line["message"] and line["time"].endswith("Z")
