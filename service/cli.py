@@ -7,6 +7,7 @@ neardup stats                             the service's Stats, as JSON
 neardup health                            exit 0 if the service reports SERVING (container probes)
 neardup index rebuild --data-dir DIR      build a new index snapshot from the store
 neardup index reload                      make the service load the newest snapshot now
+neardup backup DEST --data-dir DIR        a consistent, compacted copy of the data (safe while serving)
 neardup token new NAME --roles ROLES       a fresh auth token and its entry for the token file
 
 Commands that call the service take --server, --token, --tls-ca, --client-cert, --client-key.
@@ -65,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU priority decrement (see nice(1)): the service keeps the CPU it needs meanwhile; 0 for full speed",
     )
     add_client_arguments(index.add_parser("reload", help="make the running service load the newest snapshot now"))
+
+    backup = commands.add_parser(
+        "backup", help="a consistent, compacted copy of the data directory (safe while serving)"
+    )
+    backup.add_argument("dest", type=Path, help="a new folder; restore by serving with --data-dir DEST")
+    backup.add_argument("--data-dir", type=Path, default=Path("data"), help="the service's --data-dir")
 
     token = commands.add_parser("token", help="auth tokens").add_subparsers(dest="token_command", required=True)
     new = token.add_parser("new", help="print a fresh token and its entry for the --auth-tokens file")
@@ -171,6 +178,24 @@ def run_index(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def run_backup(arguments: argparse.Namespace) -> int:
+    from service.storage.backup import BackupError, backup
+    from service.storage.store import StoreError
+
+    try:
+        copied = backup(arguments.data_dir, arguments.dest)
+    except (BackupError, StoreError) as error:
+        print(f"neardup backup: {error}", file=sys.stderr)
+        return 1
+    index = (
+        f"index generation {copied.index_generation}"
+        if copied.index_generation
+        else "no index (rebuild after restoring)"
+    )
+    print(f"{arguments.dest}: {copied.records} records, {index}, {copied.bytes / 1e6:.1f} MB")
+    return 0
+
+
 def run_token(arguments: argparse.Namespace) -> int:
     from service.api.auth import TokenFileError, new_token
 
@@ -192,13 +217,24 @@ COMMANDS = {
     "stats": run_stats,
     "health": run_health,
     "index": run_index,
+    "backup": run_backup,
     "token": run_token,
 }
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Runs a command; a service that cannot be reached or a path that cannot be read is one line."""
+    import grpc
+
     arguments = build_parser().parse_args(argv)
-    sys.exit(COMMANDS[arguments.command](arguments))
+    try:
+        sys.exit(COMMANDS[arguments.command](arguments))
+    except grpc.RpcError as error:
+        where = getattr(arguments, "server", "the service")
+        print(f"neardup {arguments.command}: {where}: {error.code().name}: {error.details()}", file=sys.stderr)
+    except OSError as error:
+        print(f"neardup {arguments.command}: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,18 @@ def check(
             answer = MessageToDict(reply, always_print_fields_with_no_presence=True)
             yield json.dumps({"image": str(path), **answer}), True
             continue
-        verdict = "DUPLICATE of" if reply.is_duplicate else "new; nearest"
-        nearest = reply.matches[0] if reply.matches else None
-        described = f"{nearest.key} (distance {nearest.distance:.3f}, threshold {nearest.threshold:.3f})"
-        yield (f"{path}: {verdict} {described}" if nearest else f"{path}: new (nothing enrolled)"), True
+        yield f"{path}: {verdict(reply)}", True
+
+
+def verdict(reply: pb.CheckResponse) -> str:
+    """The decision in words, with the score and the rule that made it."""
+    if not reply.matches:
+        return "new (nothing enrolled)"
+    nearest = reply.matches[0]
+    if reply.identical:
+        return f"IDENTICAL to {nearest.key} (the same bytes)"
+    similarity = 1 - nearest.distance**2 / 2  # cosine, from the Euclidean distance of unit vectors
+    why = f"score {reply.score:.3f} by the {reply.decision_rule} rule; similarity {similarity:.3f}"
+    if reply.low_information:
+        why += "; near-blank, never a duplicate"
+    return f"DUPLICATE of {nearest.key} ({why})" if reply.is_duplicate else f"new; nearest {nearest.key} ({why})"

@@ -4,13 +4,15 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
-from tests.conftest import IMAGES, reencoded
+from tests.conftest import IMAGES, mosaic, reencoded, wait_for
 
 ROOT = Path(__file__).parent.parent
 FAST = ("--enroll-views", "1", "--check-views", "1")
@@ -44,7 +46,8 @@ def test_enroll_a_folder_then_check_images(service, tmp_path):
     checked = run("-m", "service.cli", "check", str(copy), str(IMAGES / "gnome-truchet.jpg"), "--server", server)
     assert checked.returncode == 0
     first, second = checked.stdout.splitlines()
-    assert first.startswith(f"{copy}: DUPLICATE of {folder / 'gnome-wood.jpg'} (distance ")
+    assert first.startswith(f"{copy}: DUPLICATE of {folder / 'gnome-wood.jpg'} (score 0.")
+    assert "by the margin rule; similarity 0.9" in first
     assert second.startswith(f"{IMAGES / 'gnome-truchet.jpg'}: new; nearest")
 
     as_json = run("-m", "service.cli", "check", str(folder / "gnome-adwaita.jpg"), "--json", "--server", server)
@@ -113,3 +116,52 @@ def test_stats_health_and_the_index_commands(service, tmp_path):
     assert (stats["indexGeneration"], stats["indexSize"], stats["unindexedRecords"]) == ("1", "2", "0")
     refused = run("-m", "service.cli", "index", "rebuild", "--data-dir", str(data_dir), "--keep", "0")
     assert refused.returncode == 2 and "must be at least 1" in refused.stderr
+
+
+def test_a_new_users_mistakes_are_one_line_each(tmp_path, start_service):
+    service = start_service(*FAST)
+    server = f"127.0.0.1:{service.port}"
+    empty = run("-m", "service.cli", "check", str(IMAGES / "gnome-wood.jpg"), "--server", server)
+    assert (empty.returncode, empty.stdout.strip()) == (0, f"{IMAGES / 'gnome-wood.jpg'}: new (nothing enrolled)")
+    one = run("-m", "service.cli", "enroll", str(IMAGES / "gnome-wood.jpg"), "--server", server)
+    assert one.returncode == 0 and "1 enrolled" in one.stdout
+    missing = run("-m", "service.cli", "enroll", str(tmp_path / "nowhere"), "--server", server)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip() == f"neardup enroll: {tmp_path / 'nowhere'}: No such file or directory"
+    service.stop()
+    for command in (["enroll", str(IMAGES)], ["stats"], ["index", "reload"]):
+        stopped = run("-m", "service.cli", *command, "--server", server)
+        assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr
+        [said] = [line for line in stopped.stderr.splitlines() if line and not line.startswith("enrolling:")]
+        assert said.startswith(f"neardup {command[0]}: {server}: UNAVAILABLE: "), said
+
+
+def test_backup_while_an_enroll_stream_runs(tmp_path, start_service):
+    data_dir = tmp_path / "data"
+    service = start_service(*FAST, data_dir=data_dir)
+    before = {f"b/{i}": mosaic(1200 + i) for i in range(20)}
+    list(service.stub.Enroll(iter(pb.EnrollRequest(key=k, image=v) for k, v in before.items()), timeout=120))
+    assert run("-m", "service.cli", "index", "rebuild", "--data-dir", str(data_dir), "--quiet").returncode == 0
+    wait_for(lambda: service.stub.Stats(pb.StatsRequest(), timeout=5).index_generation == 1, 20, "generation 1")
+
+    def more():
+        for i in range(60):
+            time.sleep(0.02)
+            yield pb.EnrollRequest(key=f"during/{i}", image=mosaic(1300 + i))
+
+    streaming = threading.Thread(target=lambda: list(service.stub.Enroll(more(), timeout=120)))
+    streaming.start()
+    time.sleep(0.3)
+    copied = run("-m", "service.cli", "backup", str(tmp_path / "copy"), "--data-dir", str(data_dir))
+    streaming.join(120)
+    assert copied.returncode == 0, copied.stderr
+    assert "index generation 1" in copied.stdout
+    service.stop()
+
+    restored = start_service(*FAST, data_dir=tmp_path / "copy")
+    stats = restored.stub.Stats(pb.StatsRequest(), timeout=10)
+    assert stats.index_generation == 1 and stats.records >= len(before)
+    for key, image in list(before.items())[::5]:
+        assert restored.stub.Check(pb.CheckRequest(image=reencoded(image)), timeout=30).matches[0].key == key
+    again = run("-m", "service.cli", "backup", str(tmp_path / "copy"), "--data-dir", str(data_dir))
+    assert again.returncode == 1 and "is not empty" in again.stderr
