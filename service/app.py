@@ -159,16 +159,14 @@ def grpc_server(settings: Settings, security: Security) -> tuple[grpc.aio.Server
     return server, address
 
 
-def serve_metrics(port: int, storage: Storage) -> None:
+def serve_metrics(host: str, port: int, storage: Storage) -> None:
     metrics.watch_state(storage.index, storage.store, storage.loader)
     try:
-        metrics.serve_metrics(port)
+        metrics.serve_metrics(host, port)
     except OSError as error:
-        raise StartupError(
-            f"cannot serve metrics on 127.0.0.1:{port}: {error.strerror} (--metrics-port 0: none)"
-        ) from None
+        raise StartupError(f"cannot serve metrics on {host}:{port}: {error.strerror} (port 0 serves none)") from None
     if port:
-        log.info("metrics on http://127.0.0.1:%d/metrics", port)
+        log.info("metrics on http://%s:%d/metrics", host, port)
 
 
 def add_services(server: grpc.aio.Server, servicer: NearDupServicer, health_servicer: health.aio.HealthServicer):
@@ -191,7 +189,7 @@ async def serve(settings: Settings) -> None:
     storage = open_storage(settings)
     try:
         server, address = grpc_server(settings, security)
-        serve_metrics(settings.server.metrics_port, storage)
+        serve_metrics(settings.server.metrics_host, settings.server.metrics_port, storage)
     except StartupError:
         storage.close()
         raise

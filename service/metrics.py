@@ -41,6 +41,13 @@ TRITON_QUEUED = Gauge("neardup_triton_queued_views", "views queued for or in Tri
 TRITON_RESTARTS = Counter("neardup_triton_restarts", "bundled tritonserver restarts after it died", registry=REGISTRY)
 DECISIONS = Counter("neardup_decisions", "Check answers: duplicate, new or identical", ["decision"], registry=REGISTRY)
 ENROLLED = Counter("neardup_enroll_results", "Enroll items answered, by status", ["status"], registry=REGISTRY)
+# Every series of a bounded label set exists from the start (at 0), so rates and alerts see it.
+for kind in ("unavailable", "timeout", "rejected"):
+    TRITON_ERRORS.labels(kind)
+for decision in ("duplicate", "new", "identical"):
+    DECISIONS.labels(decision)
+for status in ("ENROLLED", "UPDATED", "UNCHANGED", "INVALID"):
+    ENROLLED.labels(status)
 
 
 class StateCollector(Collector):
@@ -86,7 +93,7 @@ def watch_state(index, store, loader) -> None:
     )
 
 
-def serve_metrics(port: int) -> None:
-    """The /metrics endpoint on 127.0.0.1:port (a thread); 0 serves nothing."""
+def serve_metrics(host: str, port: int) -> None:
+    """The /metrics endpoint on host:port (a thread); port 0 serves nothing."""
     if port:
-        start_http_server(port, addr="127.0.0.1", registry=REGISTRY)
+        start_http_server(port, addr=host, registry=REGISTRY)

@@ -1,8 +1,11 @@
 """docker-compose.yml and model_repository/, read and validated (no Docker engine runs here)."""
 
+import importlib.util
 import json
 import re
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +93,35 @@ def test_the_front_images_own_command_is_one_the_cli_accepts():
     assert "pip install --no-cache-dir ." in dockerfile  # the wheel, which carries model_repository/
 
 
+# The CUDA major of each NGC Triton release (its release notes) and of each onnxruntime-gpu
+# release on PyPI (its install docs); extend both when the Dockerfile moves.
+NGC_CUDA_MAJOR = {"24.08": 12, "24.12": 12, "25.01": 12, "25.02": 12}
+ORT_GPU_CUDA_MAJOR = {"1.20.1": 12, "1.21.0": 12, "1.21.1": 12, "1.22.0": 12}
+
+
+def test_the_triton_image_pins_an_onnx_runtime_built_for_its_cuda():
+    dockerfile = (ROOT / "docker" / "triton.Dockerfile").read_text()
+    tag = re.search(r"^FROM nvcr.io/nvidia/tritonserver:(\d+\.\d+)-py3$", dockerfile, re.M).group(1)
+    pinned = re.search(r'"onnxruntime-gpu(?:\[[^\]]*\])?==([\d.]+)"', dockerfile)
+    assert pinned, "onnxruntime-gpu must be pinned with == to a build for the image's CUDA"
+    assert NGC_CUDA_MAJOR[tag] == ORT_GPU_CUDA_MAJOR[pinned.group(1)]
+
+
+def test_a_gpu_instance_without_a_gpu_provider_refuses_to_load():
+    """The model code's choice, with the provider list simulated (a lent GPU machine runs it for real)."""
+    sys.modules.setdefault("triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    spec = importlib.util.spec_from_file_location("sscd_model", ROOT / "model_repository" / "sscd" / "1" / "model.py")
+    code = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(code)
+    with pytest.raises(RuntimeError, match="offers only CPUExecutionProvider"):
+        code.execution_providers("GPU", 0, ["CPUExecutionProvider"])
+    gpu = code.execution_providers("GPU", 1, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert gpu == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert code.execution_providers("CPU", 0, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CPUExecutionProvider"
+    ]
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_each_model_variant_has_a_batched_config_for_cpu_and_gpu(model):
     config = (ROOT / "model_repository" / model / "config.pbtxt").read_text()
@@ -116,3 +148,23 @@ def test_the_distilled_variant_is_served_when_configured(tmp_path, stub):
     assert not np.allclose(student, teacher)
     # A student trained to reproduce SSCD lands near its teacher's embedding.
     assert float(student @ teacher) > 0.5
+
+
+def test_compose_prometheus_scrapes_both_and_grafana_is_provisioned():
+    services = COMPOSE["services"]
+    neardup = cli.build_parser().parse_args(services["neardup"]["command"][1:])
+    scrape = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in scrape["scrape_configs"]}
+    assert targets["neardup"] == [f"neardup:{neardup.metrics_port}"] and neardup.metrics_host == "0.0.0.0"
+    assert str(neardup.metrics_port) in services["neardup"]["expose"]  # the compose network, not the host
+    metrics_flag = next(a for a in services["triton"]["command"] if a.startswith("--metrics-port="))
+    assert targets["triton"] == [f"triton:{metrics_flag.split('=')[1]}"]
+    for name in ("prometheus", "grafana"):
+        assert all(port.startswith("127.0.0.1:") for port in services[name]["ports"])
+    mounts = dict(volume.split(":")[:2] for volume in services["grafana"]["volumes"])
+    provider = yaml.safe_load((ROOT / "docker/grafana/provisioning/dashboards/neardup.yml").read_text())
+    assert mounts["./docker/grafana/dashboards"] == provider["providers"][0]["options"]["path"]
+    datasource = yaml.safe_load((ROOT / "docker/grafana/provisioning/datasources/prometheus.yml").read_text())
+    dashboard = json.loads((ROOT / "docker/grafana/dashboards/neardup.json").read_text())
+    uid = datasource["datasources"][0]["uid"]
+    assert all(panel["datasource"]["uid"] == uid for panel in dashboard["panels"]) and len(dashboard["panels"]) >= 10

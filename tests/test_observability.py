@@ -2,7 +2,9 @@
 reason (liveness apart from readiness), JSON logs with the request id."""
 
 import json
+import re
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -12,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from tests.conftest import mosaic, reencoded, wait_for
 
+ROOT = Path(__file__).parent.parent
 FAST = ("--enroll-views", "1", "--check-views", "1")
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -81,6 +84,14 @@ def test_metrics_count_what_happened(observed):
     assert value("neardup_store_records") == 6 and value("neardup_store_writable") == 1
     assert value("neardup_index_generation") == 0 and value("neardup_index_live_added_records") == 6
     assert 0 < value("neardup_store_map_used_ratio") < 1 and value("neardup_store_bytes") > 0
+
+    # Every series the Grafana dashboard draws is one the service exports.
+    exported = {name for name, _ in scraped}
+    dashboard = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "neardup.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for name in re.findall(r"neardup_[a-z_]+", target["expr"]):
+                assert name in exported, f"{panel['title']}: {name}"
 
 
 def test_health_per_component_with_its_reason(observed):

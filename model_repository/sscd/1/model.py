@@ -57,20 +57,35 @@ def make_views(canvas: np.ndarray, views: int) -> np.ndarray:
     return np.stack(crops)
 
 
+def execution_providers(instance_kind: str, device_id: int, available: list[str]) -> list:
+    """ONNX Runtime providers for a Triton model instance. An instance Triton placed on a GPU
+    must run on it: without the CUDA provider (onnxruntime-gpu missing, or built for another
+    CUDA) this raises, the model fails to load and is not ready, instead of running on the CPU
+    while health stays green."""
+    if instance_kind == "GPU":
+        if "CUDAExecutionProvider" not in available:
+            raise RuntimeError(
+                f"instance placed on GPU {device_id}, but ONNX Runtime offers only {', '.join(available)}: install "
+                "the onnxruntime-gpu build for this image's CUDA (docker/triton.Dockerfile)"
+            )
+        return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         onnx_name = config["parameters"]["onnx_model"]["string_value"]
-        providers: list = ["CPUExecutionProvider"]
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* wheels, where installed
-                ort.preload_dlls()
-            device = int(args["model_instance_device_id"]) if args["model_instance_kind"] == "GPU" else 0
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device}))
+        kind, device = args["model_instance_kind"], int(args["model_instance_device_id"])
+        providers = execution_providers(kind, device, ort.get_available_providers())
+        if kind == "GPU" and hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* wheels
+            ort.preload_dlls()
         options = ort.SessionOptions()
         # Idle threads sleep instead of spinning: the front service needs those cores meanwhile.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(MODELS[onnx_name]), options, providers=providers)
+        if kind == "GPU" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            raise RuntimeError(f"the CUDA provider did not start on GPU {device} ({self.session.get_providers()})")
         self.input_name = self.session.get_inputs()[0].name
         pb_utils.Logger.log_info(f"{args['model_name']}: {onnx_name} on {self.session.get_providers()[0]}")
 
