@@ -12,22 +12,19 @@ import logging
 import signal
 from dataclasses import dataclass
 
-import grpc
 import lmdb
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health
 
 from service import metrics
 from service.api.health import Readiness
-from service.api.interceptors import interceptor_chain
 from service.api.security import Security, SecurityError
+from service.api.server import PortInUse, add_services, grpc_server
 from service.api.servicer import SERVICE_NAME, NearDupServicer
 from service.config import Settings
 from service.core.checking import Checker
 from service.core.enrollment import Enroller, ItemLimits
 from service.media.imaging import DecodeBudget, Limits
 from service.media.preprocess import Preprocessor
-from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
 from service.storage import snapshots
 from service.storage.background import Background
 from service.storage.ownership import DataDirInUse, DataDirLock
@@ -41,8 +38,6 @@ from service.triton.process import BundledTriton
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 10
-KEEPALIVE_TIMEOUT_MS = 20_000  # a peer that does not answer a ping this fast is gone
-MIN_CLIENT_PING_INTERVAL_MS = 10_000  # clients may ping this often without being told off
 DECODE_WAIT_S = 1.0  # a decode waits this long for room in the decode budget, then RESOURCE_EXHAUSTED
 
 
@@ -133,32 +128,6 @@ def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readine
     return NearDupServicer(settings, checker, enroller, storage.store, storage.index, storage.loader, readiness)
 
 
-def grpc_server(settings: Settings, security: Security) -> tuple[grpc.aio.Server, str]:
-    """The server, already bound to its port (so a port in use fails before anything starts)."""
-    limits = settings.limits
-    server = grpc.aio.server(
-        interceptors=interceptor_chain(SERVICE_NAME, limits.max_concurrent_calls, security.interceptor()),
-        options=[
-            ("grpc.max_receive_message_length", limits.max_request_bytes),
-            ("grpc.max_send_message_length", limits.max_request_bytes),
-            ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server sharing it
-            ("grpc.max_connection_idle_ms", int(limits.connection_idle_s * 1000)),
-            ("grpc.keepalive_time_ms", int(limits.keepalive_s * 1000)),
-            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-            ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ],
-    )
-    address = f"{settings.server.host}:{settings.server.port}"
-    try:
-        bound = security.add_port(server, address)
-    except RuntimeError:  # grpcio raises where older versions returned 0
-        bound = 0
-    if bound == 0:
-        raise StartupError(f"cannot listen on {address}: is the port in use?")
-    return server, address
-
-
 def serve_metrics(host: str, port: int, storage: Storage) -> None:
     metrics.watch_state(storage.index, storage.store, storage.loader)
     try:
@@ -167,14 +136,6 @@ def serve_metrics(host: str, port: int, storage: Storage) -> None:
         raise StartupError(f"cannot serve metrics on {host}:{port}: {error.strerror} (port 0 serves none)") from None
     if port:
         log.info("metrics on http://%s:%d/metrics", host, port)
-
-
-def add_services(server: grpc.aio.Server, servicer: NearDupServicer, health_servicer: health.aio.HealthServicer):
-    pb_grpc.add_NearDupServicer_to_server(servicer, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
-    )
 
 
 async def serve(settings: Settings) -> None:
@@ -190,9 +151,9 @@ async def serve(settings: Settings) -> None:
     try:
         server, address = grpc_server(settings, security)
         serve_metrics(settings.server.metrics_host, settings.server.metrics_port, storage)
-    except StartupError:
+    except (PortInUse, StartupError) as error:
         storage.close()
-        raise
+        raise StartupError(str(error)) from None
     bundled = None
     triton = settings.triton
     triton_url = triton.url

@@ -9,7 +9,7 @@ status code names, decisions, enrolment statuses, Triton error kinds.
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -38,6 +38,7 @@ TRITON_BATCH = Histogram(
 )
 TRITON_ERRORS = Counter("neardup_triton_errors", "failed inference requests, by kind", ["kind"], registry=REGISTRY)
 TRITON_QUEUED = Gauge("neardup_triton_queued_views", "views queued for or in Triton", registry=REGISTRY)
+RUNTIME = Info("neardup_model_runtime", "what makes the features: runtime, provider, precision", registry=REGISTRY)
 TRITON_RESTARTS = Counter("neardup_triton_restarts", "bundled tritonserver restarts after it died", registry=REGISTRY)
 DECISIONS = Counter("neardup_decisions", "Check answers: duplicate, new or identical", ["decision"], registry=REGISTRY)
 ENROLLED = Counter("neardup_enroll_results", "Enroll items answered, by status", ["status"], registry=REGISTRY)

@@ -41,6 +41,7 @@ def test_the_config_declares_the_contracts_tensors_and_batch(model):
     assert tensors(config, "output") == {
         contract.FEATURE: ("TYPE_FP32", [contract.DIMENSIONS]),
         contract.THRESHOLD: ("TYPE_FP32", [1]),
+        contract.RUNTIME: ("TYPE_STRING", [1]),
     }
 
 
@@ -51,6 +52,6 @@ def test_the_model_code_makes_the_views_and_canvases_the_contract_names(model):
     for views in range(0, 201):
         assert (contract.view_problem(views) is None) == code.view_count_is_valid(views), views
     source = (REPOSITORY / model / "1" / "model.py").read_text()
-    for name in (contract.IMAGE, contract.VIEWS, contract.FEATURE, contract.THRESHOLD):
+    for name in (contract.IMAGE, contract.VIEWS, contract.FEATURE, contract.THRESHOLD, contract.RUNTIME):
         assert f'"{name}"' in source, name
     assert f"< {contract.MIN_CANVAS}" in source

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "service"
-# One LMDB class with its read view; splitting the transactions from the view would spread one concern.
-LONGER_FOR_A_REASON = {"storage/store.py": 300}
+# One LMDB class: every write transaction (enrol, delete, prune, probe) and the map's growth under
+# one lock; splitting them would spread one concern.
+LONGER_FOR_A_REASON = {"storage/store.py": 260}
 MAX_LINES = 250
 
 

@@ -115,3 +115,29 @@ def test_logs_are_json_lines_with_the_request_id(observed):
 
     line = wait_for(logged, 10, "the call's JSON log line")
     assert line["level"] == "INFO" and "NOT_FOUND" in line["message"] and line["time"].endswith("Z")
+
+
+def test_the_runtime_is_reported_and_recorded_with_the_features(observed):
+    list(observed.stub.Enroll(iter([pb.EnrollRequest(key="runtime/1", image=mosaic(990))]), timeout=60))
+    stats = observed.stub.Stats(pb.StatsRequest(), timeout=10)
+    assert stats.runtime.startswith("onnxruntime ") and stats.runtime.endswith(" CPUExecutionProvider int8")
+    [stored] = stats.stored_runtimes
+    assert stored.startswith(f"{stats.runtime}: ")
+    scraped = scrape(observed.metrics_port)
+    assert scraped[("neardup_model_runtime_info", (("runtime", stats.runtime),))] == 1
+
+
+def test_features_made_by_another_runtime_are_reported(tmp_path, start_service):
+    from service.storage.records import Enrolment
+    from service.storage.store import Store
+    from tests.test_store import unit
+
+    gpu = "onnxruntime 1.22.0 CUDAExecutionProvider int8"
+    store = Store(tmp_path / "data")
+    store.enroll("sscd@224", [Enrolment("made/on-gpu", b"\1" * 32, unit(1), 0.0, {}, runtime=gpu)])
+    store.close()
+    service = start_service(*FAST, data_dir=tmp_path / "data")
+    list(service.stub.Enroll(iter([pb.EnrollRequest(key="made/here", image=mosaic(991))]), timeout=60))
+    stats = service.stub.Stats(pb.StatsRequest(), timeout=10)
+    assert sorted(stats.stored_runtimes) == sorted([f"{gpu}: 1", f"{stats.runtime}: 1"])
+    wait_for(lambda: f"were made by '{gpu}'" in service.output(), 10, "the mixed runtimes in the log")

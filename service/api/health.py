@@ -50,6 +50,7 @@ class Readiness:
         self.poll_s = poll_s
         self.stale_records = stale_records
         self.problems: dict[str, str] = {"triton": "not polled yet"}  # component -> why it is not ready
+        self.mixed_runtimes: set[str] = set()  # stored runtimes already warned about
 
     async def run(self) -> None:
         await self.servicer.set(LIVENESS, SERVING)
@@ -74,6 +75,24 @@ class Readiness:
         self.problems = {name: problem for name, problem in components.items() if problem}
         ready = not any(name in self.problems for name in READINESS_COMPONENTS)
         await self.servicer.set(self.readiness, SERVING if ready else NOT_SERVING)
+        await asyncio.to_thread(self._warn_of_mixed_runtimes)
+
+    def _warn_of_mixed_runtimes(self) -> None:
+        """Logs once per runtime when the store holds features another runtime made than the one
+        serving: distances between the two kinds are slightly off (docs/deployment.md)."""
+        serving = self.hasher.runtime
+        if not serving:
+            return
+        for runtime, count in self.store.runtimes().items():
+            if runtime != serving and runtime not in self.mixed_runtimes:
+                self.mixed_runtimes.add(runtime)
+                log.warning(
+                    "%d enrolments in the store were made by %r, this service makes features with %r: their "
+                    "distances to new ones differ slightly; re-enrol them to match",
+                    count,
+                    runtime,
+                    serving,
+                )
 
     def _index_problem(self) -> str | None:
         stats = self.index.stats()

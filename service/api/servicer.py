@@ -157,6 +157,8 @@ class NearDupServicer(pb_grpc.NearDupServicer):
             unindexed_records=index.unindexed,
             removed_records=index.removed,
             not_ready=[f"{name}: {why}" for name, why in self.readiness.problems.items()],
+            runtime=self.checker.hasher.runtime,
+            stored_runtimes=[f"{runtime}: {count}" for runtime, count in self.store.runtimes().items()],
             model=triton.model,
             bytes_on_disk=self.store.bytes_on_disk() + snapshots.bytes_on_disk(self.settings.index_dir),
             input_size=triton.input_size,

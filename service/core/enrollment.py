@@ -179,7 +179,13 @@ class Enroller:
         if to_hash:
             enrolments = [
                 Enrolment(
-                    item.request.key, item.sha256, d.feature, d.threshold, dict(item.request.metadata), item.keypoints
+                    item.request.key,
+                    item.sha256,
+                    d.feature,
+                    d.threshold,
+                    dict(item.request.metadata),
+                    item.keypoints,
+                    d.runtime,
                 )
                 for item, d in zip(to_hash, descriptors, strict=True)
             ]

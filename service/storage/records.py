@@ -78,6 +78,7 @@ class Enrolment:
     threshold: float
     metadata: dict[str, str]
     keypoints: bytes = b""
+    runtime: str = ""  # what made the feature; the store counts enrolments per runtime
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,15 @@ commit calls the store's subscribers (the index), so no writer has to remember t
 """
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
 
+from service.storage.read_view import ReadView
 from service.storage.records import (
     DELETE,
     ENROLL,
-    Change,
     Enrolment,
     ModelMismatch,
     Record,
@@ -37,6 +37,7 @@ from service.storage.rwlock import ReadWriteLock
 
 MIN_MAP_SIZE = 1 << 30
 PROBE_BYTES = 1 << 20
+RUNTIME_PREFIX = b"runtime:"  # meta keys: enrolments per runtime
 
 
 class Store:
@@ -75,7 +76,7 @@ class Store:
 
     # Reads -----------------------------------------------------------------------------------
 
-    def read(self) -> "ReadView":
+    def read(self) -> ReadView:
         """A consistent read-only view; use as a context manager."""
         return ReadView(self)
 
@@ -91,6 +92,15 @@ class Store:
         """The share of the LMDB map in use; _write grows the map when it is full."""
         info, stat = self.env.info(), self.env.stat()
         return (info["last_pgno"] + 1) * stat["psize"] / info["map_size"]
+
+    def runtimes(self) -> dict[str, int]:
+        """Enrolments by the runtime that made their features (int8 CPU kernels and a GPU differ slightly)."""
+        with self.env.begin() as txn:
+            return {
+                key[len(RUNTIME_PREFIX) :].decode(): from_u64(value)
+                for key, value in txn.cursor(db=self.meta)
+                if key.startswith(RUNTIME_PREFIX)
+            }
 
     def pruned_to(self) -> int:
         """The last change seq dropped from the log: an index snapshot older than it cannot catch up."""
@@ -193,6 +203,9 @@ class Store:
                 txn.put(u64(seq), ENROLL + u64(record.id), db=self.changes)
                 if item.keypoints:
                     txn.put(u64(record.id), item.keypoints, db=self.keypoints)
+                if item.runtime:
+                    made_by = RUNTIME_PREFIX + item.runtime.encode()
+                    txn.put(made_by, u64(from_u64(txn.get(made_by, u64(0), db=self.meta)) + 1), db=self.meta)
                 written.append(Written("UPDATED" if old else "ENROLLED", record, old.id if old else None))
             txn.put(b"seq", u64(seq), db=self.meta)
             txn.put(b"next_id", u64(next_id), db=self.meta)
@@ -238,56 +251,3 @@ class Store:
 
     def bytes_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
-
-
-class ReadView:
-    """A read transaction: every method sees the same snapshot of the store."""
-
-    def __init__(self, store: Store):
-        self.store = store
-
-    def __enter__(self) -> "ReadView":
-        self.store._lock.acquire_read()
-        self.txn = self.store.env.begin(buffers=False)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.txn.abort()
-        self.store._lock.release_read()
-
-    def model(self) -> str | None:
-        stored = self.txn.get(b"model", db=self.store.meta)
-        return stored.decode() if stored else None
-
-    def seq(self) -> int:
-        return from_u64(self.txn.get(b"seq", u64(0), db=self.store.meta))
-
-    def count(self) -> int:
-        return self.txn.stat(self.store.records)["entries"]
-
-    def by_id(self, id_: int) -> Record | None:
-        data = self.txn.get(u64(id_), db=self.store.records)
-        return Record.decode(data) if data else None
-
-    def keypoints(self, id_: int) -> bytes:
-        return self.txn.get(u64(id_), b"", db=self.store.keypoints)
-
-    def by_key(self, key: str) -> Record | None:
-        id_ = self.txn.get(key.encode(), db=self.store.keys)
-        return self.by_id(from_u64(id_)) if id_ else None
-
-    def by_digest(self, sha256: bytes) -> list[Record]:
-        cursor = self.txn.cursor(db=self.store.digests)
-        if not cursor.set_key(sha256):
-            return []
-        return [record for id_ in cursor.iternext_dup() if (record := self.by_id(from_u64(id_)))]
-
-    def records(self) -> Iterator[Record]:
-        for _, data in self.txn.cursor(db=self.store.records):
-            yield Record.decode(data)
-
-    def changes_after(self, seq: int) -> Iterator[Change]:
-        cursor = self.txn.cursor(db=self.store.changes)
-        if cursor.set_range(u64(seq + 1)):
-            for key, value in cursor:
-                yield Change(from_u64(key), value[:1], from_u64(value[1:]))

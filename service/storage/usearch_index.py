@@ -12,8 +12,9 @@ import threading
 import numpy as np
 from usearch.index import Index
 
+from service.storage.read_view import ReadView
 from service.storage.records import DELETE, Record
-from service.storage.store import ReadView, Store
+from service.storage.store import Store
 from service.storage.vector_index import IndexStats
 from service.triton.contract import DIMENSIONS
 

@@ -39,6 +39,7 @@ class TritonRejected(RuntimeError):
 class Descriptor:
     feature: np.ndarray  # float32 [contract.DIMENSIONS], unit length
     threshold: float
+    runtime: str = ""  # what made it (contract.RUNTIME)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Hasher:
         self.url = url
         self.model = model
         self.headers = dict(headers or {})  # for a Triton whose protocols are restricted
+        self.runtime = ""  # what the model last said makes its features
         options = tls.client_options() if tls else {}
         self.client = triton.InferenceServerClient(url, channel_args=CHANNEL_ARGS, **options)
         self.max_queued = max_queued
@@ -116,6 +118,7 @@ class Hasher:
                 outputs=[
                     triton.InferRequestedOutput(contract.FEATURE),
                     triton.InferRequestedOutput(contract.THRESHOLD),
+                    triton.InferRequestedOutput(contract.RUNTIME),
                 ],
                 client_timeout=max(timeout_s, 0.001),
                 headers=self.headers,
@@ -127,7 +130,11 @@ class Hasher:
         metrics.TRITON_SECONDS.observe(time.perf_counter() - started)
         features = result.as_numpy(contract.FEATURE)
         thresholds = result.as_numpy(contract.THRESHOLD).reshape(-1)
-        return [Descriptor(f, float(t)) for f, t in zip(features, thresholds, strict=True)]
+        runtimes = [bytes(r).decode() for r in result.as_numpy(contract.RUNTIME).reshape(-1)]
+        if runtimes and runtimes[0] != self.runtime:
+            self.runtime = runtimes[0]
+            metrics.RUNTIME.info({"runtime": self.runtime})
+        return [Descriptor(f, float(t), r) for f, t, r in zip(features, thresholds, runtimes, strict=True)]
 
     def _classify(self, error: InferenceServerException) -> Exception:
         status = str(error.status() or "")

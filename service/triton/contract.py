@@ -12,6 +12,7 @@ IMAGE = "IMAGE"  # uint8 [batch, S, S, 3]
 VIEWS = "VIEWS"  # int32 [batch, 1]
 FEATURE = "FEATURE"  # float32 [batch, DIMENSIONS], unit length
 THRESHOLD = "THRESHOLD"  # float32 [batch, 1]: the farthest view's distance from the mean
+RUNTIME = "RUNTIME"  # bytes [batch, 1]: what made the feature ("onnxruntime 1.20.1 CPUExecutionProvider int8")
 
 DIMENSIONS = 512
 MAX_BATCH = 16  # max_batch_size in config.pbtxt

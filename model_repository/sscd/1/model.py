@@ -72,6 +72,16 @@ def execution_providers(instance_kind: str, device_id: int, available: list[str]
     return ["CPUExecutionProvider"]
 
 
+def runtime_name(session, onnx_bytes: bytes) -> str:
+    """What makes the features: ONNX Runtime's version, the provider the session runs on, and
+    the precision (int8 for a quantised graph, else the input's float type)."""
+    if b"QuantizeLinear" in onnx_bytes:
+        precision = "int8"
+    else:
+        precision = {"tensor(float16)": "fp16"}.get(session.get_inputs()[0].type, "fp32")
+    return f"onnxruntime {ort.__version__} {session.get_providers()[0]} {precision}"
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
@@ -87,7 +97,8 @@ class TritonPythonModel:
         if kind == "GPU" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             raise RuntimeError(f"the CUDA provider did not start on GPU {device} ({self.session.get_providers()})")
         self.input_name = self.session.get_inputs()[0].name
-        pb_utils.Logger.log_info(f"{args['model_name']}: {onnx_name} on {self.session.get_providers()[0]}")
+        self.runtime = runtime_name(self.session, MODELS[onnx_name].read_bytes())
+        pb_utils.Logger.log_info(f"{args['model_name']}: {onnx_name} on {self.runtime}")
 
     def execute(self, requests: list) -> list:
         """Embeds the views of every canvas of every request in one ONNX Runtime call."""
@@ -119,6 +130,7 @@ class TritonPythonModel:
                     output_tensors=[
                         pb_utils.Tensor("FEATURE", np.stack(features)),
                         pb_utils.Tensor("THRESHOLD", np.array(thresholds, dtype=np.float32)),
+                        pb_utils.Tensor("RUNTIME", np.array([[self.runtime]] * len(plan), dtype=object)),
                     ]
                 )
             )

@@ -1,0 +1,62 @@
+"""A read transaction of the store: every method sees the same snapshot of it."""
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from service.storage.records import Change, Record, from_u64, u64
+
+if TYPE_CHECKING:
+    from service.storage.store import Store
+
+
+class ReadView:
+    """A read transaction: every method sees the same snapshot of the store."""
+
+    def __init__(self, store: "Store"):
+        self.store = store
+
+    def __enter__(self) -> "ReadView":
+        self.store._lock.acquire_read()
+        self.txn = self.store.env.begin(buffers=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.txn.abort()
+        self.store._lock.release_read()
+
+    def model(self) -> str | None:
+        stored = self.txn.get(b"model", db=self.store.meta)
+        return stored.decode() if stored else None
+
+    def seq(self) -> int:
+        return from_u64(self.txn.get(b"seq", u64(0), db=self.store.meta))
+
+    def count(self) -> int:
+        return self.txn.stat(self.store.records)["entries"]
+
+    def by_id(self, id_: int) -> Record | None:
+        data = self.txn.get(u64(id_), db=self.store.records)
+        return Record.decode(data) if data else None
+
+    def keypoints(self, id_: int) -> bytes:
+        return self.txn.get(u64(id_), b"", db=self.store.keypoints)
+
+    def by_key(self, key: str) -> Record | None:
+        id_ = self.txn.get(key.encode(), db=self.store.keys)
+        return self.by_id(from_u64(id_)) if id_ else None
+
+    def by_digest(self, sha256: bytes) -> list[Record]:
+        cursor = self.txn.cursor(db=self.store.digests)
+        if not cursor.set_key(sha256):
+            return []
+        return [record for id_ in cursor.iternext_dup() if (record := self.by_id(from_u64(id_)))]
+
+    def records(self) -> Iterator[Record]:
+        for _, data in self.txn.cursor(db=self.store.records):
+            yield Record.decode(data)
+
+    def changes_after(self, seq: int) -> Iterator[Change]:
+        cursor = self.txn.cursor(db=self.store.changes)
+        if cursor.set_range(u64(seq + 1)):
+            for key, value in cursor:
+                yield Change(from_u64(key), value[:1], from_u64(value[1:]))
