@@ -2,12 +2,14 @@
 
 import importlib.util
 import re
+import struct
 import sys
 import types
 from pathlib import Path
 
 import pytest
 
+from service.config import Settings
 from service.triton import contract
 
 REPOSITORY = Path(__file__).parent.parent / "model_repository"
@@ -55,3 +57,15 @@ def test_the_model_code_makes_the_views_and_canvases_the_contract_names(model):
     for name in (contract.IMAGE, contract.VIEWS, contract.FEATURE, contract.THRESHOLD, contract.RUNTIME):
         assert f'"{name}"' in source, name
     assert f"< {contract.MIN_CANVAS}" in source
+
+
+@pytest.mark.parametrize("model", contract.MODELS)
+def test_the_warm_up_sends_a_default_canvas_and_a_valid_view_count(model):
+    config = (REPOSITORY / model / "config.pbtxt").read_text()
+    side = contract.canvas_size(Settings().triton.input_size)
+    assert f'key: "IMAGE" value: {{ data_type: TYPE_UINT8, dims: [ {side}, {side}, 3 ]' in config
+    [views_file] = re.findall(
+        r'key: "VIEWS" value: \{ data_type: TYPE_INT32, dims: \[ 1 \], input_data_file: "(\w+)"', config
+    )
+    [views] = struct.unpack("<i", (REPOSITORY / model / "warmup" / views_file).read_bytes())
+    assert contract.view_problem(views) is None
