@@ -164,7 +164,7 @@ async def serve(settings: Settings) -> None:
         bundled.start()
         triton_url = bundled.url
     hasher = Hasher(
-        triton_url,
+        [url.strip() for url in triton_url.split(",") if url.strip()],
         settings.triton.model,
         settings.limits.max_triton_queue,
         TritonTls(triton.ssl_ca, triton.ssl_cert, triton.ssl_key) if triton.ssl_ca or triton.ssl_cert else None,

@@ -73,7 +73,10 @@ class LimitSettings:
 @dataclass(frozen=True)
 class TritonSettings:
     url: str = setting(
-        "", "host:port of an external Triton's gRPC endpoint; empty starts the bundled one", flag="triton-url"
+        "",
+        "host:port of an external Triton's gRPC endpoint, or several separated by commas (requests go to those "
+        "that are up, in turn); empty starts the bundled one",
+        flag="triton-url",
     )
     model_repository: Path = setting(default_model_repository(), "the model repository the bundled tritonserver loads")
     model: str = setting(

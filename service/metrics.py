@@ -33,6 +33,9 @@ TRITON_SECONDS = Histogram(
     "neardup_triton_request_duration_seconds", "one inference request to Triton", buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )  # fmt: skip
+TRITON_REQUESTS = Counter(
+    "neardup_triton_requests", "inference requests answered, by Triton (--triton-url)", ["url"], registry=REGISTRY
+)
 TRITON_BATCH = Histogram(
     "neardup_triton_batch_images", "images per inference request", buckets=(1, 2, 4, 8, 16), registry=REGISTRY
 )

@@ -1,8 +1,10 @@
 """Triton going away: UNAVAILABLE within the deadline, NOT_SERVING, and recovery without help."""
 
+import re
 import signal
 import subprocess
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -20,6 +22,7 @@ from tests.conftest import (
     process_name,
     wait_for,
 )
+from tools.service_process import SERVICE_NAME
 
 JPEG = image_bytes("gnome-truchet.jpg")
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -97,3 +100,50 @@ def test_bundled_triton_is_restarted_after_it_dies_and_stopped_with_the_service(
     assert code == 0, service.output()
     assert not pid_exists(restarted_pid), "tritonserver outlived the service"
     assert "stopped" in service.output()
+
+
+def test_several_tritons_share_the_work_and_a_dead_one_is_skipped_until_it_is_back(tmp_path):
+    tritons = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        tritons.append(ExternalTriton(tmp_path / name))
+        tritons[-1].start()
+    first, second = (triton.triton.url for triton in tritons)
+    service = RunningService(tmp_path / "data", "--triton-url", f"{first},{second}", "--health-poll-s", "0.3")
+    health = health_pb2_grpc.HealthStub(service.channel)
+
+    def status(name: str) -> int:
+        return health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
+
+    def answered(url: str) -> float:
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=10).read()
+        found = re.search(rf'neardup_triton_requests_total{{url="{re.escape(url)}"}} (\S+)', scraped.decode())
+        return float(found.group(1)) if found else 0.0
+
+    def hash_all(count: int = 12) -> None:
+        for _ in range(count):  # every call answered, whichever Triton is down
+            assert len(service.stub.Hash(pb.HashRequest(image=JPEG), timeout=60).feature) == 512
+
+    try:
+        service.wait_serving()
+        hash_all()
+        assert answered(first) > 0 and answered(second) > 0  # spread over both
+
+        tritons[0].kill()
+        hash_all()
+        wait_for(lambda: status(f"triton:{first}") == NOT_SERVING, 10, "the dead Triton's health")
+        assert (status("triton"), status(SERVICE_NAME), status(f"triton:{second}")) == (SERVING,) * 3
+        assert any(line.startswith(f"triton:{first}: ") for line in service.stub.Stats(pb.StatsRequest()).not_ready)
+        before = answered(first)
+        hash_all()
+        assert answered(first) == before  # skipped while down
+
+        tritons[0].start()
+        wait_for(lambda: status(f"triton:{first}") == SERVING, 120, "the restarted Triton's health")
+        hash_all()
+        assert answered(first) > before  # and used again
+    finally:
+        service.stop()
+        for triton in tritons:
+            if triton.process.poll() is None:
+                triton.kill()

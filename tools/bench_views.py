@@ -50,8 +50,8 @@ async def run(arguments: argparse.Namespace) -> None:
         bundled = BundledTriton([triton.model], triton.model_repository)
         bundled.start()
         url = bundled.url
-    hasher = Hasher(url, triton.model)
-    while not (await hasher.ready())[0]:
+    hasher = Hasher([url], triton.model)
+    while not all(ready for ready, _ in (await hasher.ready()).values()):
         await asyncio.sleep(0.5)
 
     async def in_triton(canvas: np.ndarray, views: int) -> int:

@@ -3,7 +3,8 @@
 - "" is liveness: SERVING while the process runs and answers (restart it if not).
 - "neardup.v1.NearDup" is readiness: SERVING while Triton (and the model) answer and the store
   can write; route traffic elsewhere if not.
-- "triton", "store", "index" are the components; "index" is NOT_SERVING while the live part
+- "triton", "store", "index" are the components ("triton" is SERVING while any Triton of
+  --triton-url is; with several, "triton:<url>" says which are up); "index" is NOT_SERVING while the live part
   (records enrolled or removed since the snapshot) is past --index-stale-records: still
   correct, searched more slowly, so a rebuild is due; it does not take readiness down.
 
@@ -59,9 +60,13 @@ class Readiness:
             await asyncio.sleep(self.poll_s)
 
     async def poll(self) -> None:
-        triton_ready, why = await self.hasher.ready()
+        tritons = await self.hasher.ready()
+        down = {url: why for url, (ready, why) in tritons.items() if not ready}
+        # Ready while any Triton is (requests go to those that are up); with several, each has a name.
+        each = {f"triton:{url}": down.get(url) for url in tritons} if len(tritons) > 1 else {}
         components = {
-            "triton": None if triton_ready else why,
+            "triton": "; ".join(down.values()) if len(down) == len(tritons) else None,
+            **each,
             "store": await asyncio.to_thread(self._store_problem),
             "index": self._index_problem(),
         }

@@ -1,6 +1,6 @@
 """The server's interceptor chain: cross-cutting concerns around every call, in order.
 
-0. RpcMetrics: every call counted by method and status code, and timed (service/metrics.py);
+0. RpcMetrics: every call counted by service, method and status code, and timed (metrics.py);
    then Authentication (service/api/auth.py), when a token file is configured.
 1. ParseRequests: requests are parsed here rather than by gRPC, so that bytes that are not a
    valid message (a string field with invalid UTF-8, a truncated message) get INVALID_ARGUMENT

@@ -1,6 +1,7 @@
 """The Triton client: canvases to (feature, threshold) descriptors, and Triton's errors classified."""
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -55,24 +56,85 @@ class TritonTls:
                 "certificate_chain": self.cert or None}  # fmt: skip
 
 
+class Endpoint:
+    """One Triton: its client, and whether it was up at the last poll or call."""
+
+    def __init__(self, url: str, model: str, tls: TritonTls | None, headers: dict[str, str]):
+        self.url = url
+        self.model = model
+        self.headers = headers
+        self.client = triton.InferenceServerClient(
+            url, channel_args=CHANNEL_ARGS, **(tls.client_options() if tls else {})
+        )
+        self.up = True  # until a poll or a call says otherwise
+
+    async def infer(self, canvases: np.ndarray, views: list[int], timeout_s: float):
+        image = triton.InferInput(contract.IMAGE, list(canvases.shape), "UINT8")
+        image.set_data_from_numpy(canvases)
+        view_counts = triton.InferInput(contract.VIEWS, [len(views), 1], "INT32")
+        view_counts.set_data_from_numpy(np.array(views, dtype=np.int32).reshape(-1, 1))
+        outputs = [
+            triton.InferRequestedOutput(name) for name in (contract.FEATURE, contract.THRESHOLD, contract.RUNTIME)
+        ]
+        started = time.perf_counter()
+        try:
+            result = await self.client.infer(
+                self.model, [image, view_counts], outputs=outputs, client_timeout=max(timeout_s, 0.001),
+                headers=self.headers,
+            )  # fmt: skip
+        except InferenceServerException as error:
+            classified = self._classify(error)
+            metrics.TRITON_ERRORS.labels(type(classified).__name__.removeprefix("Triton").lower()).inc()
+            if isinstance(classified, TritonUnavailable):
+                self.up = False
+            raise classified from None
+        metrics.TRITON_SECONDS.observe(time.perf_counter() - started)
+        metrics.TRITON_REQUESTS.labels(self.url).inc()
+        return result
+
+    def _classify(self, error: InferenceServerException) -> Exception:
+        status = str(error.status() or "")
+        where = f"Triton at {self.url}, model {self.model!r}"
+        if status.endswith(grpc.StatusCode.DEADLINE_EXCEEDED.name):
+            return TritonTimeout(f"{where} did not answer in time")
+        if status.endswith(grpc.StatusCode.UNAVAILABLE.name) or "is not ready" in (error.message() or ""):
+            return TritonUnavailable(f"{where} is unavailable ({error.message()}); retry shortly")
+        return TritonRejected(f"{where} failed: {error.message()}")
+
+    async def ready(self) -> tuple[bool, str]:
+        """Whether the model can serve here now, and if not, why."""
+        try:
+            if not await self.client.is_server_live(headers=self.headers, client_timeout=2):
+                why = f"Triton at {self.url} is not live"
+            elif not await self.client.is_model_ready(self.model, headers=self.headers, client_timeout=2):
+                why = f"model {self.model!r} is not loaded in Triton at {self.url}"
+            else:
+                why = ""
+        except InferenceServerException as error:
+            why = f"Triton at {self.url} is unreachable: {error.message()}"
+        self.up = not why
+        return self.up, why or "ready"
+
+
 class Hasher:
     """Sends canvases with their view counts to the Triton model and reads back descriptors.
 
-    At most `max_queued` views are queued for or in Triton at once, so a burst turns into quick
+    Requests are spread over the Tritons that are up, in turn; one that fails as unavailable is
+    skipped (the request goes to the next) until a health poll finds it back. At most
+    `max_queued` views are queued for or in Triton at once, so a burst turns into quick
     Overloaded answers (or waiting Enroll streams) rather than a Triton queue that every
     caller's deadline runs out in.
     """
 
-    def __init__(self, url: str, model: str, max_queued: int = 256, tls: TritonTls | None = None, headers=None):
-        self.url = url
+    def __init__(self, urls: list[str], model: str, max_queued: int = 256, tls: TritonTls | None = None, headers=None):
+        self.endpoints = [Endpoint(url, model, tls, dict(headers or {})) for url in urls]
+        self.url = ",".join(urls)
         self.model = model
-        self.headers = dict(headers or {})  # for a Triton whose protocols are restricted
         self.runtime = ""  # what the model last said makes its features
-        options = tls.client_options() if tls else {}
-        self.client = triton.InferenceServerClient(url, channel_args=CHANNEL_ARGS, **options)
         self.max_queued = max_queued
         self.queued = 0
         self._room = asyncio.Condition()
+        self._turn = itertools.count()
 
     async def hash(
         self, canvases: np.ndarray, views: list[int], timeout_s: float, wait: bool = False
@@ -104,30 +166,24 @@ class Hasher:
                 self._room.notify_all()
         return [descriptor for part in parts for descriptor in part]
 
+    def _rotation(self) -> list[Endpoint]:
+        """The endpoints that are up, starting with the next in turn (all of them if none is up:
+        the last poll may be stale)."""
+        up = [endpoint for endpoint in self.endpoints if endpoint.up] or self.endpoints
+        first = next(self._turn) % len(up)
+        return up[first:] + up[:first]
+
     async def _infer(self, canvases: np.ndarray, views: list[int], timeout_s: float) -> list[Descriptor]:
-        image = triton.InferInput(contract.IMAGE, list(canvases.shape), "UINT8")
-        image.set_data_from_numpy(canvases)
-        view_counts = triton.InferInput(contract.VIEWS, [len(views), 1], "INT32")
-        view_counts.set_data_from_numpy(np.array(views, dtype=np.int32).reshape(-1, 1))
         metrics.TRITON_BATCH.observe(len(canvases))
-        started = time.perf_counter()
-        try:
-            result = await self.client.infer(
-                self.model,
-                [image, view_counts],
-                outputs=[
-                    triton.InferRequestedOutput(contract.FEATURE),
-                    triton.InferRequestedOutput(contract.THRESHOLD),
-                    triton.InferRequestedOutput(contract.RUNTIME),
-                ],
-                client_timeout=max(timeout_s, 0.001),
-                headers=self.headers,
-            )
-        except InferenceServerException as error:
-            classified = self._classify(error)
-            metrics.TRITON_ERRORS.labels(type(classified).__name__.removeprefix("Triton").lower()).inc()
-            raise classified from None
-        metrics.TRITON_SECONDS.observe(time.perf_counter() - started)
+        deadline = time.monotonic() + timeout_s
+        rotation = self._rotation()
+        for attempt, endpoint in enumerate(rotation, 1):
+            try:
+                result = await endpoint.infer(canvases, views, deadline - time.monotonic())
+                break
+            except TritonUnavailable:
+                if attempt == len(rotation) or time.monotonic() >= deadline:
+                    raise
         features = result.as_numpy(contract.FEATURE)
         thresholds = result.as_numpy(contract.THRESHOLD).reshape(-1)
         runtimes = [bytes(r).decode() for r in result.as_numpy(contract.RUNTIME).reshape(-1)]
@@ -136,25 +192,11 @@ class Hasher:
             metrics.RUNTIME.info({"runtime": self.runtime})
         return [Descriptor(f, float(t), r) for f, t, r in zip(features, thresholds, runtimes, strict=True)]
 
-    def _classify(self, error: InferenceServerException) -> Exception:
-        status = str(error.status() or "")
-        where = f"Triton at {self.url}, model {self.model!r}"
-        if status.endswith(grpc.StatusCode.DEADLINE_EXCEEDED.name):
-            return TritonTimeout(f"{where} did not answer in time")
-        if status.endswith(grpc.StatusCode.UNAVAILABLE.name) or "is not ready" in (error.message() or ""):
-            return TritonUnavailable(f"{where} is unavailable ({error.message()}); retry shortly")
-        return TritonRejected(f"{where} failed: {error.message()}")
-
-    async def ready(self) -> tuple[bool, str]:
-        """Whether the model can serve now, and if not, why."""
-        try:
-            if not await self.client.is_server_live(headers=self.headers, client_timeout=2):
-                return False, f"Triton at {self.url} is not live"
-            if not await self.client.is_model_ready(self.model, headers=self.headers, client_timeout=2):
-                return False, f"model {self.model!r} is not loaded in Triton at {self.url}"
-        except InferenceServerException as error:
-            return False, f"Triton at {self.url} is unreachable: {error.message()}"
-        return True, "ready"
+    async def ready(self) -> dict[str, tuple[bool, str]]:
+        """Each Triton's readiness: url -> (ready, why not)."""
+        answers = await asyncio.gather(*(endpoint.ready() for endpoint in self.endpoints))
+        return {endpoint.url: answer for endpoint, answer in zip(self.endpoints, answers, strict=True)}
 
     async def close(self) -> None:
-        await self.client.close()
+        for endpoint in self.endpoints:
+            await endpoint.client.close()
