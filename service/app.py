@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import lmdb
 from grpc_health.v1 import health
 
-from service import metrics
+from service import metrics, workers
 from service.api.health import Readiness
 from service.api.security import Security, SecurityError
 from service.api.server import PortInUse, add_services, grpc_server
@@ -43,14 +43,15 @@ DECODE_WAIT_S = 1.0  # a decode waits this long for room in the decode budget, t
 
 @dataclass
 class Storage:
-    lock: DataDirLock
+    lock: DataDirLock | None  # None in a worker: its supervisor holds it
     store: Store
     index: UsearchIndex
     loader: SnapshotLoader
 
     def close(self) -> None:
         self.store.close()
-        self.lock.release()
+        if self.lock:
+            self.lock.release()
 
 
 class StartupError(RuntimeError):
@@ -68,14 +69,15 @@ def open_storage(settings: Settings) -> Storage:
     so that only the changes after it are replayed; from then on every commit reaches the index."""
     data_dir = settings.server.data_dir
     try:
-        lock = DataDirLock(data_dir)
+        lock = None if workers.is_worker() else DataDirLock(data_dir)
     except DataDirInUse as error:
         raise StartupError(str(error)) from None
     try:
         store = Store(data_dir)
         stored_model = store.model()
     except lmdb.Error as error:
-        lock.release()
+        if lock:
+            lock.release()
         raise StartupError(STORE_DAMAGED.format(path=data_dir, error=error)) from None
     if stored_model not in (None, settings.model_identity):
         log.error(
@@ -94,7 +96,8 @@ def open_storage(settings: Settings) -> Storage:
         index.apply_changes()
     except lmdb.Error as error:
         store.close()
-        lock.release()
+        if lock:
+            lock.release()
         raise StartupError(STORE_DAMAGED.format(path=data_dir, error=error)) from None
     store.subscribe(index.apply_changes)
     stats = index.stats()

@@ -94,6 +94,10 @@ def run_serve(arguments: argparse.Namespace) -> int:
     settings = settings_from_arguments(arguments)
     logs.configure(settings.server.log_format)
     faulthandler.enable()  # a crash in native code (usearch, LMDB, Pillow) leaves its stack in the log
+    if settings.server.workers > 1:
+        from service import workers
+
+        return asyncio.run(workers.supervise(settings))
     try:
         asyncio.run(serve(settings))
     except StartupError as error:

@@ -19,7 +19,8 @@ class ServerSettings:
     host: str = setting("127.0.0.1", "address the gRPC service listens on")
     port: int = setting(50051, "port the gRPC service listens on")
     data_dir: Path = setting(Path("data"), "where the store (store.lmdb/) and the index snapshots (index/) live")
-    metrics_port: int = setting(9464, "Prometheus /metrics at this port; 0 serves none")
+    workers: int = setting(1, "front processes on the port (one Triton and one data directory shared)")
+    metrics_port: int = setting(9464, "Prometheus /metrics at this port (worker i: port + i); 0 serves none")
     metrics_host: str = setting("127.0.0.1", "address /metrics listens on (the metrics need no token)")
     log_format: str = setting("text", "log lines as text or as one JSON object each", choices=("text", "json"))
 

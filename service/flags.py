@@ -119,6 +119,18 @@ def settings_from_arguments(arguments: argparse.Namespace, environ: dict[str, st
     return settings
 
 
+def as_arguments(settings: Settings) -> list[str]:
+    """The command-line flags that give these settings (a worker gets its supervisor's)."""
+    arguments = []
+    for flag in flags():
+        value = getattr(getattr(settings, flag.group), flag.name)
+        if isinstance(value, bool):
+            arguments += [f"--{flag.flag}"] if value else []
+        else:
+            arguments += [f"--{flag.flag}", str(value)]
+    return arguments
+
+
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 

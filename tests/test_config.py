@@ -65,3 +65,14 @@ def test_a_view_count_the_model_does_not_make_is_refused_in_one_line():
 
 def flags_by_env() -> dict[str, str]:
     return {flag.env: flag.flag for flag in flags()}
+
+
+def test_a_workers_arguments_give_its_supervisors_settings():
+    from service.cli import build_parser
+    from service.flags import as_arguments
+
+    changed = settings_from_arguments(
+        build_parser().parse_args(["serve", "--port", "6000", "--insecure", "--margin-threshold", "0.6"]), environ={}
+    )
+    again = settings_from_arguments(build_parser().parse_args(["serve", *as_arguments(changed)]), environ={})
+    assert again == changed and again.security.insecure and again.server.port == 6000

@@ -133,14 +133,19 @@ def test_an_index_file_that_does_not_match_its_checksum_never_reaches_usearch(st
     assert index.stats().generation == 1 and nearest_key(store, index, "k3") == "k3"
 
 
-def test_a_snapshot_older_than_the_pruned_change_log_is_refused(store, tmp_path):
-    enroll(store, "a")
-    build_snapshot(store, tmp_path / "index", "f16", keep=5, progress=False)
-    first_manifest = Manifest.path(tmp_path / "index").read_text()
-    enroll(store, "b")
-    build_snapshot(store, tmp_path / "index", "f16", keep=5, progress=False)
-    index = following(store)
-    assert SnapshotLoader(index, tmp_path / "index").load_if_new()  # loads generation 2, prunes the log
-    Manifest.path(tmp_path / "index").write_text(first_manifest)  # an operator restores an old index
+def test_the_log_keeps_one_generation_and_a_snapshot_older_than_it_is_refused(store, tmp_path):
+    loader = SnapshotLoader(following(store), tmp_path / "index")
+    manifests = []
+    for key in "abc":
+        enroll(store, key)
+        manifests.append(build_snapshot(store, tmp_path / "index", "f16", keep=5, progress=False))
+        manifests[-1] = (manifests[-1], Manifest.path(tmp_path / "index").read_text())
+        assert loader.load_if_new()
+    # Loading generation 3 pruned the changes generation 2 covers, not those after it: a worker
+    # still on generation 2 can catch up.
+    assert store.pruned_to() == manifests[1][0].snapshot_seq
+    with store.read() as view:
+        assert [change.seq for change in view.changes_after(0)] == [manifests[2][0].snapshot_seq]
+    Manifest.path(tmp_path / "index").write_text(manifests[0][1])  # an operator restores an old index
     with pytest.raises(SnapshotError, match="older than the store's change log"):
         SnapshotLoader(following(store), tmp_path / "index").load_if_new()

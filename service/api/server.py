@@ -5,6 +5,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service import workers
 from service.api.interceptors import interceptor_chain
 from service.api.security import Security
 from service.api.servicer import SERVICE_NAME, NearDupServicer
@@ -27,7 +28,8 @@ def grpc_server(settings: Settings, security: Security) -> tuple[grpc.aio.Server
         options=[
             ("grpc.max_receive_message_length", limits.max_request_bytes),
             ("grpc.max_send_message_length", limits.max_request_bytes),
-            ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server sharing it
+            # A port in use is an error, not a second server sharing it; workers share it on purpose.
+            ("grpc.so_reuseport", 1 if workers.is_worker() else 0),
             ("grpc.max_connection_idle_ms", int(limits.connection_idle_s * 1000)),
             ("grpc.keepalive_time_ms", int(limits.keepalive_s * 1000)),
             ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),

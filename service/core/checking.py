@@ -89,9 +89,16 @@ class Checker:
         [descriptor] = await self.hasher.hash(canvas[None], [views], timeout_s)
         return canvas, descriptor
 
+    def _up_to_date(self) -> None:
+        """The store holds our model's features, and the index has every change committed so
+        far, by this process or by another worker on the same data directory (a cheap read when
+        there is nothing new)."""
+        self.store.check_model(self.model_identity)
+        self.index.apply_changes()
+
     async def check(self, image: bytes, top_k: int, timeout_s: Callable[[], float]) -> CheckResult:
         """`timeout_s()` is what is left for Triton now (the region stage asks again)."""
-        await asyncio.to_thread(self.store.check_model, self.model_identity)
+        await asyncio.to_thread(self._up_to_date)
         generation = self.index.stats().generation
         with self.store.read() as view:
             identical = view.by_digest(hashlib.sha256(image).digest())[:top_k]

@@ -174,8 +174,10 @@ class SnapshotLoader:
                 self.refused = raw
                 raise
             self.index.swap(snapshot, manifest.generation, manifest.snapshot_seq)
-            self.loaded, self.manifest = raw, manifest
-            pruned = self.index.store.prune_changes(manifest.snapshot_seq)
+            previous, self.loaded, self.manifest = self.manifest, raw, manifest
+            # The log keeps the changes after the previous snapshot, so a worker still on it (its
+            # poll comes a moment later) can still catch up.
+            pruned = self.index.store.prune_changes(previous.snapshot_seq) if previous else 0
             log.info(
                 "index generation %d in use: %d vectors, snapshot at change %d, %d enrolled and %d removed since; "
                 "%d changes it covers pruned from the log",
