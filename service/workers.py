@@ -52,7 +52,13 @@ async def supervise(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: [w.send_signal(signal.SIGHUP) for w in workers if w.poll() is None])
+
+    def pass_on_sighup() -> None:  # tokens, certificates and the index, in every worker
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, pass_on_sighup)
     log.info("%d workers on port %d (pids %s)", len(workers), settings.server.port, [w.pid for w in workers])
     code = 0
     while not stop.is_set():
