@@ -25,14 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
 from tests.conftest import children_of, mosaic, reencoded  # noqa: E402
-from tools.service_process import RunningService  # noqa: E402
-
-
-def resident_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from tools.service_process import RunningService, resident_mb  # noqa: E402
 
 
 class Soak:

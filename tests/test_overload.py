@@ -3,19 +3,14 @@ answered correctly; memory stays bounded; an idle Enroll stream is closed."""
 
 import threading
 import time
-from pathlib import Path
 
 import grpc
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from tests.conftest import image_bytes, mosaic, reencoded
+from tools.service_process import resident_mb
 
 FAST = ("--enroll-views", "1", "--check-views", "1")
-
-
-def resident_mb(pid: int) -> float:
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    return int(fields["VmRSS"].split()[0]) / 1024
 
 
 def burst(calls: list, timeout: float = 60) -> list[tuple[grpc.StatusCode, float, object]]:

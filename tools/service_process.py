@@ -22,6 +22,13 @@ def health_status(channel: grpc.Channel, timeout: float = 2.0) -> int:
     return stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout).status
 
 
+def resident_mb(pid: int) -> float:
+    """A process's resident memory in MB, from /proc (0 once it is gone)."""
+    path = Path(f"/proc/{pid}/status")
+    lines = path.read_text().splitlines() if path.exists() else []
+    return next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmRSS:")), 0.0)
+
+
 def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

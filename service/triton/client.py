@@ -128,7 +128,6 @@ class Hasher:
 
     def __init__(self, urls: list[str], model: str, max_queued: int = 256, tls: TritonTls | None = None, headers=None):
         self.endpoints = [Endpoint(url, model, tls, dict(headers or {})) for url in urls]
-        self.url = ",".join(urls)
         self.model = model
         self.runtime = ""  # what the model last said makes its features
         self.max_queued = max_queued
