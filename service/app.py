@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import lmdb
 from grpc_health.v1 import health
@@ -27,10 +28,12 @@ from service.media.imaging import DecodeBudget, Limits
 from service.media.preprocess import Preprocessor
 from service.storage import snapshots
 from service.storage.background import Background
+from service.storage.milvus_index import MilvusIndex, MilvusUnavailable, push_while_serving
 from service.storage.ownership import DataDirInUse, DataDirLock
 from service.storage.snapshots import SnapshotError, SnapshotLoader
 from service.storage.store import Store
 from service.storage.usearch_index import UsearchIndex
+from service.storage.vector_index import VectorIndex
 from service.supervision import supervise
 from service.triton.client import Hasher, TritonTls
 from service.triton.process import BundledTriton
@@ -45,8 +48,8 @@ DECODE_WAIT_S = 1.0  # a decode waits this long for room in the decode budget, t
 class Storage:
     lock: DataDirLock | None  # None in a worker: its supervisor holds it
     store: Store
-    index: UsearchIndex
-    loader: SnapshotLoader
+    index: VectorIndex
+    loader: SnapshotLoader | None  # None on the milvus backend: it has no snapshots
 
     def close(self) -> None:
         self.store.close()
@@ -86,20 +89,20 @@ def open_storage(settings: Settings) -> Storage:
             stored_model,
             settings.model_identity,
         )
-    index = UsearchIndex(store)
-    loader = SnapshotLoader(index, settings.index_dir)
     try:
-        loader.load_if_new()
-    except SnapshotError as error:
-        log.error("no index snapshot loaded; serving every record from memory: %s", error)
-    try:
+        index, loader = open_index(settings, store)
         index.apply_changes()
-    except lmdb.Error as error:
+    except (lmdb.Error, MilvusUnavailable, OSError) as error:
         store.close()
         if lock:
             lock.release()
-        raise StartupError(STORE_DAMAGED.format(path=data_dir, error=error)) from None
-    store.subscribe(index.apply_changes)
+        if isinstance(error, lmdb.Error):
+            raise StartupError(STORE_DAMAGED.format(path=data_dir, error=error)) from None
+        raise StartupError(str(error)) from None
+    if loader is None:  # a change not pushed now is pushed by the background task
+        store.subscribe(lambda: push_while_serving(index, settings.index.poll_s))
+    else:
+        store.subscribe(index.apply_changes)
     stats = index.stats()
     log.info(
         "store %s: %d records, index generation %d, %d records not in it",
@@ -109,6 +112,27 @@ def open_storage(settings: Settings) -> Storage:
         stats.unindexed,
     )
     return Storage(lock, store, index, loader)
+
+
+def open_index(settings: Settings, store: Store) -> tuple[VectorIndex, SnapshotLoader | None]:
+    """The index the settings name: usearch with its newest snapshot loaded, or a Milvus collection."""
+    if settings.index.backend == "milvus":
+        return milvus_index_of(settings, store), None
+    index = UsearchIndex(store)
+    loader = SnapshotLoader(index, settings.index_dir)
+    try:
+        loader.load_if_new()
+    except SnapshotError as error:
+        log.error("no index snapshot loaded; serving every record from memory: %s", error)
+    return index, loader
+
+
+def milvus_index_of(settings: Settings, store: Store) -> MilvusIndex:
+    index = settings.index
+    if not index.milvus_uri:
+        raise MilvusUnavailable("--index-backend milvus needs --milvus-uri (e.g. http://milvus:19530)")
+    token = Path(index.milvus_token_file).read_text().strip() if index.milvus_token_file else ""
+    return MilvusIndex(store, index.milvus_uri, index.milvus_collection, settings.model_identity, token)
 
 
 def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readiness: Readiness) -> NearDupServicer:
@@ -139,6 +163,16 @@ def serve_metrics(host: str, port: int, storage: Storage) -> None:
         raise StartupError(f"cannot serve metrics on {host}:{port}: {error.strerror} (port 0 serves none)") from None
     if port:
         log.info("metrics on http://%s:%d/metrics", host, port)
+
+
+async def watch_index(storage: Storage, poll_s: float, wake: asyncio.Event) -> None:
+    """Loads new snapshots (usearch), or pushes what a failed push left (milvus)."""
+    if storage.loader is not None:
+        await snapshots.watch(storage.loader, poll_s, wake)
+        return
+    while True:
+        await asyncio.to_thread(push_while_serving, storage.index, poll_s)
+        await asyncio.sleep(poll_s)
 
 
 async def serve(settings: Settings) -> None:
@@ -190,9 +224,7 @@ async def serve(settings: Settings) -> None:
     reload_now = asyncio.Event()
     tasks = [
         asyncio.create_task(supervise("readiness", readiness.run)),
-        asyncio.create_task(
-            supervise("index watch", lambda: snapshots.watch(storage.loader, settings.index.poll_s, reload_now))
-        ),
+        asyncio.create_task(supervise("index watch", lambda: watch_index(storage, settings.index.poll_s, reload_now))),
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

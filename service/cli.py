@@ -6,6 +6,7 @@ neardup check IMAGE...                    is each image a near-duplicate of an e
 neardup stats                             the service's Stats, as JSON
 neardup health                            exit 0 if the service reports SERVING (container probes)
 neardup index rebuild --data-dir DIR      build a new index snapshot from the store
+  [--backend milvus --milvus-uri URI]     ... or load it into a Milvus collection
 neardup index reload                      make the service load the newest snapshot now
 neardup backup DEST --data-dir DIR        a consistent, compacted copy of the data (safe while serving)
 neardup token new NAME --roles ROLES       a fresh auth token and its entry for the token file
@@ -18,13 +19,12 @@ import asyncio
 import faulthandler
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from service.api.channels import add_client_arguments
 from service.flags import add_arguments, settings_from_arguments
-from service.storage.usearch_index import SNAPSHOT_DTYPE
+from service.index_commands import add_index_parser, run_index
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,21 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_client_arguments(health)
 
-    index = commands.add_parser("index", help="operate the index snapshots").add_subparsers(
-        dest="index_command", required=True
-    )
-    rebuild = index.add_parser("rebuild", help="build a new index snapshot from the store (safe while serving)")
-    rebuild.add_argument("--data-dir", type=Path, default=Path("data"), help="the service's --data-dir")
-    rebuild.add_argument("--dtype", choices=["f32", "f16", "i8"], default=SNAPSHOT_DTYPE, help="vector storage")
-    rebuild.add_argument("--keep", type=at_least_one, default=2, help="index generations to keep on disk (>= 1)")
-    rebuild.add_argument("--quiet", action="store_true", help="no progress bar")
-    rebuild.add_argument(
-        "--nice",
-        type=int,
-        default=10,
-        help="CPU priority decrement (see nice(1)): the service keeps the CPU it needs meanwhile; 0 for full speed",
-    )
-    add_client_arguments(index.add_parser("reload", help="make the running service load the newest snapshot now"))
+    add_index_parser(commands)
 
     backup = commands.add_parser(
         "backup", help="a consistent, compacted copy of the data directory (safe while serving)"
@@ -78,13 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("name", help="who will use it (logged as the caller)")
     new.add_argument("--roles", required=True, help="comma-separated: check, enroll, admin")
     return parser
-
-
-def at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (the generation just built), got {value}")
-    return value
 
 
 def run_serve(arguments: argparse.Namespace) -> int:
@@ -155,31 +134,6 @@ def run_health(arguments: argparse.Namespace) -> int:
             return 1
     print(f"{arguments.server}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
-
-
-def run_index(arguments: argparse.Namespace) -> int:
-    if arguments.index_command == "reload":
-        from service.api.channels import stub_from
-        from service.proto.neardup.v1 import neardup_pb2 as pb
-
-        reply = stub_from(arguments).ReloadIndex(pb.ReloadIndexRequest(), timeout=120)
-        print(f"index generation {reply.index_generation} ({'reloaded' if reply.reloaded else 'already in use'})")
-        return 0
-
-    from service.storage.snapshots import RebuildError, rebuild
-    from service.storage.store import StoreError
-
-    os.nice(arguments.nice)
-    try:
-        manifest = rebuild(arguments.data_dir, arguments.dtype, arguments.keep, progress=not arguments.quiet)
-    except (RebuildError, StoreError) as error:
-        print(f"neardup index rebuild: {error}", file=sys.stderr)
-        return 1
-    print(
-        f"index generation {manifest.generation}: {manifest.count} records of model {manifest.model}, "
-        f"store change {manifest.snapshot_seq}, {manifest.build_seconds:.1f} s -> {arguments.data_dir / 'index'}"
-    )
-    return 0
 
 
 def run_backup(arguments: argparse.Namespace) -> int:

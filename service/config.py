@@ -114,6 +114,18 @@ class IndexSettings:
         "removed since the snapshot",
         flag="index-stale-records",
     )
+    backend: str = setting(
+        "usearch",
+        "where the vectors are searched: usearch (in this process, snapshots from `neardup index rebuild`) or "
+        "milvus (a collection several front services share; docs/scaling.md)",
+        flag="index-backend",
+        choices=("usearch", "milvus"),
+    )
+    milvus_uri: str = setting("", "milvus backend: the Milvus address, e.g. http://milvus:19530")
+    milvus_collection: str = setting("neardup", "milvus backend: the collection (one per model)")
+    milvus_token_file: str = setting(
+        "", "milvus backend: a file holding the Milvus token (user:password or an API key); empty: none"
+    )
 
 
 # Policy's fields are flags too; its rule is --decision.

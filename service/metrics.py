@@ -69,7 +69,7 @@ def watch_state(index, store, loader) -> None:
     """Registers the index and store gauges (once per process)."""
 
     def age() -> float:
-        return time.time() - loader.manifest.created_at if loader.manifest else float("nan")
+        return time.time() - loader.manifest.created_at if loader and loader.manifest else float("nan")
 
     REGISTRY.register(
         StateCollector(

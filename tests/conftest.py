@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.service_process import RunningService, health_status, wait_for  # noqa: F401 - used by tests
+from tools.service_process import MilvusLite, RunningService, health_status, wait_for  # noqa: F401 - used by tests
 
 IMAGES = Path(__file__).parent / "images"
 
@@ -39,6 +39,17 @@ def scratch_service(tmp_path_factory):
         yield running.wait_serving()
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory):
+    """A real Milvus (Milvus Lite's gRPC server) on 127.0.0.1, shared by the session's tests;
+    each test uses its own collection."""
+    server = MilvusLite(tmp_path_factory.mktemp("milvus") / "data").start()
+    try:
+        yield server.uri
+    finally:
+        server.stop()
 
 
 def children_of(pid: int) -> list[int]:

@@ -97,3 +97,38 @@ class RunningService:
         code = self.process.wait(timeout_s)
         self.log.close()
         return code
+
+
+class MilvusLite:
+    """A real Milvus endpoint for the milvus index backend: Milvus Lite's gRPC server on
+    127.0.0.1 (the tests' and benchmarks' stand-in for Milvus standalone)."""
+
+    def __init__(self, data_dir: Path, port: int | None = None):
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir.parent / f"milvus-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "MilvusLite":
+        import socket
+
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir),
+                 "--host", "127.0.0.1", "--port", str(self.port)],
+                stdout=log, stderr=log,
+            )  # fmt: skip
+
+        def listening() -> bool:
+            assert self.process.poll() is None, self.log_path.read_text()
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(listening, 60, "Milvus Lite to listen")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)

@@ -78,7 +78,8 @@ class Readiness:
                     log.info("health: %s SERVING", name)
             await self.servicer.set(name, NOT_SERVING if problem else SERVING)
         self.problems = {name: problem for name, problem in components.items() if problem}
-        ready = not any(name in self.problems for name in READINESS_COMPONENTS)
+        # A stale index still answers; one that cannot be reached (Milvus down) does not.
+        ready = not any(name in self.problems for name in READINESS_COMPONENTS) and not self.index.failure
         await self.servicer.set(self.readiness, SERVING if ready else NOT_SERVING)
         await asyncio.to_thread(self._warn_of_mixed_runtimes)
 
@@ -100,6 +101,8 @@ class Readiness:
                 )
 
     def _index_problem(self) -> str | None:
+        if self.index.failure:
+            return self.index.failure
         stats = self.index.stats()
         live = stats.unindexed + stats.removed
         if live <= self.stale_records:

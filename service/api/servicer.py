@@ -17,7 +17,7 @@ from service.core.streams import Window
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
 from service.storage import snapshots
-from service.storage.snapshots import SnapshotLoader
+from service.storage.snapshots import SnapshotError, SnapshotLoader
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex
 from service.triton import contract
@@ -37,7 +37,7 @@ class NearDupServicer(pb_grpc.NearDupServicer):
         enroller: Enroller,
         store: Store,
         index: VectorIndex,
-        loader: SnapshotLoader,
+        loader: SnapshotLoader | None,
         readiness: Readiness,
     ):
         self.settings = settings
@@ -168,5 +168,7 @@ class NearDupServicer(pb_grpc.NearDupServicer):
 
     @grpc_errors
     async def ReloadIndex(self, request: pb.ReloadIndexRequest, context) -> pb.ReloadIndexResponse:
+        if self.loader is None:
+            raise SnapshotError("the milvus index backend has no snapshots to reload: Milvus serves every change")
         reloaded = await asyncio.to_thread(self.loader.load_if_new, True)
         return pb.ReloadIndexResponse(index_generation=self.index.stats().generation, reloaded=reloaded)

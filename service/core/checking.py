@@ -100,8 +100,7 @@ class Checker:
         """`timeout_s()` is what is left for Triton now (the region stage asks again)."""
         await asyncio.to_thread(self._up_to_date)
         generation = self.index.stats().generation
-        with self.store.read() as view:
-            identical = view.by_digest(hashlib.sha256(image).digest())[:top_k]
+        identical = (await asyncio.to_thread(self.index.identical, hashlib.sha256(image).digest()))[:top_k]
         if identical:
             # Byte-identical to an enrolled image is a duplicate under any rule.
             score = decide(self.policy, [Candidate(0.0, record.threshold) for record in identical]).score

@@ -59,4 +59,7 @@ class ReadView:
         cursor = self.txn.cursor(db=self.store.changes)
         if cursor.set_range(u64(seq + 1)):
             for key, value in cursor:
-                yield Change(from_u64(key), value[:1], from_u64(value[1:]))
+                yield Change(from_u64(key), value[:1], from_u64(value[1:9]), bytes(value[9:]).decode())
+
+    def meta(self, name: bytes) -> bytes | None:
+        return self.txn.get(name, db=self.store.meta)

@@ -66,6 +66,7 @@ class Change:
     seq: int
     op: bytes  # ENROLL or DELETE
     id: int
+    key: str = ""  # a deletion's key (empty in logs written before it was kept)
 
 
 @dataclass(frozen=True)

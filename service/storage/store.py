@@ -109,10 +109,10 @@ class Store:
 
     # Writes ----------------------------------------------------------------------------------
 
-    def _write(self, work):
+    def _write(self, work, notify: bool = True):
         """Runs work(txn) in one durable write transaction, growing the map if it is full, then
-        tells the subscribers. A write the disk refuses (full, failing) raises StoreUnwritable
-        and keeps nothing of the transaction."""
+        tells the subscribers (if `notify`). A write the disk refuses (full, failing) raises
+        StoreUnwritable and keeps nothing of the transaction."""
         while True:
             self._lock.acquire_read()
             try:
@@ -131,7 +131,7 @@ class Store:
                 self._lock.release_read()
             self._grow()
         self.write_failure = None
-        for on_commit in self._subscribers:
+        for on_commit in self._subscribers if notify else ():
             on_commit()
         return result
 
@@ -143,6 +143,11 @@ class Store:
         """A write of PROBE_BYTES, to learn whether the store can write again after a failure (a
         tiny one could fit in pages LMDB already has and say nothing about the disk)."""
         self._write(lambda txn: txn.put(b"write_probe", bytes(PROBE_BYTES), db=self.meta))
+
+    def set_meta(self, name: bytes, value: bytes, overwrite: bool = True) -> None:
+        """Bookkeeping of the index's (its writer id, how far it has pushed the log): no records
+        change, so the subscribers are not told."""
+        self._write(lambda txn: txn.put(name, value, overwrite=overwrite, db=self.meta), notify=False)
 
     def prune_changes(self, upto: int, batch: int = 10_000) -> int:
         """Drops change log entries up to seq `upto` (ones an index snapshot covers), in
@@ -233,7 +238,7 @@ class Store:
         txn.delete(record.key.encode(), db=self.keys)
         txn.delete(record.sha256, u64(record.id), db=self.digests)
         txn.delete(u64(record.id), db=self.keypoints)
-        txn.put(u64(seq), DELETE + u64(record.id), db=self.changes)
+        txn.put(u64(seq), DELETE + u64(record.id) + record.key.encode(), db=self.changes)
 
     def _check_model(self, txn: lmdb.Transaction, model: str, claim: bool) -> None:
         stored = txn.get(b"model", db=self.meta)

@@ -94,6 +94,8 @@ def search_without(snapshot: Index, query: np.ndarray, k: int, removed: set[int]
 class UsearchIndex:
     """The snapshot and the live changes since, searched as one (a VectorIndex). Thread-safe."""
 
+    failure = None  # it lives in this process: it can always answer
+
     def __init__(self, store: Store) -> None:
         self.store = store
         self._lock = threading.Lock()
@@ -142,6 +144,10 @@ class UsearchIndex:
             if live is not None and len(live.added):
                 found.update(int(key) for key in live.added.search(query, min(k, len(live.added)), exact=True).keys)
         return found
+
+    def identical(self, sha256: bytes) -> list[Record]:
+        with self.store.read() as view:
+            return view.by_digest(sha256)
 
     def nearest(self, feature: np.ndarray, k: int) -> list[tuple[Record, float]]:
         """The k nearest records with their exact Euclidean distances to `feature`, recomputed

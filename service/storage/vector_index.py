@@ -2,7 +2,7 @@
 
 The store is the truth; an index is a search structure over its records that follows the
 store's change log (the store calls `apply_changes` after every commit). usearch_index.py is
-the one implementation today; another engine (Milvus) implements the same three methods.
+one implementation, milvus_index.py (a collection several front services share) the other.
 """
 
 from dataclasses import dataclass
@@ -22,12 +22,18 @@ class IndexStats:
 
 
 class VectorIndex(Protocol):
+    failure: str | None  # why it cannot answer now (its engine unreachable); None while it can
+
     def nearest(self, feature: np.ndarray, k: int) -> list[tuple[Record, float]]:
         """The k nearest records, nearest first, with their Euclidean distances to `feature`."""
         ...
 
     def apply_changes(self) -> None:
         """Brings the index up to the store's last commit."""
+        ...
+
+    def identical(self, sha256: bytes) -> list[Record]:
+        """Records of images with exactly these bytes."""
         ...
 
     def stats(self) -> IndexStats: ...

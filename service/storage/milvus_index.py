@@ -1,0 +1,220 @@
+"""The Milvus vector index: the records a Check needs, in a Milvus collection several front
+services share.
+
+Each front service keeps its LMDB store as the durable record of what *it* enrolled (its writer
+id, made once per data directory, tags its rows) and pushes the store's change log to the
+collection: an enrolment is an upsert keyed by the caller's key, a deletion deletes the row if
+this writer still owns it. The push runs after every commit (so an Enroll is acknowledged once
+its rows are in Milvus), before every Check, and every --index-poll-s while Milvus was
+unreachable; the last change pushed is kept in the store, so a restart resumes where it stopped.
+A Check searches the collection and builds its candidates from the rows (feature, threshold,
+digest, metadata), so a record enrolled through any front service is found by all of them. The
+features are the store's float16 values, so distances, and every decision, are the same as on
+the usearch backend. `neardup index rebuild --backend milvus` loads the whole store again
+(`push_everything`): rows tagged with an older load of this writer are deleted after.
+"""
+
+import fcntl
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from service.storage.milvus_rows import ANSWER_FIELDS, create_collection, record_of, row_of
+from service.storage.read_view import ReadView
+from service.storage.records import DELETE, Record, from_u64, u64
+from service.storage.store import Store
+from service.storage.vector_index import IndexStats
+
+log = logging.getLogger(__name__)
+
+# The search asks for a few more neighbours than needed, as on the usearch backend.
+SEARCH_EF = 128
+EXTRA_CANDIDATES = 8
+PUSH_BATCH = 500
+NOT_LOADED = 101  # Milvus's code for a collection not loaded into memory
+
+
+class MilvusUnavailable(RuntimeError):
+    """Milvus refused or could not be reached; the message says which and why."""
+
+
+WRITER = b"milvus_writer"
+
+
+def _pushed_meta(collection: str) -> bytes:
+    return f"milvus_pushed:{collection}".encode()
+
+
+class MilvusIndex:
+    """A VectorIndex over a Milvus collection, fed from this data directory's store. Thread-safe;
+    pushes from several worker processes on one data directory are serialised by a file lock."""
+
+    def __init__(self, store: Store, uri: str, collection: str, model: str, token: str = "") -> None:
+        self.store = store
+        self.collection = collection
+        self.model = model
+        store.set_meta(WRITER, secrets.token_hex(16).encode(), overwrite=False)  # made once per data directory
+        with store.read() as view:
+            self.writer = view.meta(WRITER).decode()
+        self.failure: str | None = None  # why the last push or search failed, until one succeeds
+        self._push_lock = threading.Lock()
+        self._lock_path = Path(store.path.parent) / "milvus.lock"
+        try:
+            import pymilvus  # the `milvus` extra: only this backend needs it
+        except ImportError:
+            raise MilvusUnavailable("the milvus backend needs pymilvus: pip install 'neardup[milvus]'") from None
+        self._refused = pymilvus.MilvusException
+        # pymilvus logs every failed call with its traceback; _call reports failures in one line.
+        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+        try:
+            self.client = pymilvus.MilvusClient(uri=uri, token=token, timeout=30)
+            self._ensure_collection(pymilvus.DataType)
+        except pymilvus.MilvusException as error:
+            raise MilvusUnavailable(f"Milvus at {uri}: {error.message}") from None
+
+    def _ensure_collection(self, data_types) -> None:
+        if not self.client.has_collection(self.collection):
+            create_collection(self.client, self.collection, data_types)
+            log.info("created Milvus collection %s", self.collection)
+            return
+        self.client.load_collection(self.collection)
+        some = self.client.query(self.collection, filter="", output_fields=["model"], limit=1)
+        if some and some[0]["model"] != self.model:
+            raise MilvusUnavailable(
+                f"collection {self.collection} holds features of model {some[0]['model']!r}, but the service runs "
+                f"{self.model!r}: use another --milvus-collection"
+            )
+
+    def nearest(self, feature: np.ndarray, k: int) -> list[tuple[Record, float]]:
+        """The k nearest rows, with Euclidean distances recomputed from their float16 features."""
+        query = np.asarray(feature, dtype=np.float32)
+        [found] = self._call(
+            lambda: self.client.search(
+                self.collection,
+                [query.tolist()],
+                limit=k + EXTRA_CANDIDATES,
+                output_fields=ANSWER_FIELDS,
+                search_params={"metric_type": "L2", "params": {"ef": max(SEARCH_EF, k + EXTRA_CANDIDATES)}},
+            )
+        )
+        records = [record_of(hit["entity"], self.writer) for hit in found]
+        scored = [(record, float(np.linalg.norm(query - record.feature.astype(np.float32)))) for record in records]
+        return sorted(scored, key=lambda pair: pair[1])[:k]
+
+    def identical(self, sha256: bytes) -> list[Record]:
+        """Rows of images with these exact bytes (the digest is hex, so it needs no quoting)."""
+        digest = f'sha256 == "{sha256.hex()}"'
+        rows = self._call(lambda: self.client.query(self.collection, filter=digest, output_fields=ANSWER_FIELDS))
+        return [record_of(row, self.writer) for row in rows]
+
+    def stats(self) -> IndexStats:
+        with self.store.read() as view:
+            behind = view.seq() - self._pushed(view)
+        try:
+            [row] = self._call(lambda: self.client.query(self.collection, filter="", output_fields=["count(*)"]))
+            rows = int(row["count(*)"])
+        except MilvusUnavailable:
+            rows = 0
+        return IndexStats(generation=0, snapshot_size=rows, unindexed=max(behind, 0))
+
+    def _call(self, request: Callable):
+        """Runs a request; a collection Milvus released (after a restart) is loaded again first."""
+        try:
+            try:
+                result = request()
+            except self._refused as error:
+                if error.code != NOT_LOADED:
+                    raise
+                self.client.load_collection(self.collection)
+                result = request()
+        except self._refused as error:
+            self.failure = f"Milvus collection {self.collection}: {error.message}"
+            raise MilvusUnavailable(self.failure) from None
+        self.failure = None
+        return result
+
+    def _pushed(self, view: ReadView) -> int:
+        return from_u64(view.meta(_pushed_meta(self.collection)) or u64(0))
+
+    def apply_changes(self) -> None:
+        """Pushes the store's changes after the last one pushed; raises MilvusUnavailable (and
+        keeps the changes for the next call) when Milvus cannot take them."""
+        with self._push_lock, open(self._lock_path, "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            with self.store.read() as view:
+                pushed = self._pushed(view)
+                if pushed == view.seq():
+                    return
+                if pushed == 0 or pushed < self.store.pruned_to():
+                    # The first push, or a usearch rebuild pruned changes not pushed: load everything.
+                    self._push_all(view)
+                    return
+                upserts: dict[str, dict] = {}
+                deletions: set[str] = set()
+                last = pushed
+                for change in view.changes_after(pushed):
+                    last = change.seq
+                    if change.op == DELETE:
+                        upserts.pop(change.key, None)
+                        deletions.add(change.key)
+                        continue
+                    record = view.by_id(change.id)
+                    if record is not None:  # else a later change deletes it again
+                        deletions.discard(record.key)
+                        upserts[record.key] = row_of(record, self.writer, load=0)
+            self._delete_owned(sorted(deletions))
+            rows = list(upserts.values())
+            for start in range(0, len(rows), PUSH_BATCH):
+                self._upsert(rows[start : start + PUSH_BATCH])
+            self.store.set_meta(_pushed_meta(self.collection), u64(last))
+
+    def _upsert(self, rows: list[dict]) -> int:
+        if rows:
+            self._call(lambda: self.client.upsert(self.collection, rows))
+        return len(rows)
+
+    def _delete_owned(self, keys: list[str]) -> None:
+        """Deletes the rows of these keys that this writer still owns (not re-enrolled by another)."""
+        if not keys:
+            return
+        rows = self._call(lambda: self.client.get(self.collection, ids=keys, output_fields=["writer"]))
+        owned = [row["key"] for row in rows if row["writer"] == self.writer]
+        if owned:
+            self._call(lambda: self.client.delete(self.collection, ids=owned))
+
+    def push_everything(self, progress: Callable[[int], None] = lambda done: None) -> int:
+        """Loads every record of the store (bulk upserts), then deletes this writer's rows from
+        earlier loads that the store no longer holds; returns the records loaded."""
+        with self._push_lock, open(self._lock_path, "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            with self.store.read() as view:
+                return self._push_all(view, progress)
+
+    def _push_all(self, view: ReadView, progress: Callable[[int], None] = lambda done: None) -> int:
+        load = time.time_ns()
+        seq, batch, done = view.seq(), [], 0
+        for record in view.records():
+            batch.append(row_of(record, self.writer, load))
+            if len(batch) == PUSH_BATCH:
+                done += self._upsert(batch)
+                progress(done)
+                batch = []
+        done += self._upsert(batch)
+        progress(done)
+        # The writer id is hex, so it needs no quoting.
+        self._call(lambda: self.client.delete(self.collection, filter=f'writer == "{self.writer}" and load < {load}'))
+        self.store.set_meta(_pushed_meta(self.collection), u64(seq))
+        return done
+
+
+def push_while_serving(index: MilvusIndex, poll_s: float) -> None:
+    """One round of the background push: retries what a failed push left (Milvus was down)."""
+    try:
+        index.apply_changes()
+    except MilvusUnavailable as error:
+        log.warning("changes not pushed to Milvus yet (retrying every %.1f s): %s", poll_s, error)

@@ -1,0 +1,68 @@
+"""The Milvus collection's layout: its fields, how it is created, and records to rows and back.
+
+A row holds what a Check answers with (the feature as the store's float16 values, so distances
+match the usearch backend's exactly), whose row it is (the writer's id and the record's id in
+that writer's store), and which full load of its writer wrote it.
+"""
+
+import numpy as np
+
+from service.storage.records import FEATURE_DTYPE, Record
+from service.triton.contract import DIMENSIONS
+
+FIELDS = [
+    ("key", "VARCHAR", {"max_length": 512, "is_primary": True}),
+    ("feature", "FLOAT_VECTOR", {"dim": DIMENSIONS}),
+    ("threshold", "FLOAT", {}),
+    ("sha256", "VARCHAR", {"max_length": 64}),
+    ("model", "VARCHAR", {"max_length": 256}),
+    ("enrolled_at", "DOUBLE", {}),
+    ("metadata", "JSON", {}),
+    ("writer", "VARCHAR", {"max_length": 32}),
+    ("record_id", "INT64", {}),
+    ("load", "INT64", {}),
+]
+ANSWER_FIELDS = [name for name, _, _ in FIELDS if name != "load"]
+# HNSW as on the usearch backend (service/storage/usearch_index.py).
+HNSW = {"M": 48, "efConstruction": 64}
+
+
+def create_collection(client, name: str, data_types) -> None:
+    """A new collection with an HNSW index on the features; reads see every acknowledged write
+    (Strong consistency)."""
+    schema = client.create_schema(auto_id=False)
+    for field, kind, options in FIELDS:
+        schema.add_field(field, getattr(data_types, kind), **options)
+    index_params = client.prepare_index_params()
+    index_params.add_index("feature", index_type="HNSW", metric_type="L2", params=HNSW)
+    client.create_collection(name, schema=schema, index_params=index_params, consistency_level="Strong")
+
+
+def row_of(record: Record, writer: str, load: int) -> dict:
+    return {
+        "key": record.key,
+        "feature": record.feature.astype(np.float32).tolist(),
+        "threshold": float(record.threshold),
+        "sha256": record.sha256.hex(),
+        "model": record.model,
+        "enrolled_at": record.enrolled_at,
+        "metadata": record.metadata,
+        "writer": writer,
+        "record_id": record.id,
+        "load": load,
+    }
+
+
+def record_of(row: dict, writer: str) -> Record:
+    """The row as a record; another writer's record id means nothing in this store (its keypoints
+    are not here), so it becomes 0."""
+    return Record(
+        row["key"],
+        np.asarray(row["feature"], dtype=np.float32).astype(FEATURE_DTYPE),
+        float(row["threshold"]),
+        bytes.fromhex(row["sha256"]),
+        row["model"],
+        float(row["enrolled_at"]),
+        dict(row["metadata"] or {}),
+        int(row["record_id"]) if row["writer"] == writer else 0,
+    )
