@@ -90,7 +90,31 @@ def test_the_front_images_own_command_is_one_the_cli_accepts():
     assert command[:2] == ["neardup", "serve"]
     arguments = cli.build_parser().parse_args(command[1:])
     assert arguments.triton_url is None and arguments.model_repository is None  # the bundled Triton, packaged models
-    assert "pip install --no-cache-dir ." in dockerfile  # the wheel, which carries model_repository/
+    # The wheel, which carries model_repository/, with what the milvus backend needs.
+    assert 'pip install --no-cache-dir ".[milvus]"' in dockerfile
+
+
+def test_compose_scale_out_runs_two_front_services_on_one_milvus_collection():
+    services = COMPOSE["services"]
+    scale_out = {name for name, service in services.items() if "scale-out" in service.get("profiles", [])}
+    assert scale_out == {"milvus-etcd", "milvus-minio", "milvus", "neardup-a", "neardup-b"}
+    milvus = services["milvus"]
+    assert "ports" not in milvus and "19530" in milvus["expose"]  # the compose network only
+    assert {"milvus-etcd", "milvus-minio"} <= set(milvus["depends_on"])
+    assert "ETCD_ENDPOINTS=milvus-etcd:2379" in milvus["environment"]
+    fronts = [cli.build_parser().parse_args(services[name]["command"][1:]) for name in ("neardup-a", "neardup-b")]
+    settings = [settings_from_arguments(arguments, environ={}) for arguments in fronts]
+    assert all(s.index.backend == "milvus" and s.index.milvus_uri == "http://milvus:19530" for s in settings)
+    assert settings[0].index.milvus_collection == settings[1].index.milvus_collection  # one collection
+    assert all(s.security.auth_tokens and s.triton.url == "triton:8001" for s in settings)
+    volumes = [services[name]["volumes"][0].split(":")[0] for name in ("neardup-a", "neardup-b")]
+    assert volumes[0] != volumes[1] and set(volumes) <= set(COMPOSE["volumes"])  # a store each
+    ports = [services[name]["ports"][0] for name in ("neardup-a", "neardup-b")]
+    assert ports[0] != ports[1] and all(port.startswith("127.0.0.1:") for port in ports)
+    assert all(
+        services[name]["depends_on"]["milvus"]["condition"] == "service_healthy" for name in ("neardup-a", "neardup-b")
+    )
+    assert not any("profiles" in services[name] for name in ("triton", "neardup", "prometheus", "grafana"))
 
 
 # The CUDA major of each NGC Triton release (its release notes) and of each onnxruntime-gpu
