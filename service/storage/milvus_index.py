@@ -144,6 +144,9 @@ class MilvusIndex:
     def apply_changes(self) -> None:
         """Pushes the store's changes after the last one pushed; raises MilvusUnavailable (and
         keeps the changes for the next call) when Milvus cannot take them."""
+        with self.store.read() as view:
+            if self._pushed(view) == view.seq():  # the common case (every Check asks): no lock taken
+                return
         with self._push_lock, open(self._lock_path, "a") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             with self.store.read() as view:
