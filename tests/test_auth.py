@@ -19,7 +19,14 @@ from tests.conftest import mosaic, reencoded, wait_for
 from tests.test_grpcurl import GRPCURL
 
 FAST = ("--enroll-views", "1", "--check-views", "1")
-ROLE_OF = {"Hash": "check", "Check": "check", "Stats": "check", "Enroll": "enroll", "Delete": "enroll"}
+ROLE_OF = {
+    "Hash": "check",
+    "Check": "check",
+    "CheckStream": "check",
+    "Stats": "check",
+    "Enroll": "enroll",
+    "Delete": "enroll",
+}
 ROLE_OF["ReloadIndex"] = "admin"
 IMAGE = mosaic(4242)
 
@@ -78,6 +85,7 @@ def stub_for(service, pki, token: str = "") -> pb_grpc.NearDupStub:
 CALLS = {
     "Hash": lambda s: s.Hash(pb.HashRequest(image=IMAGE), timeout=30),
     "Check": lambda s: s.Check(pb.CheckRequest(image=IMAGE), timeout=30),
+    "CheckStream": lambda s: list(s.CheckStream(iter([pb.CheckRequest(image=IMAGE)]), timeout=30)),
     "Stats": lambda s: s.Stats(pb.StatsRequest(), timeout=30),
     "Enroll": lambda s: list(s.Enroll(iter([pb.EnrollRequest(key="matrix/one", image=IMAGE)]), timeout=30)),
     "Delete": lambda s: s.Delete(pb.DeleteRequest(key="matrix/absent"), timeout=30),

@@ -43,3 +43,15 @@ def test_grpcurl_shows_the_reason_for_a_bad_image(service):
     bad = grpcurl(service, "neardup.v1.NearDup/Hash", data=json.dumps({"image": base64.b64encode(b"nope").decode()}))
     assert bad.returncode != 0
     assert "InvalidArgument" in bad.stderr and "not in a supported format" in bad.stderr
+
+
+def test_grpcurl_streams_checks_one_answer_per_request(service):
+    names = ["gnome-adwaita.jpg", "gnome-wood.jpg", "gnome-truchet.jpg"]
+    lines = [json.dumps({"image": base64.b64encode(image_bytes(name)).decode(), "top_k": 2}) for name in names]
+    lines.insert(1, json.dumps({"image": base64.b64encode(b"nope").decode()}))
+    streamed = grpcurl(service, "neardup.v1.NearDup/CheckStream", data="\n".join(lines))
+    assert streamed.returncode == 0, streamed.stderr
+    answers = [json.loads(chunk) for chunk in streamed.stdout.replace("}\n{", "}\0{").split("\0")]
+    assert len(answers) == 4
+    assert "not in a supported format" in answers[1]["error"]
+    assert all("error" not in answer and "model" in answer for n, answer in enumerate(answers) if n != 1)

@@ -4,7 +4,7 @@ The token file (`--auth-tokens`) holds SHA-256 digests, never tokens:
 
     {"tokens": [{"name": "search-api", "sha256": "<hex>", "roles": ["check"]}, ...]}
 
-Callers send `authorization: Bearer <token>`. Roles: `check` (Hash, Check, Stats, and
+Callers send `authorization: Bearer <token>`. Roles: `check` (Hash, Check, CheckStream, Stats, and
 reflection), `enroll` (Enroll, Delete), `admin` (ReloadIndex). Health stays open for
 orchestrator probes. A missing or unknown token is UNAUTHENTICATED, a known one without the
 role PERMISSION_DENIED; the method never runs. The file is read again on SIGHUP; a file that
@@ -30,6 +30,7 @@ ROLES = ("check", "enroll", "admin")
 METHOD_ROLES = {
     "/neardup.v1.NearDup/Hash": "check",
     "/neardup.v1.NearDup/Check": "check",
+    "/neardup.v1.NearDup/CheckStream": "check",
     "/neardup.v1.NearDup/Stats": "check",
     "/neardup.v1.NearDup/Enroll": "enroll",
     "/neardup.v1.NearDup/Delete": "enroll",

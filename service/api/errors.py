@@ -42,10 +42,16 @@ STATUS_OF_ERROR: list[tuple[type[Exception], grpc.StatusCode]] = [
     (TritonRejected, grpc.StatusCode.INTERNAL),
 ]
 HANDLED = tuple(error for error, _ in STATUS_OF_ERROR)
+# What the caller got wrong about one request (a bad image or field): a streamed item's error.
+CALLER_MISTAKES = (ImageError, RequestError)
+
+
+def status_of(error: Exception) -> grpc.StatusCode:
+    return next(code for kind, code in STATUS_OF_ERROR if isinstance(error, kind))
 
 
 async def abort(context: grpc.aio.ServicerContext, method: str, error: Exception) -> None:
-    code = next(code for kind, code in STATUS_OF_ERROR if isinstance(error, kind))
+    code = status_of(error)
     log.info("%s: %s: %s", method, code.name, error)
     await context.abort(code, str(error))
 

@@ -3,17 +3,18 @@
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 
 from service import metrics
-from service.api.errors import KeyNotFound, RequestError, grpc_errors
+from service.api.errors import CALLER_MISTAKES, KeyNotFound, RequestError, grpc_errors, status_of
 from service.api.health import Readiness
 from service.api.interceptors import Malformed
 from service.config import Settings
 from service.core.checking import Checker, CheckResult
 from service.core.enrollment import Enroller, EnrollItem, key_problem, shown
-from service.core.streams import Window
+from service.core.streams import Window, answered_in_order
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
 from service.storage import snapshots
@@ -24,9 +25,24 @@ from service.triton import contract
 
 log = logging.getLogger(__name__)
 
+# CheckStream items checked at once (their Triton requests batch together).
+CHECK_STREAM_PARALLEL = 8
+
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["NearDup"].full_name
 # Leave the caller this much of its deadline to receive our answer.
 DEADLINE_MARGIN_S = 0.05
+
+
+@dataclass(frozen=True)
+class StreamedCheck:
+    """One CheckStream item: a request, or why its message could not be parsed."""
+
+    request: pb.CheckRequest | None
+    problem: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.request.image) if self.request is not None else 0
 
 
 class NearDupServicer(pb_grpc.NearDupServicer):
@@ -73,6 +89,9 @@ class NearDupServicer(pb_grpc.NearDupServicer):
 
     @grpc_errors
     async def Check(self, request: pb.CheckRequest, context: grpc.aio.ServicerContext) -> pb.CheckResponse:
+        return await self._check(request, context)
+
+    async def _check(self, request: pb.CheckRequest, context: grpc.aio.ServicerContext) -> pb.CheckResponse:
         top_k = request.top_k or 1
         if not 1 <= top_k <= self.settings.limits.max_top_k:
             raise RequestError(f"top_k must be between 1 and {self.settings.limits.max_top_k}, got {top_k}")
@@ -133,6 +152,32 @@ class NearDupServicer(pb_grpc.NearDupServicer):
             yield pb.EnrollResult(
                 key=outcome.key, status=pb.EnrollResult.Status.Value(outcome.status), id=outcome.id, error=outcome.error
             )
+
+    @grpc_errors
+    async def CheckStream(self, requests: AsyncIterator[pb.CheckRequest], context: grpc.aio.ServicerContext):
+        """Each item answered as Check would answer it; a caller's mistake (a bad image or field)
+        is that item's `error`, a failure of ours (Triton down, overload) ends the stream with
+        its status, as it would end a Check."""
+
+        async def answer(item: StreamedCheck) -> pb.CheckResponse:
+            if item.problem:
+                return pb.CheckResponse(error=f"INVALID_ARGUMENT: {item.problem}")
+            try:
+                return await self._check(item.request, context)
+            except CALLER_MISTAKES as error:
+                return pb.CheckResponse(error=f"{status_of(error).name}: {error}")
+
+        async def items() -> AsyncIterator[StreamedCheck]:
+            async for request in requests:
+                if isinstance(request, Malformed):
+                    yield StreamedCheck(None, request.reason)
+                else:
+                    yield StreamedCheck(request)
+
+        limits = self.settings.limits
+        window = Window(limits.enroll_window, limits.enroll_window_bytes, limits.stream_idle_s)
+        async for response in answered_in_order(items(), window, CHECK_STREAM_PARALLEL, answer):
+            yield response
 
     @grpc_errors
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:

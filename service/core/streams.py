@@ -2,7 +2,7 @@
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -79,3 +79,25 @@ def read_ahead(requests: AsyncIterator[Sized], window: Window) -> tuple[ReadAhea
             await queue.put(None)  # the end of the stream, or of what could be read
 
     return queue, asyncio.create_task(read())
+
+
+async def answered_in_order(
+    requests: AsyncIterator[Sized], window: Window, parallel: int, answer: Callable[[Sized], Awaitable]
+) -> AsyncIterator:
+    """Answers a request stream in order, up to `parallel` requests at once, reading at most
+    `window` ahead; what breaks the stream (StreamIdle included) is raised after the answers
+    already made."""
+    queue, reader = read_ahead(requests, window)
+    in_flight: collections.deque[asyncio.Task] = collections.deque()
+    try:
+        while (request := await queue.get()) is not None:
+            in_flight.append(asyncio.create_task(answer(request)))
+            while in_flight and (len(in_flight) >= parallel or in_flight[0].done()):
+                yield await in_flight.popleft()
+        while in_flight:
+            yield await in_flight.popleft()
+        await reader
+    finally:
+        reader.cancel()
+        for task in in_flight:
+            task.cancel()
