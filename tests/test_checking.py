@@ -38,13 +38,20 @@ class FixedHasher:
 class ExactIndex:
     """Every record of the store, ranked exactly: the VectorIndex contract with no engine behind it."""
 
+    failure = None
+
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def nearest(self, feature: np.ndarray, k: int):
+    def nearest(self, feature: np.ndarray, k: int, collections=None):
         with self.store.read() as view:
-            scored = [(r, float(np.linalg.norm(feature - r.feature.astype(np.float32)))) for r in view.records()]
+            records = [r for r in view.records() if collections is None or r.collection in collections]
+        scored = [(r, float(np.linalg.norm(feature - r.feature.astype(np.float32)))) for r in records]
         return sorted(scored, key=lambda pair: pair[1])[:k]
+
+    def identical(self, sha256: bytes, collections=None):
+        with self.store.read() as view:
+            return [r for r in view.by_digest(sha256) if collections is None or r.collection in collections]
 
     def apply_changes(self) -> None:
         pass

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from service.storage import change_log
 from service.storage.snapshots import Manifest, RebuildError, SnapshotError, SnapshotLoader, build_snapshot
 from service.storage.store import Store
 from tests.test_store import MODEL, item
@@ -143,7 +144,7 @@ def test_the_log_keeps_one_generation_and_a_snapshot_older_than_it_is_refused(st
         assert loader.load_if_new()
     # Loading generation 3 pruned the changes generation 2 covers, not those after it: a worker
     # still on generation 2 can catch up.
-    assert store.pruned_to() == manifests[1][0].snapshot_seq
+    assert change_log.pruned_to(store) == manifests[1][0].snapshot_seq
     with store.read() as view:
         assert [change.seq for change in view.changes_after(0)] == [manifests[2][0].snapshot_seq]
     Manifest.path(tmp_path / "index").write_text(manifests[0][1])  # an operator restores an old index

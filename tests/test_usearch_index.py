@@ -1,8 +1,11 @@
 """The usearch index: a snapshot plus the live changes that every store commit brings to it."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from service.storage import change_log
 from service.storage.snapshots import SnapshotLoader, build_snapshot
 from service.storage.store import Store
 from service.storage.usearch_index import UsearchIndex
@@ -105,7 +108,39 @@ def test_without_a_snapshot_the_index_starts_from_every_record_not_the_change_lo
     build_snapshot(store, tmp_path / "index", "f16", keep=2, progress=False)
     with store.read() as view:
         last = view.seq()
-    assert store.prune_changes(last) == 3 and store.pruned_to() == last
+    assert change_log.prune(store, last) == 3 and change_log.pruned_to(store) == last
     index = following(store)  # no snapshot loaded, and the log no longer holds a, b, c
     index.apply_changes()
     assert [nearest_key(store, index, key) for key in "abc"] == list("abc")
+
+
+@pytest.mark.parametrize("exact_limit", [20_000, 0], ids=["exact distances", "graph search"])
+def test_a_search_limited_to_collections_finds_their_nearest_records(store, tmp_path, monkeypatch, exact_limit):
+    """Both ways of filtering (every distance in a small collection; the graph asked for more
+    while other collections crowd the answer) give the exact nearest records of the collections
+    asked for, in the snapshot and in the live part."""
+    monkeypatch.setattr("service.storage.usearch_index.EXACT_FILTER_RECORDS", exact_limit)
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(900, 512)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    names = ["", "small", "large"]
+    placed = [names[0] if n % 10 < 6 else names[1] if n % 10 == 6 else names[2] for n in range(900)]
+
+    def items(numbers):
+        return [replace(item(f"r{n}", f"r{n}"), feature=vectors[n], collection=placed[n]) for n in numbers]
+
+    store.enroll(MODEL, items(range(600)))
+    build_snapshot(store, tmp_path / "index", "f32", keep=2, progress=False)
+    index = following(store)
+    SnapshotLoader(index, tmp_path / "index").load_if_new()
+    store.enroll(MODEL, items(range(600, 900)))  # the live part
+    queries = rng.normal(size=(20, 512)).astype(np.float32)
+    for wanted in ({"small"}, {"large"}, {"small", ""}):
+        members = np.array([n for n in range(900) if placed[n] in wanted])
+        for query in queries:
+            stored = vectors[members].astype(np.float16).astype(np.float32)  # as the store keeps them
+            distances = np.linalg.norm(stored - query / np.linalg.norm(query), axis=1)
+            expected = [f"r{n}" for n in members[np.argsort(distances)[:8]]]
+            found = index.nearest(query / np.linalg.norm(query), 8, frozenset(wanted))
+            assert all(record.collection in wanted for record, _ in found)
+            assert [record.key for record, _ in found] == expected

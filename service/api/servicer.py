@@ -8,16 +8,20 @@ from dataclasses import dataclass
 import grpc
 
 from service import metrics
+from service.api.collection_stats import collection_stats
 from service.api.errors import CALLER_MISTAKES, KeyNotFound, RequestError, grpc_errors, status_of
 from service.api.health import Readiness
 from service.api.interceptors import Malformed
 from service.config import Settings
 from service.core.checking import Checker, CheckResult
+from service.core.decision import settable_rules, with_rule
 from service.core.enrollment import Enroller, EnrollItem, key_problem, shown
 from service.core.streams import Window, answered_in_order
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
 from service.storage import snapshots
+from service.storage.collections import CollectionSettings, name_problem
+from service.storage.collections import set_settings as set_collection_settings
 from service.storage.snapshots import SnapshotError, SnapshotLoader
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex
@@ -95,7 +99,11 @@ class NearDupServicer(pb_grpc.NearDupServicer):
         top_k = request.top_k or 1
         if not 1 <= top_k <= self.settings.limits.max_top_k:
             raise RequestError(f"top_k must be between 1 and {self.settings.limits.max_top_k}, got {top_k}")
-        result = await self.checker.check(request.image, top_k, lambda: self._triton_timeout(context))
+        for name in request.collections:
+            if problem := name_problem(name):
+                raise RequestError(problem)
+        collections = frozenset(request.collections) or None
+        result = await self.checker.check(request.image, top_k, lambda: self._triton_timeout(context), collections)
         decision = "identical" if result.identical else "duplicate" if result.is_duplicate else "new"
         metrics.DECISIONS.labels(decision).inc()
         return self._check_response(result)
@@ -111,6 +119,7 @@ class NearDupServicer(pb_grpc.NearDupServicer):
                 metadata=match.record.metadata,
                 inliers=match.inliers,
                 nearest_similarity=match.nearest_similarity,
+                collection=match.record.collection,
             )
             for match in result.matches
         ]
@@ -127,7 +136,7 @@ class NearDupServicer(pb_grpc.NearDupServicer):
             index_generation=result.index_generation,
             identical=result.identical,
             score=result.score,
-            decision_rule=self.settings.decision.rule,
+            decision_rule=result.rule or self.settings.decision.rule,
             background_similarity=result.background_similarity,
             low_information=result.low_information,
             region=region,
@@ -142,7 +151,7 @@ class NearDupServicer(pb_grpc.NearDupServicer):
                 if isinstance(request, Malformed):
                     yield EnrollItem("", b"", problem=request.reason)
                 else:
-                    yield EnrollItem(request.key, request.image, dict(request.metadata))
+                    yield EnrollItem(request.key, request.image, dict(request.metadata), collection=request.collection)
 
         limits = self.settings.limits
         window = Window(limits.enroll_window, limits.enroll_window_bytes, limits.stream_idle_s)
@@ -181,12 +190,13 @@ class NearDupServicer(pb_grpc.NearDupServicer):
 
     @grpc_errors
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
-        if problem := key_problem(request.key):
+        if problem := key_problem(request.key) or name_problem(request.collection):
             raise RequestError(problem)
-        removed = await asyncio.to_thread(self.store.delete, request.key)
+        removed = await asyncio.to_thread(self.store.delete, request.key, request.collection)
+        where = f" in collection {request.collection!r}" if request.collection else ""
         if removed is None:
-            raise KeyNotFound(f"no image is enrolled under key {shown(request.key)}")
-        log.info("deleted %s (id %d)", shown(request.key), removed.id)
+            raise KeyNotFound(f"no image is enrolled under key {shown(request.key)}{where}")
+        log.info("deleted %s%s (id %d)", shown(request.key), where, removed.id)
         return pb.DeleteResponse()
 
     @grpc_errors
@@ -209,7 +219,25 @@ class NearDupServicer(pb_grpc.NearDupServicer):
             input_size=triton.input_size,
             views_per_check=triton.check_views,
             views_per_enroll=triton.enroll_views,
+            collections=await asyncio.to_thread(collection_stats, self.store, self.checker.policies()),
         )
+
+    @grpc_errors
+    async def SetCollection(self, request: pb.SetCollectionRequest, context) -> pb.CollectionStats:
+        if problem := name_problem(request.collection):
+            raise RequestError(problem)
+        chosen = None
+        if not request.reset:
+            try:
+                with_rule(self.settings.decision, request.rule, request.threshold)
+            except (KeyError, ValueError):
+                rules = ", ".join(settable_rules())
+                raise RequestError(f"rule {request.rule!r} cannot be set for a collection; one of {rules}") from None
+            chosen = CollectionSettings(request.rule, request.threshold)
+        await asyncio.to_thread(set_collection_settings, self.store, request.collection, chosen)
+        log.info("collection %r: %s", request.collection, chosen or "the service's settings")
+        [stats] = collection_stats(self.store, self.checker.policies(), request.collection)
+        return stats
 
     @grpc_errors
     async def ReloadIndex(self, request: pb.ReloadIndexRequest, context) -> pb.ReloadIndexResponse:

@@ -9,17 +9,19 @@ picture is found; a region needs its own, higher score.
 """
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from service.core.decision import Candidate, Decision, Policy, decide, is_borderline
+from service.core.decision import Candidate, Decision, Policy, decide, is_borderline, with_rule
 from service.media import geometry
 from service.media.imaging import is_low_information
 from service.media.preprocess import REGIONS, Box, Preprocessor
 from service.storage.background import Background
+from service.storage.collections import settings as collection_settings
 from service.storage.records import Record
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex
@@ -51,6 +53,7 @@ class CheckResult:
     region: Box | None = None  # the part of the query the matches were found in (None: the whole)
     region_score: float = float("-inf")  # the best region's score, when regions were searched
     views: int = 0  # views embedded by Triton for this Check
+    rule: str = ""  # the deciding collection's rule ("": the service's)
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,9 @@ class Search:
     """One feature's neighbours and the rule's decision on them."""
 
     nearest: list[tuple[Record, float]]
-    to_nearest: list[float]  # each neighbour's similarity to the nearest one
+    to_nearest: list[float]  # each neighbour's similarity to the nearest one of its collection
     decision: Decision
+    rule: str = ""  # the rule of the collection whose decision this is
 
     def matches(self, each: list[bool], inliers: int = -1) -> list[Match]:
         return [
@@ -96,21 +100,31 @@ class Checker:
         self.store.check_model(self.model_identity)
         self.index.apply_changes()
 
-    async def check(self, image: bytes, top_k: int, timeout_s: Callable[[], float]) -> CheckResult:
-        """`timeout_s()` is what is left for Triton now (the region stage asks again)."""
+    async def check(
+        self,
+        image: bytes,
+        top_k: int,
+        timeout_s: Callable[[], float],
+        collections: frozenset[str] | None = None,
+    ) -> CheckResult:
+        """`timeout_s()` is what is left for Triton now (the region stage asks again); only
+        `collections` are searched (None: all)."""
         await asyncio.to_thread(self._up_to_date)
         generation = self.index.stats().generation
-        identical = (await asyncio.to_thread(self.index.identical, hashlib.sha256(image).digest()))[:top_k]
+        digest = hashlib.sha256(image).digest()
+        identical = (await asyncio.to_thread(self.index.identical, digest, collections))[:top_k]
         if identical:
             # Byte-identical to an enrolled image is a duplicate under any rule.
             score = decide(self.policy, [Candidate(0.0, record.threshold) for record in identical]).score
             return CheckResult(True, True, [Match(record, 0.0, True) for record in identical], score, 0.0, generation)
         canvas, descriptor = await self._canvas_and_descriptor(image, self.views, timeout_s())
         background_similarity = self.background.similarity(descriptor.feature)
-        whole = await asyncio.to_thread(self._search, descriptor.feature, top_k, background_similarity)
+        search = functools.partial(self._search, collections=collections)
+        whole = await asyncio.to_thread(search, descriptor.feature, top_k, background_similarity)
         result = CheckResult(
-            False, False, [], whole.decision.score, background_similarity, generation, views=self.views
-        )
+            False, False, [], whole.decision.score, background_similarity, generation, views=self.views,
+            rule=whole.rule,
+        )  # fmt: skip
         if is_low_information(canvas):
             return replace(result, matches=whole.matches([False] * len(whole.nearest))[:top_k], low_information=True)
         each, inliers = whole.decision.each, -1
@@ -118,20 +132,20 @@ class Checker:
             inliers = await asyncio.to_thread(self._inliers, image, whole.nearest[0][0])
             if inliers >= geometry.MIN_INLIERS:
                 each = [True, *each[1:]]
-        result = replace(result, matches=whole.matches(each, inliers)[:top_k], is_duplicate=bool(each) and each[0])
+        result = replace(result, matches=whole.matches(each, inliers)[:top_k], is_duplicate=any(each))
         if result.is_duplicate or not self.policy.region_threshold or not whole.nearest:
             return result
-        return await self._search_regions(image, top_k, timeout_s, result)
+        return await self._search_regions(image, top_k, timeout_s, result, search)
 
     async def _search_regions(
-        self, image: bytes, top_k: int, timeout_s: Callable[[], float], whole: CheckResult
+        self, image: bytes, top_k: int, timeout_s: Callable[[], float], whole: CheckResult, search: Callable
     ) -> CheckResult:
         """The cascade's second stage: each region embedded and searched; the best region decides
         if its score reaches the region threshold."""
         canvases = await asyncio.to_thread(self.preprocessor.regions, image)
         descriptors = await self.hasher.hash(canvases, [1] * len(canvases), timeout_s())
         searches = await asyncio.to_thread(
-            lambda: [self._search(d.feature, top_k, whole.background_similarity) for d in descriptors]
+            lambda: [search(d.feature, top_k, whole.background_similarity) for d in descriptors]
         )
         best = max(range(len(searches)), key=lambda i: searches[i].decision.score)
         search, views = searches[best], whole.views + len(canvases)
@@ -140,22 +154,57 @@ class Checker:
             return replace(whole, region_score=score, views=views)
         return CheckResult(
             True, False, search.matches(search.decision.each)[:top_k], score, whole.background_similarity,
-            whole.index_generation, region=REGIONS[best], region_score=score, views=views,
+            whole.index_generation, region=REGIONS[best], region_score=score, views=views, rule=search.rule,
         )  # fmt: skip
 
-    def _search(self, feature: np.ndarray, top_k: int, background_similarity: float) -> Search:
-        nearest = self.index.nearest(feature, max(top_k, NEIGHBOURS))
-        to_nearest = similarities_to_first([record.feature for record, _ in nearest])
-        candidates = [
-            Candidate(distance, record.threshold, similarity)
-            for (record, distance), similarity in zip(nearest, to_nearest, strict=True)
-        ]
-        return Search(nearest, to_nearest, decide(self.policy, candidates, background_similarity))
+    def _search(
+        self, feature: np.ndarray, top_k: int, background_similarity: float, collections: frozenset[str] | None = None
+    ) -> Search:
+        nearest = self.index.nearest(feature, max(top_k, NEIGHBOURS), collections)
+        return decided(nearest, self.policies(), background_similarity)
+
+    def policies(self) -> Callable[[str], Policy]:
+        """Each collection's policy: its own settings (SetCollection), or the service's."""
+        chosen = collection_settings(self.store)
+
+        def policy_of(collection: str) -> Policy:
+            own = chosen.get(collection)
+            return with_rule(self.policy, own.rule, own.threshold) if own else self.policy
+
+        return policy_of
 
     def _inliers(self, image: bytes, record: Record) -> int:
         with self.store.read() as view:
             stored = view.keypoints(record.id)
         return geometry.inliers(self.preprocessor.picture(image), stored)
+
+
+def decided(
+    nearest: list[tuple[Record, float]], policy_of: Callable[[str], Policy], background_similarity: float
+) -> Search:
+    """Each collection's candidates decided by its own policy, as if it had been checked alone;
+    the search's decision is that of the nearest collection that found a duplicate (else of the
+    nearest one)."""
+    positions: dict[str, list[int]] = {}
+    for position, (record, _) in enumerate(nearest):
+        positions.setdefault(record.collection, []).append(position)
+    each, to_nearest = [False] * len(nearest), [1.0] * len(nearest)
+    decisions = []  # (decision, rule) per collection, the nearest collection first
+    for collection, members in positions.items():
+        similarities = similarities_to_first([nearest[p][0].feature for p in members])
+        candidates = [
+            Candidate(nearest[p][1], nearest[p][0].threshold, similarity)
+            for p, similarity in zip(members, similarities, strict=True)
+        ]
+        policy = policy_of(collection)
+        decision = decide(policy, candidates, background_similarity)
+        for p, similarity, duplicate in zip(members, similarities, decision.each, strict=True):
+            each[p], to_nearest[p] = duplicate, similarity
+        decisions.append((decision, policy.rule))
+    if not decisions:
+        return Search(nearest, to_nearest, decide(policy_of(""), []), policy_of("").rule)
+    deciding, rule = next((pair for pair in decisions if pair[0].is_duplicate), decisions[0])
+    return Search(nearest, to_nearest, Decision(deciding.is_duplicate, deciding.score, each), rule)
 
 
 def similarities_to_first(features: list[np.ndarray]) -> list[float]:

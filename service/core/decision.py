@@ -16,7 +16,7 @@ tools/evaluate.py scores with, so a change to a rule is measured by the benchmar
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class Decision:
 class Rule:
     scores: Callable[[Policy, list[Candidate], float], list[float]]  # (policy, candidates, background)
     threshold: Callable[[Policy], float]
+    threshold_field: str | None = None  # the Policy field holding its threshold (None: fixed)
 
 
 def _global(policy: Policy, candidates: list[Candidate], background: float) -> list[float]:
@@ -112,12 +113,28 @@ def _normalized(policy: Policy, candidates: list[Candidate], background: float) 
 
 
 RULES: dict[str, Rule] = {
-    "global": Rule(_global, lambda policy: policy.global_threshold),
+    "global": Rule(_global, lambda policy: policy.global_threshold, "global_threshold"),
     "seed": Rule(_within_radius, lambda policy: 0.0),
     "clamped": Rule(_within_radius, lambda policy: 0.0),
-    "margin": Rule(_margin, lambda policy: policy.margin_threshold),
-    "normalized": Rule(_normalized, lambda policy: policy.normalized_threshold),
+    "margin": Rule(_margin, lambda policy: policy.margin_threshold, "margin_threshold"),
+    "normalized": Rule(_normalized, lambda policy: policy.normalized_threshold, "normalized_threshold"),
 }
+
+
+def with_rule(policy: Policy, rule: str, threshold: float) -> Policy:
+    """The policy with another rule and that rule's threshold (a collection's own settings)."""
+    field_name = RULES[rule].threshold_field
+    if field_name is None:
+        raise ValueError(f"the {rule} rule has no threshold to set; one of {', '.join(settable_rules())}")
+    return replace(policy, rule=rule, **{field_name: threshold})
+
+
+def settable_rules() -> list[str]:
+    return [name for name, rule in RULES.items() if rule.threshold_field]
+
+
+def threshold_of(policy: Policy) -> float:
+    return RULES[policy.rule].threshold(policy)
 
 
 def decide(policy: Policy, candidates: list[Candidate], background_similarity: float = 0.0) -> Decision:

@@ -11,7 +11,8 @@ import numpy as np
 
 from service.core.streams import Window, read_ahead
 from service.media.imaging import ImageError
-from service.storage.records import MAX_KEY_BYTES, Enrolment
+from service.storage.collections import name_problem
+from service.storage.records import MAX_KEY_BYTES, Enrolment, stored_name
 from service.storage.store import Store
 from service.triton.client import Hasher
 
@@ -25,6 +26,12 @@ class EnrollItem:
     image: bytes
     metadata: dict[str, str] = field(default_factory=dict)
     problem: str = ""  # set when the request itself could not be read: the item is INVALID
+    collection: str = ""
+
+    @property
+    def name(self) -> tuple[str, str]:
+        """What is unique in the store: the key within its collection."""
+        return self.collection, self.key
 
     @property
     def size(self) -> int:
@@ -78,8 +85,10 @@ def item_problem(item: EnrollItem, limits: ItemLimits) -> str | None:
     """Why an item cannot be enrolled whatever its image, or None."""
     if item.problem:
         return item.problem
-    if problem := key_problem(item.key):
+    if problem := key_problem(item.key) or name_problem(item.collection):
         return problem
+    if len(stored_name(item.collection, item.key)) > MAX_KEY_BYTES:
+        return f"key {shown(item.key)} and collection {item.collection!r} are {MAX_KEY_BYTES} bytes or more together"
     if len(item.metadata) > limits.max_metadata_entries:
         return f"metadata has {len(item.metadata)} entries; at most {limits.max_metadata_entries}"
     size = sum(len(k.encode()) + len(v.encode()) for k, v in item.metadata.items())
@@ -127,7 +136,7 @@ class Enroller:
         queue, reader = read_ahead(requests, window)
         # Two batches in flight: the next one is decoded and hashed while the one before is
         # still in Triton. Each commits after the one before it, and answers keep stream order.
-        in_flight: collections.deque[tuple[asyncio.Task, frozenset[str]]] = collections.deque()
+        in_flight: collections.deque[tuple[asyncio.Task, frozenset[tuple[str, str]]]] = collections.deque()
         try:
             ended = False
             while not ended:
@@ -140,7 +149,7 @@ class Enroller:
                 if batch:
                     after, uncommitted = in_flight[-1] if in_flight else (None, frozenset())
                     task = asyncio.create_task(self.enroll(batch, timeout_s(), after, uncommitted))
-                    in_flight.append((task, frozenset(request.key for request in batch)))
+                    in_flight.append((task, frozenset(request.name for request in batch)))
                 while in_flight and (len(in_flight) > 1 or ended):
                     task, _ = in_flight.popleft()
                     for result in await task:
@@ -157,7 +166,7 @@ class Enroller:
         requests: list[EnrollItem],
         timeout_s: float,
         after: asyncio.Future | None = None,
-        uncommitted: frozenset[str] = frozenset(),
+        uncommitted: frozenset[tuple[str, str]] = frozenset(),
     ) -> list[EnrollOutcome]:
         """Enrols one batch; its LMDB transaction waits for `after` (the previous batch's, which
         writes the keys `uncommitted`) to commit."""
@@ -186,6 +195,7 @@ class Enroller:
                     dict(item.request.metadata),
                     item.keypoints,
                     d.runtime,
+                    item.request.collection,
                 )
                 for item, d in zip(to_hash, descriptors, strict=True)
             ]
@@ -194,7 +204,7 @@ class Enroller:
                 item.result = EnrollOutcome(item.request.key, outcome.status, outcome.record.id)
         return [item.result for item in items]
 
-    def _skip_unchanged(self, items: list[Item], uncommitted: frozenset[str]) -> list[Item]:
+    def _skip_unchanged(self, items: list[Item], uncommitted: frozenset[tuple[str, str]]) -> list[Item]:
         """Answers the items whose key already holds these bytes; returns the others.
 
         A key written before it in this batch or in the uncommitted one before may hold other
@@ -205,12 +215,12 @@ class Enroller:
             for item in items:
                 if item.result is not None:
                     continue
-                existing = view.by_key(item.request.key)
-                if item.request.key not in written_before and existing is not None and existing.sha256 == item.sha256:
+                existing = view.by_key(item.request.key, item.request.collection)
+                if item.request.name not in written_before and existing is not None and existing.sha256 == item.sha256:
                     item.result = EnrollOutcome(item.request.key, "UNCHANGED", existing.id)
                 else:
                     pending.append(item)
-                written_before.add(item.request.key)
+                written_before.add(item.request.name)
         return pending
 
     async def _decode(self, item: Item) -> None:

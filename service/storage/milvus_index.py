@@ -24,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from service.storage.milvus_rows import ANSWER_FIELDS, create_collection, record_of, row_of
+from service.storage import change_log
+from service.storage.milvus_rows import (
+    ANSWER_FIELDS,
+    collection_filter,
+    create_collection,
+    primary_key,
+    record_of,
+    row_of,
+)
 from service.storage.read_view import ReadView
 from service.storage.records import DELETE, Record, from_u64, u64
 from service.storage.store import Store
@@ -56,7 +64,7 @@ class MilvusIndex:
 
     def __init__(self, store: Store, uri: str, collection: str, model: str, token: str = "") -> None:
         self.store = store
-        self.collection = collection
+        self.milvus_collection = collection  # Milvus's; neardup's collections are a field of its rows
         self.model = model
         store.set_meta(WRITER, secrets.token_hex(16).encode(), overwrite=False)  # made once per data directory
         with store.read() as view:
@@ -78,25 +86,29 @@ class MilvusIndex:
             raise MilvusUnavailable(f"Milvus at {uri}: {error.message}") from None
 
     def _ensure_collection(self, data_types) -> None:
-        if not self.client.has_collection(self.collection):
-            create_collection(self.client, self.collection, data_types)
-            log.info("created Milvus collection %s", self.collection)
+        if not self.client.has_collection(self.milvus_collection):
+            create_collection(self.client, self.milvus_collection, data_types)
+            log.info("created Milvus collection %s", self.milvus_collection)
             return
-        self.client.load_collection(self.collection)
-        some = self.client.query(self.collection, filter="", output_fields=["model"], limit=1)
+        self.client.load_collection(self.milvus_collection)
+        some = self.client.query(self.milvus_collection, filter="", output_fields=["model"], limit=1)
         if some and some[0]["model"] != self.model:
             raise MilvusUnavailable(
-                f"collection {self.collection} holds features of model {some[0]['model']!r}, but the service runs "
-                f"{self.model!r}: use another --milvus-collection"
+                f"collection {self.milvus_collection} holds features of model {some[0]['model']!r}, but the "
+                f"service runs {self.model!r}: use another --milvus-collection"
             )
 
-    def nearest(self, feature: np.ndarray, k: int) -> list[tuple[Record, float]]:
-        """The k nearest rows, with Euclidean distances recomputed from their float16 features."""
+    def nearest(
+        self, feature: np.ndarray, k: int, collections: frozenset[str] | None = None
+    ) -> list[tuple[Record, float]]:
+        """The k nearest rows (in `collections`; None: all), with Euclidean distances recomputed
+        from their float16 features. Milvus filters during the search itself."""
         query = np.asarray(feature, dtype=np.float32)
         [found] = self._call(
             lambda: self.client.search(
-                self.collection,
+                self.milvus_collection,
                 [query.tolist()],
+                filter=collection_filter(collections),
                 limit=k + EXTRA_CANDIDATES,
                 output_fields=ANSWER_FIELDS,
                 search_params={"metric_type": "L2", "params": {"ef": max(SEARCH_EF, k + EXTRA_CANDIDATES)}},
@@ -106,17 +118,17 @@ class MilvusIndex:
         scored = [(record, float(np.linalg.norm(query - record.feature.astype(np.float32)))) for record in records]
         return sorted(scored, key=lambda pair: pair[1])[:k]
 
-    def identical(self, sha256: bytes) -> list[Record]:
+    def identical(self, sha256: bytes, collections: frozenset[str] | None = None) -> list[Record]:
         """Rows of images with these exact bytes (the digest is hex, so it needs no quoting)."""
-        digest = f'sha256 == "{sha256.hex()}"'
-        rows = self._call(lambda: self.client.query(self.collection, filter=digest, output_fields=ANSWER_FIELDS))
+        digest = " and ".join(filter(None, [f'sha256 == "{sha256.hex()}"', collection_filter(collections)]))
+        rows = self._call(lambda: self.client.query(self.milvus_collection, filter=digest, output_fields=ANSWER_FIELDS))
         return [record_of(row, self.writer) for row in rows]
 
     def stats(self) -> IndexStats:
         with self.store.read() as view:
             behind = view.seq() - self._pushed(view)
         try:
-            [row] = self._call(lambda: self.client.query(self.collection, filter="", output_fields=["count(*)"]))
+            [row] = self._call(lambda: self.client.query(self.milvus_collection, filter="", output_fields=["count(*)"]))
             rows = int(row["count(*)"])
         except MilvusUnavailable:
             rows = 0
@@ -130,16 +142,16 @@ class MilvusIndex:
             except self._refused as error:
                 if error.code != NOT_LOADED:
                     raise
-                self.client.load_collection(self.collection)
+                self.client.load_collection(self.milvus_collection)
                 result = request()
         except self._refused as error:
-            self.failure = f"Milvus collection {self.collection}: {error.message}"
+            self.failure = f"Milvus collection {self.milvus_collection}: {error.message}"
             raise MilvusUnavailable(self.failure) from None
         self.failure = None
         return result
 
     def _pushed(self, view: ReadView) -> int:
-        return from_u64(view.meta(_pushed_meta(self.collection)) or u64(0))
+        return from_u64(view.meta(_pushed_meta(self.milvus_collection)) or u64(0))
 
     def apply_changes(self) -> None:
         """Pushes the store's changes after the last one pushed; raises MilvusUnavailable (and
@@ -153,7 +165,7 @@ class MilvusIndex:
                 pushed = self._pushed(view)
                 if pushed == view.seq():
                     return
-                if pushed == 0 or pushed < self.store.pruned_to():
+                if pushed == 0 or pushed < change_log.pruned_to(self.store):
                     # The first push, or a usearch rebuild pruned changes not pushed: load everything.
                     self._push_all(view)
                     return
@@ -163,32 +175,33 @@ class MilvusIndex:
                 for change in view.changes_after(pushed):
                     last = change.seq
                     if change.op == DELETE:
-                        upserts.pop(change.key, None)
-                        deletions.add(change.key)
+                        upserts.pop(primary_key(change.collection, change.key), None)
+                        deletions.add(primary_key(change.collection, change.key))
                         continue
                     record = view.by_id(change.id)
                     if record is not None:  # else a later change deletes it again
-                        deletions.discard(record.key)
-                        upserts[record.key] = row_of(record, self.writer, load=0)
+                        row = row_of(record, self.writer, load=0)
+                        deletions.discard(row["pk"])
+                        upserts[row["pk"]] = row
             self._delete_owned(sorted(deletions))
             rows = list(upserts.values())
             for start in range(0, len(rows), PUSH_BATCH):
                 self._upsert(rows[start : start + PUSH_BATCH])
-            self.store.set_meta(_pushed_meta(self.collection), u64(last))
+            self.store.set_meta(_pushed_meta(self.milvus_collection), u64(last))
 
     def _upsert(self, rows: list[dict]) -> int:
         if rows:
-            self._call(lambda: self.client.upsert(self.collection, rows))
+            self._call(lambda: self.client.upsert(self.milvus_collection, rows))
         return len(rows)
 
     def _delete_owned(self, keys: list[str]) -> None:
-        """Deletes the rows of these keys that this writer still owns (not re-enrolled by another)."""
+        """Deletes the rows of these primary keys that this writer still owns (not re-enrolled by another)."""
         if not keys:
             return
-        rows = self._call(lambda: self.client.get(self.collection, ids=keys, output_fields=["writer"]))
-        owned = [row["key"] for row in rows if row["writer"] == self.writer]
+        rows = self._call(lambda: self.client.get(self.milvus_collection, ids=keys, output_fields=["writer"]))
+        owned = [row["pk"] for row in rows if row["writer"] == self.writer]
         if owned:
-            self._call(lambda: self.client.delete(self.collection, ids=owned))
+            self._call(lambda: self.client.delete(self.milvus_collection, ids=owned))
 
     def push_everything(self, progress: Callable[[int], None] = lambda done: None) -> int:
         """Loads every record of the store (bulk upserts), then deletes this writer's rows from
@@ -210,8 +223,10 @@ class MilvusIndex:
         done += self._upsert(batch)
         progress(done)
         # The writer id is hex, so it needs no quoting.
-        self._call(lambda: self.client.delete(self.collection, filter=f'writer == "{self.writer}" and load < {load}'))
-        self.store.set_meta(_pushed_meta(self.collection), u64(seq))
+        self._call(
+            lambda: self.client.delete(self.milvus_collection, filter=f'writer == "{self.writer}" and load < {load}')
+        )
+        self.store.set_meta(_pushed_meta(self.milvus_collection), u64(seq))
         return done
 
 

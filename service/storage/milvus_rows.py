@@ -11,7 +11,9 @@ from service.storage.records import FEATURE_DTYPE, Record
 from service.triton.contract import DIMENSIONS
 
 FIELDS = [
-    ("key", "VARCHAR", {"max_length": 512, "is_primary": True}),
+    ("pk", "VARCHAR", {"max_length": 600, "is_primary": True}),  # the collection, "/" and the key
+    ("collection", "VARCHAR", {"max_length": 64}),
+    ("key", "VARCHAR", {"max_length": 512}),
     ("feature", "FLOAT_VECTOR", {"dim": DIMENSIONS}),
     ("threshold", "FLOAT", {}),
     ("sha256", "VARCHAR", {"max_length": 64}),
@@ -22,7 +24,7 @@ FIELDS = [
     ("record_id", "INT64", {}),
     ("load", "INT64", {}),
 ]
-ANSWER_FIELDS = [name for name, _, _ in FIELDS if name != "load"]
+ANSWER_FIELDS = [name for name, _, _ in FIELDS if name not in ("pk", "load")]
 # HNSW as on the usearch backend (service/storage/usearch_index.py).
 HNSW = {"M": 48, "efConstruction": 64}
 
@@ -38,8 +40,23 @@ def create_collection(client, name: str, data_types) -> None:
     client.create_collection(name, schema=schema, index_params=index_params, consistency_level="Strong")
 
 
+def primary_key(collection: str, key: str) -> str:
+    """A row's primary key: collection names hold no "/", so it is unique per (collection, key)."""
+    return f"{collection}/{key}"
+
+
+def collection_filter(collections: frozenset[str] | None) -> str:
+    """A filter expression for rows in these collections (their names need no quoting: see
+    storage/collections.py); "" for all."""
+    if collections is None:
+        return ""
+    return "collection in [" + ", ".join(f'"{name}"' for name in sorted(collections)) + "]"
+
+
 def row_of(record: Record, writer: str, load: int) -> dict:
     return {
+        "pk": primary_key(record.collection, record.key),
+        "collection": record.collection,
         "key": record.key,
         "feature": record.feature.astype(np.float32).tolist(),
         "threshold": float(record.threshold),
@@ -65,4 +82,5 @@ def record_of(row: dict, writer: str) -> Record:
         float(row["enrolled_at"]),
         dict(row["metadata"] or {}),
         int(row["record_id"]) if row["writer"] == writer else 0,
+        collection=row["collection"],
     )

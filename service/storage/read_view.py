@@ -3,7 +3,7 @@
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from service.storage.records import Change, Record, from_u64, u64
+from service.storage.records import Change, Record, from_u64, split_name, stored_name, u64
 
 if TYPE_CHECKING:
     from service.storage.store import Store
@@ -41,8 +41,8 @@ class ReadView:
     def keypoints(self, id_: int) -> bytes:
         return self.txn.get(u64(id_), b"", db=self.store.keypoints)
 
-    def by_key(self, key: str) -> Record | None:
-        id_ = self.txn.get(key.encode(), db=self.store.keys)
+    def by_key(self, key: str, collection: str = "") -> Record | None:
+        id_ = self.txn.get(stored_name(collection, key), db=self.store.keys)
         return self.by_id(from_u64(id_)) if id_ else None
 
     def by_digest(self, sha256: bytes) -> list[Record]:
@@ -59,7 +59,12 @@ class ReadView:
         cursor = self.txn.cursor(db=self.store.changes)
         if cursor.set_range(u64(seq + 1)):
             for key, value in cursor:
-                yield Change(from_u64(key), value[:1], from_u64(value[1:9]), bytes(value[9:]).decode())
+                yield Change(from_u64(key), value[:1], from_u64(value[1:9]), *split_name(value[9:]))
+
+    def collection_ids(self) -> Iterator[tuple[int, str]]:
+        """(id, collection) of every record outside the default collection."""
+        for id_, collection in self.txn.cursor(db=self.store.collection_of):
+            yield from_u64(id_), bytes(collection).decode()
 
     def meta(self, name: bytes) -> bytes | None:
         return self.txn.get(name, db=self.store.meta)

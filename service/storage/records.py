@@ -34,31 +34,52 @@ class Record:
     metadata: dict[str, str] = field(default_factory=dict)
     id: int = 0
     seq: int = 0
+    collection: str = ""  # "" is the default collection
 
-    _HEADER = struct.Struct("<BQQfdHHH")  # version, id, seq, threshold, enrolled_at, len(model), len(key), dim
+    # version, id, seq, threshold, enrolled_at, len(model), len(key), dim; version 2 adds len(collection)
+    _HEADER = struct.Struct("<BQQfdHHH")
+    _COLLECTION = struct.Struct("<H")
 
     def encode(self) -> bytes:
-        model, key = self.model.encode(), self.key.encode()
+        model, key, collection = self.model.encode(), self.key.encode(), self.collection.encode()
         feature = np.asarray(self.feature, dtype=FEATURE_DTYPE)
         header = self._HEADER.pack(
-            1, self.id, self.seq, self.threshold, self.enrolled_at, len(model), len(key), feature.size
+            2, self.id, self.seq, self.threshold, self.enrolled_at, len(model), len(key), feature.size
         )
         metadata = json.dumps(self.metadata, ensure_ascii=False, sort_keys=True).encode()
-        return b"".join([header, self.sha256, feature.tobytes(), model, key, metadata])
+        return b"".join(
+            [header, self._COLLECTION.pack(len(collection)), self.sha256, feature.tobytes(), model, key, collection,
+             metadata]
+        )  # fmt: skip
 
     @classmethod
     def decode(cls, data: bytes) -> "Record":
         version, id_, seq, threshold, enrolled_at, model_len, key_len, dim = cls._HEADER.unpack_from(data)
-        if version != 1:
+        if version not in (1, 2):
             raise StoreError(f"record {id_} has unknown format version {version}")
-        at = cls._HEADER.size
+        at, collection_len = cls._HEADER.size, 0
+        if version == 2:
+            (collection_len,), at = cls._COLLECTION.unpack_from(data, at), at + cls._COLLECTION.size
         sha, at = data[at : at + 32], at + 32
         width = dim * np.dtype(FEATURE_DTYPE).itemsize
         feature, at = np.frombuffer(data, FEATURE_DTYPE, dim, at), at + width
         model, at = bytes(data[at : at + model_len]).decode(), at + model_len
         key, at = bytes(data[at : at + key_len]).decode(), at + key_len
+        collection, at = bytes(data[at : at + collection_len]).decode(), at + collection_len
         metadata = json.loads(bytes(data[at:]))
-        return cls(key, feature, threshold, bytes(sha), model, enrolled_at, metadata, id_, seq)
+        return cls(key, feature, threshold, bytes(sha), model, enrolled_at, metadata, id_, seq, collection)
+
+
+def stored_name(collection: str, key: str) -> bytes:
+    """A key's name in the store: the key itself in the default collection, else the collection,
+    NUL and the key (neither holds a NUL), so a key is unique within its collection."""
+    return key.encode() if not collection else collection.encode() + b"\0" + key.encode()
+
+
+def split_name(name: bytes) -> tuple[str, str]:
+    """(collection, key) of a stored name."""
+    collection, _, key = bytes(name).rpartition(b"\0")
+    return collection.decode(), key.decode()
 
 
 @dataclass(frozen=True)
@@ -66,7 +87,9 @@ class Change:
     seq: int
     op: bytes  # ENROLL or DELETE
     id: int
-    key: str = ""  # a deletion's key (empty in logs written before it was kept)
+    # A deletion's collection and key (empty in logs written before they were kept).
+    collection: str = ""
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,6 +103,7 @@ class Enrolment:
     metadata: dict[str, str]
     keypoints: bytes = b""
     runtime: str = ""  # what made the feature; the store counts enrolments per runtime
+    collection: str = ""
 
 
 @dataclass(frozen=True)

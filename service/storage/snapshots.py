@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 from usearch.index import Index
 
+from service.storage import change_log
 from service.storage.manifest import FIX, MANIFEST, Manifest, SnapshotError, file_sha256, fsync_directory
 from service.storage.store import Store
 from service.storage.usearch_index import EXPANSION_SEARCH, SNAPSHOT_DTYPE, UsearchIndex, new_index
@@ -164,10 +165,10 @@ class SnapshotLoader:
                 return False
             try:
                 manifest = Manifest.parse(raw, path)
-                if manifest.snapshot_seq < self.index.store.pruned_to():
+                if manifest.snapshot_seq < change_log.pruned_to(self.index.store):
                     raise SnapshotError(
                         f"index generation {manifest.generation} is older than the store's change log "
-                        f"(changes up to {self.index.store.pruned_to()} were pruned): {FIX}"
+                        f"(changes up to {change_log.pruned_to(self.index.store)} were pruned): {FIX}"
                     )
                 snapshot = load_snapshot(self.index_dir, manifest, self.index.store.model())
             except SnapshotError:
@@ -177,7 +178,7 @@ class SnapshotLoader:
             previous, self.loaded, self.manifest = self.manifest, raw, manifest
             # The log keeps the changes after the previous snapshot, so a worker still on it (its
             # poll comes a moment later) can still catch up.
-            pruned = self.index.store.prune_changes(previous.snapshot_seq) if previous else 0
+            pruned = change_log.prune(self.index.store, previous.snapshot_seq) if previous else 0
             log.info(
                 "index generation %d in use: %d vectors, snapshot at change %d, %d enrolled and %d removed since; "
                 "%d changes it covers pruned from the log",

@@ -6,7 +6,11 @@ Databases in one environment (`DATA_DIR/store.lmdb`):
   digests  sha256      -> id  (dupsort)  byte-identical lookups
   changes  seq (u64 BE) -> op + id       every enrolment and deletion, in commit order
   keypoints id (u64 BE) -> packed ORB    for the geometric check, when enabled at enrolment
-  meta     name -> value                 model identity, next id, last seq
+  collection_of id (u64 BE) -> name      the collection of each record outside the default one
+  meta     name -> value                 model identity, next id, last seq, collection counts and settings
+
+A key is unique within its collection: `keys` holds it under records.stored_name (the key itself
+in the default collection "").
 
 Each batch of writes is one transaction, committed with fsync: once `write` returns, every
 record in it survives a crash, and a crash mid-batch leaves none of it (no torn records).
@@ -31,6 +35,7 @@ from service.storage.records import (
     StoreUnwritable,
     Written,
     from_u64,
+    stored_name,
     u64,
 )
 from service.storage.rwlock import ReadWriteLock
@@ -38,6 +43,7 @@ from service.storage.rwlock import ReadWriteLock
 MIN_MAP_SIZE = 1 << 30
 PROBE_BYTES = 1 << 20
 RUNTIME_PREFIX = b"runtime:"  # meta keys: enrolments per runtime
+COUNT_PREFIX = b"count:"  # meta keys: records per collection (not the default one)
 
 
 class Store:
@@ -63,6 +69,7 @@ class Store:
         self.changes = self.env.open_db(b"changes", create=not readonly)
         self.meta = self.env.open_db(b"meta", create=not readonly)
         self.keypoints = self.env.open_db(b"keypoints", create=not readonly)
+        self.collection_of = self.env.open_db(b"collection_of", create=not readonly)
         self._lock = ReadWriteLock()  # held for writing only while the map grows
         self._subscribers: list[Callable[[], None]] = []
         self.write_failure: str | None = None  # why the last write failed, until one succeeds
@@ -89,27 +96,27 @@ class Store:
             return view.count()
 
     def map_use(self) -> float:
-        """The share of the LMDB map in use; _write grows the map when it is full."""
+        """The share of the LMDB map in use; write() grows the map when it is full."""
         info, stat = self.env.info(), self.env.stat()
         return (info["last_pgno"] + 1) * stat["psize"] / info["map_size"]
 
     def runtimes(self) -> dict[str, int]:
         """Enrolments by the runtime that made their features (int8 CPU kernels and a GPU differ slightly)."""
-        with self.env.begin() as txn:
-            return {
-                key[len(RUNTIME_PREFIX) :].decode(): from_u64(value)
-                for key, value in txn.cursor(db=self.meta)
-                if key.startswith(RUNTIME_PREFIX)
-            }
+        return {name: from_u64(value) for name, value in self.meta_under(RUNTIME_PREFIX).items()}
 
-    def pruned_to(self) -> int:
-        """The last change seq dropped from the log: an index snapshot older than it cannot catch up."""
+    def meta_under(self, prefix: bytes) -> dict[str, bytes]:
+        """The meta entries whose names start with `prefix`, by the rest of their names."""
         with self.env.begin() as txn:
-            return from_u64(txn.get(b"pruned_to", u64(0), db=self.meta))
+            cursor = txn.cursor(db=self.meta)
+            found, more = {}, cursor.set_range(prefix)
+            while more and cursor.key().startswith(prefix):
+                found[cursor.key()[len(prefix) :].decode()] = cursor.value()
+                more = cursor.next()
+            return found
 
     # Writes ----------------------------------------------------------------------------------
 
-    def _write(self, work, notify: bool = True):
+    def write(self, work, notify: bool = True):
         """Runs work(txn) in one durable write transaction, growing the map if it is full, then
         tells the subscribers (if `notify`). A write the disk refuses (full, failing) raises
         StoreUnwritable and keeps nothing of the transaction."""
@@ -142,30 +149,12 @@ class Store:
     def probe_write(self) -> None:
         """A write of PROBE_BYTES, to learn whether the store can write again after a failure (a
         tiny one could fit in pages LMDB already has and say nothing about the disk)."""
-        self._write(lambda txn: txn.put(b"write_probe", bytes(PROBE_BYTES), db=self.meta))
+        self.write(lambda txn: txn.put(b"write_probe", bytes(PROBE_BYTES), db=self.meta))
 
     def set_meta(self, name: bytes, value: bytes, overwrite: bool = True) -> None:
         """Bookkeeping of the index's (its writer id, how far it has pushed the log): no records
         change, so the subscribers are not told."""
-        self._write(lambda txn: txn.put(name, value, overwrite=overwrite, db=self.meta), notify=False)
-
-    def prune_changes(self, upto: int, batch: int = 10_000) -> int:
-        """Drops change log entries up to seq `upto` (ones an index snapshot covers), in
-        transactions of `batch`; returns how many were dropped."""
-
-        def work(txn: lmdb.Transaction) -> int:
-            cursor, dropped = txn.cursor(db=self.changes), 0
-            while dropped < batch and cursor.first() and from_u64(cursor.key()) <= upto:
-                cursor.delete()
-                dropped += 1
-            if upto > from_u64(txn.get(b"pruned_to", u64(0), db=self.meta)):
-                txn.put(b"pruned_to", u64(upto), db=self.meta)
-            return dropped
-
-        total = 0
-        while dropped := self._write(work):
-            total += dropped
-        return total
+        self.write(lambda txn: txn.put(name, value, overwrite=overwrite, db=self.meta), notify=False)
 
     def _grow(self) -> None:
         self._lock.acquire_write()
@@ -189,7 +178,8 @@ class Store:
             now = time.time()
             written = []
             for item in batch:
-                old_id = txn.get(item.key.encode(), db=self.keys)
+                name = stored_name(item.collection, item.key)
+                old_id = txn.get(name, db=self.keys)
                 old = Record.decode(txn.get(old_id, db=self.records)) if old_id else None
                 if old is not None and old.sha256 == item.sha256:
                     written.append(Written("UNCHANGED", old))
@@ -199,11 +189,15 @@ class Store:
                     self._remove(txn, old, seq)
                 seq += 1
                 record = Record(
-                    item.key, item.feature, item.threshold, item.sha256, model, now, item.metadata, next_id, seq
-                )
+                    item.key, item.feature, item.threshold, item.sha256, model, now, item.metadata, next_id, seq,
+                    item.collection,
+                )  # fmt: skip
                 next_id += 1
                 txn.put(u64(record.id), record.encode(), db=self.records)
-                txn.put(item.key.encode(), u64(record.id), db=self.keys)
+                txn.put(name, u64(record.id), db=self.keys)
+                if record.collection:
+                    txn.put(u64(record.id), record.collection.encode(), db=self.collection_of)
+                self._count(txn, record.collection, +1)
                 txn.put(item.sha256, u64(record.id), db=self.digests)
                 txn.put(u64(seq), ENROLL + u64(record.id), db=self.changes)
                 if item.keypoints:
@@ -216,13 +210,13 @@ class Store:
             txn.put(b"next_id", u64(next_id), db=self.meta)
             return written
 
-        return self._write(work)
+        return self.write(work)
 
-    def delete(self, key: str) -> Record | None:
-        """Removes the record of a key; None if there was none."""
+    def delete(self, key: str, collection: str = "") -> Record | None:
+        """Removes the record of a key in a collection; None if there was none."""
 
         def work(txn: lmdb.Transaction) -> Record | None:
-            id_ = txn.get(key.encode(), db=self.keys)
+            id_ = txn.get(stored_name(collection, key), db=self.keys)
             if id_ is None:
                 return None
             record = Record.decode(txn.get(id_, db=self.records))
@@ -231,14 +225,22 @@ class Store:
             txn.put(b"seq", u64(seq), db=self.meta)
             return record
 
-        return self._write(work)
+        return self.write(work)
 
     def _remove(self, txn: lmdb.Transaction, record: Record, seq: int) -> None:
+        name = stored_name(record.collection, record.key)
         txn.delete(u64(record.id), db=self.records)
-        txn.delete(record.key.encode(), db=self.keys)
+        txn.delete(name, db=self.keys)
         txn.delete(record.sha256, u64(record.id), db=self.digests)
         txn.delete(u64(record.id), db=self.keypoints)
-        txn.put(u64(seq), DELETE + u64(record.id) + record.key.encode(), db=self.changes)
+        txn.delete(u64(record.id), db=self.collection_of)
+        self._count(txn, record.collection, -1)
+        txn.put(u64(seq), DELETE + u64(record.id) + name, db=self.changes)
+
+    def _count(self, txn: lmdb.Transaction, collection: str, change: int) -> None:
+        if collection:  # the default collection's count is what the others leave of the total
+            name = COUNT_PREFIX + collection.encode()
+            txn.put(name, u64(from_u64(txn.get(name, u64(0), db=self.meta)) + change), db=self.meta)
 
     def _check_model(self, txn: lmdb.Transaction, model: str, claim: bool) -> None:
         stored = txn.get(b"model", db=self.meta)

@@ -8,10 +8,12 @@ the live part starts from every record in the store (the change log may have bee
 """
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 from usearch.index import Index
 
+from service.storage.collections import CollectionMap, counts
 from service.storage.read_view import ReadView
 from service.storage.records import DELETE, Record
 from service.storage.store import Store
@@ -30,6 +32,8 @@ EXPANSION_SEARCH = 128
 SNAPSHOT_DTYPE = "i8"
 # A Check ranks this many more neighbours than it needs by their exact distances.
 EXTRA_CANDIDATES = 8
+# A search limited to collections holding at most this many records computes every distance.
+EXACT_FILTER_RECORDS = 20_000
 
 
 def new_index(dtype: str) -> Index:
@@ -45,17 +49,19 @@ def new_index(dtype: str) -> Index:
 
 class LiveChanges:
     """What the store holds beyond a snapshot: records enrolled since (searched exactly) and
-    snapshot ids deleted or replaced since (filtered out)."""
+    snapshot ids deleted or replaced since (filtered out). Enrolments also tell `collections`
+    where each new id belongs."""
 
-    def __init__(self, seq: int) -> None:
+    def __init__(self, seq: int, collections: CollectionMap) -> None:
         self.added = new_index("f16")
         self.removed: set[int] = set()
         self.seq = seq  # the last change applied
+        self.collections = collections
 
     @classmethod
-    def everything(cls, view: ReadView) -> "LiveChanges":
+    def everything(cls, view: ReadView, collections: CollectionMap) -> "LiveChanges":
         """Every record of the store, for an index with no snapshot."""
-        live = cls(seq=view.seq())
+        live = cls(view.seq(), collections)
         for record in view.records():
             live.added.add(record.id, record.feature.astype(np.float32))
         return live
@@ -73,26 +79,41 @@ class LiveChanges:
             record = view.by_id(change.id)
             if record is not None:  # else a later change in this log deletes it again
                 self.added.add(change.id, record.feature.astype(np.float32))
+                if record.collection:
+                    self.collections.set(record.id, record.collection)
 
 
-def search_without(snapshot: Index, query: np.ndarray, k: int, removed: set[int]) -> list[int]:
-    """The k nearest ids in the snapshot that are not in `removed`.
+def search_where(
+    index: Index, query: np.ndarray, k: int, keep: Callable[[int], bool], first: int, exact=False
+) -> list[int]:
+    """The k nearest ids of `index` that `keep` admits.
 
-    Asks for a few more than k and doubles the count while removed ids crowd out the answer,
-    so thousands of deletions since the snapshot cost a search of about k + the removed ids
-    that are really near, not k + every removed id."""
-    count = k + min(len(removed), k)
+    Asks for `first` and doubles the count while ids it rejects crowd out the answer, so
+    thousands of deletions since the snapshot (or a filter) cost a search of about k + the
+    rejected ids that are really near, not k + every rejected id."""
+    count = first
     while True:
-        count = min(count, len(snapshot))
-        keys = [int(key) for key in snapshot.search(query, count).keys]
-        kept = [key for key in keys if key not in removed]
-        if len(kept) >= k or count == len(snapshot):
+        count = min(count, len(index))
+        keys = [int(key) for key in index.search(query, count, exact=exact).keys]
+        kept = [key for key in keys if keep(key)]
+        if len(kept) >= k or count == len(index):
             return kept[:k]
         count *= 2
 
 
+def search_without(snapshot: Index, query: np.ndarray, k: int, removed: set[int]) -> list[int]:
+    """The k nearest ids in the snapshot that are not in `removed`."""
+    return search_where(snapshot, query, k, lambda key: key not in removed, k + min(len(removed), k))
+
+
 class UsearchIndex:
-    """The snapshot and the live changes since, searched as one (a VectorIndex). Thread-safe."""
+    """The snapshot and the live changes since, searched as one (a VectorIndex). Thread-safe.
+
+    A search limited to some collections takes, when they hold at most EXACT_FILTER_RECORDS, the
+    exact distances to each of their vectors (a small collection in a large index would
+    otherwise need the graph to walk past most of it); larger ones search the graph, asking for
+    more while other collections' ids crowd the answer (tests/test_collections.py, recall and
+    latency in docs/performance.md)."""
 
     failure = None  # it lives in this process: it can always answer
 
@@ -102,6 +123,7 @@ class UsearchIndex:
         self.snapshot: Index | None = None
         self.generation = 0  # the snapshot's; 0 while there is none
         self.live: LiveChanges | None = None  # set by the first apply_changes() or snapshot swap
+        self.collections: CollectionMap | None = None  # read from the store with the first live changes
 
     def stats(self) -> IndexStats:
         snapshot_size = len(self.snapshot) if self.snapshot is not None else 0
@@ -110,10 +132,17 @@ class UsearchIndex:
             self.generation, snapshot_size, len(live.added) if live else 0, len(live.removed) if live else 0
         )
 
+    def _collection_map(self, view: ReadView) -> CollectionMap:
+        if self.collections is None:
+            self.collections = CollectionMap()
+            for id_, collection in view.collection_ids():
+                self.collections.set(id_, collection)
+        return self.collections
+
     def apply_changes(self) -> None:
         with self._lock, self.store.read() as view:
             if self.live is None:
-                self.live = LiveChanges.everything(view)
+                self.live = LiveChanges.everything(view, self._collection_map(view))
             self.live.catch_up(view)
 
     def swap(self, snapshot: Index, generation: int, snapshot_seq: int) -> None:
@@ -124,36 +153,71 @@ class UsearchIndex:
         lock and the rest under it, so no request waits for the replay and an enrolment
         committed meanwhile is not lost.
         """
-        live = LiveChanges(seq=snapshot_seq)
         with self.store.read() as view:
+            live = LiveChanges(snapshot_seq, self._collection_map(view))
             live.catch_up(view)
         with self._lock, self.store.read() as view:
             live.catch_up(view)
             self.snapshot, self.generation, self.live = snapshot, generation, live
 
-    def candidates(self, feature: np.ndarray, k: int) -> set[int]:
+    def candidates(self, feature: np.ndarray, k: int, collections: frozenset[str] | None = None) -> set[int]:
         """Ids of the k nearest records in the snapshot (less those deleted since) and of the k
-        nearest enrolled since. The two sets' distances are not comparable (the snapshot's
-        vectors may be quantised), so `nearest` ranks them."""
+        nearest enrolled since, in `collections` (None: all). The two sets' distances are not
+        comparable (the snapshot's vectors may be quantised), so `nearest` ranks them."""
         query = np.asarray(feature, dtype=np.float32)
         found: set[int] = set()
         with self._lock:
             snapshot, live = self.snapshot, self.live
+            removed = live.removed if live else set()
+            added = live.added if live is not None and len(live.added) else None
+            if collections is not None:
+                wanted = self.collections.wanted(collections) if self.collections else np.zeros(0, np.uint16)
+                if self._records_in(collections) <= EXACT_FILTER_RECORDS:
+                    return self._exact(query, k, self.collections.ids_in(wanted) if len(wanted) else [], removed)
+                holds = self.collections.holds
+                if snapshot is not None and len(snapshot):
+                    keep = lambda key: key not in removed and holds(key, wanted)  # noqa: E731
+                    found.update(search_where(snapshot, query, k, keep, k * 4))
+                if added is not None:
+                    found.update(search_where(added, query, k, lambda key: holds(key, wanted), k * 4, exact=True))
+                return found
             if snapshot is not None and len(snapshot):
-                found.update(search_without(snapshot, query, k, live.removed if live else set()))
-            if live is not None and len(live.added):
-                found.update(int(key) for key in live.added.search(query, min(k, len(live.added)), exact=True).keys)
+                found.update(search_without(snapshot, query, k, removed))
+            if added is not None:
+                found.update(int(key) for key in added.search(query, min(k, len(added)), exact=True).keys)
         return found
 
-    def identical(self, sha256: bytes) -> list[Record]:
-        with self.store.read() as view:
-            return view.by_digest(sha256)
+    def _records_in(self, collections: frozenset[str]) -> int:
+        per_collection = counts(self.store)
+        return sum(per_collection.get(name, 0) for name in collections)
 
-    def nearest(self, feature: np.ndarray, k: int) -> list[tuple[Record, float]]:
-        """The k nearest records with their exact Euclidean distances to `feature`, recomputed
-        from the features in the store for a few more candidates than asked for."""
+    def _exact(self, query: np.ndarray, k: int, ids, removed: set[int]) -> set[int]:
+        """The k nearest of these ids by exact distance to the vectors the index holds."""
+        keys, vectors = [], []
+        for part in (self.snapshot, self.live.added if self.live else None):
+            if part is None or not len(ids):
+                continue
+            present = [int(i) for i in np.asarray(ids)[part.contains(np.asarray(ids))] if int(i) not in removed]
+            if present:
+                keys += present
+                vectors.append(np.stack(part.get(np.array(present), dtype=np.float32)))
+        if not keys:
+            return set()
+        distances = ((np.concatenate(vectors) - query) ** 2).sum(axis=1)
+        return {keys[i] for i in np.argsort(distances)[:k]}
+
+    def identical(self, sha256: bytes, collections: frozenset[str] | None = None) -> list[Record]:
+        with self.store.read() as view:
+            return [r for r in view.by_digest(sha256) if collections is None or r.collection in collections]
+
+    def nearest(
+        self, feature: np.ndarray, k: int, collections: frozenset[str] | None = None
+    ) -> list[tuple[Record, float]]:
+        """The k nearest records (in `collections`; None: all) with their exact Euclidean
+        distances to `feature`, recomputed from the features in the store for a few more
+        candidates than asked for."""
         query = np.asarray(feature, dtype=np.float32)
-        ids = self.candidates(query, k + EXTRA_CANDIDATES)
+        ids = self.candidates(query, k + EXTRA_CANDIDATES, collections)
         with self.store.read() as view:
             records = [record for record in map(view.by_id, ids) if record is not None]
         scored = [(record, float(np.linalg.norm(query - record.feature.astype(np.float32)))) for record in records]

@@ -24,16 +24,19 @@ class IndexStats:
 class VectorIndex(Protocol):
     failure: str | None  # why it cannot answer now (its engine unreachable); None while it can
 
-    def nearest(self, feature: np.ndarray, k: int) -> list[tuple[Record, float]]:
-        """The k nearest records, nearest first, with their Euclidean distances to `feature`."""
+    def nearest(
+        self, feature: np.ndarray, k: int, collections: frozenset[str] | None = None
+    ) -> list[tuple[Record, float]]:
+        """The k nearest records in `collections` (None: all), nearest first, with their
+        Euclidean distances to `feature`."""
         ...
 
     def apply_changes(self) -> None:
         """Brings the index up to the store's last commit."""
         ...
 
-    def identical(self, sha256: bytes) -> list[Record]:
-        """Records of images with exactly these bytes."""
+    def identical(self, sha256: bytes, collections: frozenset[str] | None = None) -> list[Record]:
+        """Records of images with exactly these bytes, in `collections` (None: all)."""
         ...
 
     def stats(self) -> IndexStats: ...

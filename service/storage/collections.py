@@ -1,0 +1,83 @@
+"""Collections: named parts of one catalogue, each with its own decision settings, searched
+together or apart through one index.
+
+"" is the default collection; other names are 1-64 letters, digits, '.', '_' or '-' (they go
+into Milvus filter expressions unquoted). A record's collection is in the record and, outside the
+default one, in the store's `collection_of` database, from which an index learns which of its
+ids belong where (CollectionMap). Counts and settings live in the store's meta entries.
+"""
+
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.storage.records import from_u64
+from service.storage.store import COUNT_PREFIX, Store
+
+NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+SETTINGS_PREFIX = b"settings:"
+
+
+def name_problem(name: str) -> str | None:
+    if name and not NAME.fullmatch(name):
+        return f"collection {name[:70]!r} must be 1-64 letters, digits, '.', '_' or '-' (or empty: the default)"
+    return None
+
+
+@dataclass(frozen=True)
+class CollectionSettings:
+    """A collection's decision: a rule and its threshold (the service's other parameters stay)."""
+
+    rule: str
+    threshold: float
+
+
+def counts(store: Store) -> dict[str, int]:
+    """Records per collection, the default one ("") included."""
+    named = {name: from_u64(value) for name, value in store.meta_under(COUNT_PREFIX).items()}
+    named = {name: count for name, count in named.items() if count}
+    return {"": store.count() - sum(named.values()), **named}
+
+
+def settings(store: Store) -> dict[str, CollectionSettings]:
+    return {name: CollectionSettings(**json.loads(value)) for name, value in store.meta_under(SETTINGS_PREFIX).items()}
+
+
+def set_settings(store: Store, name: str, chosen: CollectionSettings | None) -> None:
+    """Persists a collection's settings (None: back to the service's)."""
+    key = SETTINGS_PREFIX + name.encode()
+
+    def work(txn) -> None:
+        if chosen is None:
+            txn.delete(key, db=store.meta)
+        else:
+            txn.put(key, json.dumps(chosen.__dict__).encode(), db=store.meta)
+
+    store.write(work, notify=False)
+
+
+class CollectionMap:
+    """Which collection each record id is in, for filtering an index's answers: a code per id
+    (0: the default collection), grown as ids grow."""
+
+    def __init__(self) -> None:
+        self.codes = np.zeros(1024, np.uint16)
+        self.code_of: dict[str, int] = {"": 0}
+
+    def set(self, id_: int, collection: str) -> None:
+        code = self.code_of.setdefault(collection, len(self.code_of))
+        if id_ >= len(self.codes):
+            self.codes = np.concatenate([self.codes, np.zeros(max(id_ + 1, len(self.codes)), np.uint16)])
+        self.codes[id_] = code
+
+    def wanted(self, collections: frozenset[str]) -> np.ndarray:
+        """The codes of these collections (those with no record here have none)."""
+        return np.array([self.code_of[name] for name in collections if name in self.code_of], np.uint16)
+
+    def ids_in(self, wanted: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(np.isin(self.codes, wanted))
+
+    def holds(self, id_: int, wanted: np.ndarray) -> bool:
+        return id_ < len(self.codes) and self.codes[id_] in wanted
