@@ -11,7 +11,6 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 
 import lmdb
 from grpc_health.v1 import health
@@ -28,7 +27,8 @@ from service.media.imaging import DecodeBudget, Limits
 from service.media.preprocess import Preprocessor
 from service.storage import snapshots
 from service.storage.background import Background
-from service.storage.milvus_index import MilvusIndex, MilvusUnavailable, push_while_serving
+from service.storage.dismissals import Dismissals
+from service.storage.milvus_index import MilvusUnavailable, keep_pushing, open_milvus, push_while_serving
 from service.storage.ownership import DataDirInUse, DataDirLock
 from service.storage.snapshots import SnapshotError, SnapshotLoader
 from service.storage.store import Store
@@ -116,8 +116,10 @@ def open_storage(settings: Settings) -> Storage:
 
 def open_index(settings: Settings, store: Store) -> tuple[VectorIndex, SnapshotLoader | None]:
     """The index the settings name: usearch with its newest snapshot loaded, or a Milvus collection."""
-    if settings.index.backend == "milvus":
-        return milvus_index_of(settings, store), None
+    chosen = settings.index
+    if chosen.backend == "milvus":
+        milvus = (chosen.milvus_uri, chosen.milvus_collection, chosen.milvus_token_file)
+        return open_milvus(store, *milvus, settings.model_identity), None
     index = UsearchIndex(store)
     loader = SnapshotLoader(index, settings.index_dir)
     try:
@@ -125,14 +127,6 @@ def open_index(settings: Settings, store: Store) -> tuple[VectorIndex, SnapshotL
     except SnapshotError as error:
         log.error("no index snapshot loaded; serving every record from memory: %s", error)
     return index, loader
-
-
-def milvus_index_of(settings: Settings, store: Store) -> MilvusIndex:
-    index = settings.index
-    if not index.milvus_uri:
-        raise MilvusUnavailable("--index-backend milvus needs --milvus-uri (e.g. http://milvus:19530)")
-    token = Path(index.milvus_token_file).read_text().strip() if index.milvus_token_file else ""
-    return MilvusIndex(store, index.milvus_uri, index.milvus_collection, settings.model_identity, token)
 
 
 def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readiness: Readiness) -> NearDupServicer:
@@ -144,15 +138,18 @@ def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readine
         keypoints=bool(policy.geometric_band),
     )
     background = Background.load(settings.server.data_dir, settings.model_identity, settings.index.background_k)
+    dismissals = Dismissals(storage.store)
     checker = Checker(
         hasher, storage.store, storage.index, preprocessor, background, policy, settings.model_identity,
-        triton.check_views,
+        triton.check_views, dismissals,
     )  # fmt: skip
     enroller = Enroller(
         hasher, storage.store, preprocessor.describe, settings.model_identity, triton.enroll_views,
         ItemLimits(limits.max_metadata_entries, limits.max_metadata_bytes),
     )  # fmt: skip
-    return NearDupServicer(settings, checker, enroller, storage.store, storage.index, storage.loader, readiness)
+    return NearDupServicer(
+        settings, checker, enroller, storage.store, storage.index, storage.loader, readiness, dismissals
+    )
 
 
 def serve_metrics(host: str, port: int, storage: Storage) -> None:
@@ -169,10 +166,8 @@ async def watch_index(storage: Storage, poll_s: float, wake: asyncio.Event) -> N
     """Loads new snapshots (usearch), or pushes what a failed push left (milvus)."""
     if storage.loader is not None:
         await snapshots.watch(storage.loader, poll_s, wake)
-        return
-    while True:
-        await asyncio.to_thread(push_while_serving, storage.index, poll_s)
-        await asyncio.sleep(poll_s)
+    else:
+        await keep_pushing(storage.index, poll_s)
 
 
 async def serve(settings: Settings) -> None:

@@ -75,21 +75,18 @@ def run_index(arguments: argparse.Namespace) -> int:
 def load_milvus(arguments: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from service.storage.milvus_index import MilvusIndex, MilvusUnavailable
+    from service.storage.milvus_index import MilvusUnavailable, open_milvus
     from service.storage.store import Store, StoreError
 
-    if not arguments.milvus_uri:
-        print("neardup index rebuild: --backend milvus needs --milvus-uri", file=sys.stderr)
-        return 1
     try:
         store = Store(arguments.data_dir, readonly=not (arguments.data_dir / "store.lmdb").exists())
     except StoreError as error:
         print(f"neardup index rebuild: {error}", file=sys.stderr)
         return 1
     try:
-        token = Path(arguments.milvus_token_file).read_text().strip() if arguments.milvus_token_file else ""
         started = time.perf_counter()
-        index = MilvusIndex(store, arguments.milvus_uri, arguments.milvus_collection, store.model() or "", token)
+        milvus = (arguments.milvus_uri, arguments.milvus_collection, arguments.milvus_token_file)
+        index = open_milvus(store, *milvus, store.model() or "")
         with tqdm(total=store.count(), unit="record", disable=arguments.quiet) as bar:
             loaded = index.push_everything(lambda done: bar.update(done - bar.n))
     except (MilvusUnavailable, OSError) as error:

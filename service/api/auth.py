@@ -5,7 +5,8 @@ The token file (`--auth-tokens`) holds SHA-256 digests, never tokens:
     {"tokens": [{"name": "search-api", "sha256": "<hex>", "roles": ["check"]}, ...]}
 
 Callers send `authorization: Bearer <token>`. Roles: `check` (Hash, Check, CheckStream, Stats, and
-reflection), `enroll` (Enroll, Delete), `admin` (ReloadIndex). Health stays open for
+reflection), `enroll` (Enroll, Delete, Dismiss, ListDismissals, RemoveDismissal), `admin`
+(ReloadIndex, SetCollection). Health stays open for
 orchestrator probes. A missing or unknown token is UNAUTHENTICATED, a known one without the
 role PERMISSION_DENIED; the method never runs. The file is read again on SIGHUP; a file that
 does not parse keeps the tokens in use. Logs name the caller (the token's name), never a token.
@@ -31,6 +32,9 @@ METHOD_ROLES = {
     "/neardup.v1.NearDup/Hash": "check",
     "/neardup.v1.NearDup/Check": "check",
     "/neardup.v1.NearDup/CheckStream": "check",
+    "/neardup.v1.NearDup/Dismiss": "enroll",
+    "/neardup.v1.NearDup/ListDismissals": "enroll",
+    "/neardup.v1.NearDup/RemoveDismissal": "enroll",
     "/neardup.v1.NearDup/Stats": "check",
     "/neardup.v1.NearDup/Enroll": "enroll",
     "/neardup.v1.NearDup/Delete": "enroll",

@@ -8,20 +8,20 @@ from dataclasses import dataclass
 import grpc
 
 from service import metrics
+from service.api.catalogue import CatalogueMethods
 from service.api.collection_stats import collection_stats
 from service.api.errors import CALLER_MISTAKES, KeyNotFound, RequestError, grpc_errors, status_of
 from service.api.health import Readiness
 from service.api.interceptors import Malformed
 from service.config import Settings
 from service.core.checking import Checker, CheckResult
-from service.core.decision import settable_rules, with_rule
 from service.core.enrollment import Enroller, EnrollItem, key_problem, shown
 from service.core.streams import Window, answered_in_order
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
 from service.storage import snapshots
-from service.storage.collections import CollectionSettings, name_problem
-from service.storage.collections import set_settings as set_collection_settings
+from service.storage.collections import name_problem
+from service.storage.dismissals import Dismissals
 from service.storage.snapshots import SnapshotError, SnapshotLoader
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex
@@ -49,7 +49,7 @@ class StreamedCheck:
         return len(self.request.image) if self.request is not None else 0
 
 
-class NearDupServicer(pb_grpc.NearDupServicer):
+class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
     def __init__(
         self,
         settings: Settings,
@@ -59,6 +59,7 @@ class NearDupServicer(pb_grpc.NearDupServicer):
         index: VectorIndex,
         loader: SnapshotLoader | None,
         readiness: Readiness,
+        dismissals: Dismissals,
     ):
         self.settings = settings
         self.readiness = readiness
@@ -67,6 +68,7 @@ class NearDupServicer(pb_grpc.NearDupServicer):
         self.store = store
         self.index = index
         self.loader = loader
+        self.dismissals = dismissals
 
     def _triton_timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -120,6 +122,7 @@ class NearDupServicer(pb_grpc.NearDupServicer):
                 inliers=match.inliers,
                 nearest_similarity=match.nearest_similarity,
                 collection=match.record.collection,
+                dismissed=match.dismissed,
             )
             for match in result.matches
         ]
@@ -196,7 +199,8 @@ class NearDupServicer(pb_grpc.NearDupServicer):
         where = f" in collection {request.collection!r}" if request.collection else ""
         if removed is None:
             raise KeyNotFound(f"no image is enrolled under key {shown(request.key)}{where}")
-        log.info("deleted %s%s (id %d)", shown(request.key), where, removed.id)
+        forgotten = await asyncio.to_thread(self.dismissals.forget, request.collection, request.key)
+        log.info("deleted %s%s (id %d; %d dismissals against it)", shown(request.key), where, removed.id, forgotten)
         return pb.DeleteResponse()
 
     @grpc_errors
@@ -221,23 +225,6 @@ class NearDupServicer(pb_grpc.NearDupServicer):
             views_per_enroll=triton.enroll_views,
             collections=await asyncio.to_thread(collection_stats, self.store, self.checker.policies()),
         )
-
-    @grpc_errors
-    async def SetCollection(self, request: pb.SetCollectionRequest, context) -> pb.CollectionStats:
-        if problem := name_problem(request.collection):
-            raise RequestError(problem)
-        chosen = None
-        if not request.reset:
-            try:
-                with_rule(self.settings.decision, request.rule, request.threshold)
-            except (KeyError, ValueError):
-                rules = ", ".join(settable_rules())
-                raise RequestError(f"rule {request.rule!r} cannot be set for a collection; one of {rules}") from None
-            chosen = CollectionSettings(request.rule, request.threshold)
-        await asyncio.to_thread(set_collection_settings, self.store, request.collection, chosen)
-        log.info("collection %r: %s", request.collection, chosen or "the service's settings")
-        [stats] = collection_stats(self.store, self.checker.policies(), request.collection)
-        return stats
 
     @grpc_errors
     async def ReloadIndex(self, request: pb.ReloadIndexRequest, context) -> pb.ReloadIndexResponse:

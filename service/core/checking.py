@@ -22,6 +22,7 @@ from service.media.imaging import is_low_information
 from service.media.preprocess import REGIONS, Box, Preprocessor
 from service.storage.background import Background
 from service.storage.collections import settings as collection_settings
+from service.storage.dismissals import Dismissals
 from service.storage.records import Record
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex
@@ -39,6 +40,7 @@ class Match:
     is_duplicate: bool
     inliers: int = -1  # geometric check inliers; -1 when it did not run
     nearest_similarity: float = 1.0  # cosine of its enrolled feature to the nearest match's
+    dismissed: bool = False  # a duplicate by the rule, but the caller said this picture is not one of it
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,11 @@ class Search:
     to_nearest: list[float]  # each neighbour's similarity to the nearest one of its collection
     decision: Decision
     rule: str = ""  # the rule of the collection whose decision this is
+    dismissed: frozenset[int] = frozenset()  # positions of duplicates the memory overrode
 
     def matches(self, each: list[bool], inliers: int = -1) -> list[Match]:
         return [
-            Match(record, distance, duplicate, inliers if position == 0 else -1, similarity)
+            Match(record, distance, duplicate, inliers if position == 0 else -1, similarity, position in self.dismissed)
             for position, ((record, distance), duplicate, similarity) in enumerate(
                 zip(self.nearest, each, self.to_nearest, strict=True)
             )
@@ -84,6 +87,7 @@ class Checker:
     policy: Policy
     model_identity: str
     views: int  # per Check
+    dismissals: Dismissals | None = None
 
     async def embed(self, image: bytes, views: int, timeout_s: float) -> Descriptor:
         return (await self._canvas_and_descriptor(image, views, timeout_s))[1]
@@ -128,7 +132,7 @@ class Checker:
         if is_low_information(canvas):
             return replace(result, matches=whole.matches([False] * len(whole.nearest))[:top_k], low_information=True)
         each, inliers = whole.decision.each, -1
-        if self.policy.geometric_band and is_borderline(self.policy, whole.decision):
+        if self.policy.geometric_band and is_borderline(self.policy, whole.decision) and 0 not in whole.dismissed:
             inliers = await asyncio.to_thread(self._inliers, image, whole.nearest[0][0])
             if inliers >= geometry.MIN_INLIERS:
                 each = [True, *each[1:]]
@@ -161,7 +165,29 @@ class Checker:
         self, feature: np.ndarray, top_k: int, background_similarity: float, collections: frozenset[str] | None = None
     ) -> Search:
         nearest = self.index.nearest(feature, max(top_k, NEIGHBOURS), collections)
-        return decided(nearest, self.policies(), background_similarity)
+        return self._without_dismissed(feature, decided(nearest, self.policies(), background_similarity))
+
+    def _without_dismissed(self, feature: np.ndarray, search: Search) -> Search:
+        """Duplicates the caller dismissed for this picture, or for one this close to it
+        (--dismissal-similarity), while the key holds the image it was dismissed against."""
+        if self.dismissals is None or not any(search.decision.each):
+            return search
+        query = np.asarray(feature, np.float32)
+        dismissed = frozenset(
+            position
+            for position, ((record, _), duplicate) in enumerate(zip(search.nearest, search.decision.each, strict=True))
+            if duplicate
+            and any(
+                entry.sha256 == record.sha256
+                and float(entry.feature.astype(np.float32) @ query) >= self.policy.dismissal_similarity
+                for entry in self.dismissals.of_key(record.collection, record.key)
+            )
+        )
+        if not dismissed:
+            return search
+        each = [duplicate and position not in dismissed for position, duplicate in enumerate(search.decision.each)]
+        decision = replace(search.decision, is_duplicate=any(each), each=each)
+        return replace(search, decision=decision, dismissed=dismissed)
 
     def policies(self) -> Callable[[str], Policy]:
         """Each collection's policy: its own settings (SetCollection), or the service's."""

@@ -60,6 +60,10 @@ class Policy:
         "least score of the best region of a query that matched nothing as a whole (copies inside larger "
         "pictures; 0: regions are not searched)",
     )
+    dismissal_similarity: float = setting(
+        0.85,
+        "a query at least this similar to a picture dismissed against a key (Dismiss) is not its duplicate",
+    )
     normalization_beta: float = setting(1.0, "normalized rule: weight of the background similarity")
     normalized_threshold: float = setting(0.5, "normalized rule: least normalised similarity")
     geometric_band: float = setting(

@@ -1,20 +1,19 @@
 """The Milvus vector index: the records a Check needs, in a Milvus collection several front
-services share.
+services share (docs/scaling.md).
 
 Each front service keeps its LMDB store as the durable record of what *it* enrolled (its writer
-id, made once per data directory, tags its rows) and pushes the store's change log to the
-collection: an enrolment is an upsert keyed by the caller's key, a deletion deletes the row if
-this writer still owns it. The push runs after every commit (so an Enroll is acknowledged once
-its rows are in Milvus), before every Check, and every --index-poll-s while Milvus was
-unreachable; the last change pushed is kept in the store, so a restart resumes where it stopped.
-A Check searches the collection and builds its candidates from the rows (feature, threshold,
-digest, metadata), so a record enrolled through any front service is found by all of them. The
-features are the store's float16 values, so distances, and every decision, are the same as on
-the usearch backend. `neardup index rebuild --backend milvus` loads the whole store again
-(`push_everything`): rows tagged with an older load of this writer are deleted after.
+id tags its rows) and pushes the store's change log to the collection: an enrolment upserts the
+row of (collection, key), a deletion deletes it if this writer still owns it. The push runs after
+every commit (an Enroll is answered once its rows are in Milvus), before every Check, and every
+--index-poll-s while Milvus was unreachable; the last change pushed is kept in the store. A Check
+searches the collection and builds its candidates from the rows, so a record enrolled through any
+front service is found by all; the features are the store's float16 values, so every decision is
+the same as on usearch. `neardup index rebuild --backend milvus` loads the whole store again.
 """
 
+import asyncio
 import fcntl
+import functools
 import logging
 import secrets
 import threading
@@ -104,16 +103,10 @@ class MilvusIndex:
         """The k nearest rows (in `collections`; None: all), with Euclidean distances recomputed
         from their float16 features. Milvus filters during the search itself."""
         query = np.asarray(feature, dtype=np.float32)
-        [found] = self._call(
-            lambda: self.client.search(
-                self.milvus_collection,
-                [query.tolist()],
-                filter=collection_filter(collections),
-                limit=k + EXTRA_CANDIDATES,
-                output_fields=ANSWER_FIELDS,
-                search_params={"metric_type": "L2", "params": {"ef": max(SEARCH_EF, k + EXTRA_CANDIDATES)}},
-            )
-        )
+        limit, params = k + EXTRA_CANDIDATES, {"metric_type": "L2", "params": {"ef": SEARCH_EF}}
+        where = collection_filter(collections)
+        search = functools.partial(self.client.search, output_fields=ANSWER_FIELDS, search_params=params)
+        [found] = self._call(lambda: search(self.milvus_collection, [query.tolist()], filter=where, limit=limit))
         records = [record_of(hit["entity"], self.writer) for hit in found]
         scored = [(record, float(np.linalg.norm(query - record.feature.astype(np.float32)))) for record in records]
         return sorted(scored, key=lambda pair: pair[1])[:k]
@@ -236,3 +229,18 @@ def push_while_serving(index: MilvusIndex, poll_s: float) -> None:
         index.apply_changes()
     except MilvusUnavailable as error:
         log.warning("changes not pushed to Milvus yet (retrying every %.1f s): %s", poll_s, error)
+
+
+async def keep_pushing(index: MilvusIndex, poll_s: float) -> None:
+    """The background push, every poll_s, for as long as the service runs."""
+    while True:
+        await asyncio.to_thread(push_while_serving, index, poll_s)
+        await asyncio.sleep(poll_s)
+
+
+def open_milvus(store: Store, uri: str, collection: str, token_file: str, model: str) -> MilvusIndex:
+    """The index over a Milvus collection, the token read from its file (never from a flag)."""
+    if not uri:
+        raise MilvusUnavailable("the milvus backend needs --milvus-uri (e.g. http://milvus:19530)")
+    token = Path(token_file).read_text().strip() if token_file else ""
+    return MilvusIndex(store, uri, collection, model, token)

@@ -58,7 +58,7 @@ class Store:
         self.env = lmdb.open(
             str(self.path),
             map_size=max(map_size, 2 * existing),
-            max_dbs=8,
+            max_dbs=16,
             readonly=readonly,
             subdir=True,
             max_readers=1024,

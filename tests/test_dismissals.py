@@ -1,0 +1,87 @@
+"""The "not a duplicate" memory through the service: a dismissed pair stops being a duplicate,
+for re-encoded copies of the query too; it comes back when the entry is removed, survives a
+restart and a rebuild, and goes with the enrolled key."""
+
+import io
+import subprocess
+import sys
+
+import grpc
+import pytest
+from PIL import Image, ImageEnhance
+
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from tests.conftest import encode_jpeg, mosaic, reencoded
+
+FAST = ("--enroll-views", "1", "--check-views", "1")
+
+
+def brighter(data: bytes) -> bytes:
+    return encode_jpeg(ImageEnhance.Brightness(Image.open(io.BytesIO(data)).convert("RGB")).enhance(1.15), 85)
+
+
+def check(service, image: bytes) -> pb.CheckResponse:
+    return service.stub.Check(pb.CheckRequest(image=image, top_k=3), timeout=60)
+
+
+def test_a_dismissed_pair_is_no_longer_a_duplicate(start_service, tmp_path):
+    service = start_service(*FAST, data_dir=tmp_path / "d")
+    enrolled, other = mosaic(8001), mosaic(8002)
+    list(service.stub.Enroll(iter([pb.EnrollRequest(key="poster", image=enrolled),
+                                   pb.EnrollRequest(key="other", image=other)]), timeout=60))  # fmt: skip
+    # The caller says: this picture (a brightened copy) is not a duplicate of "poster".
+    query = brighter(enrolled)
+    assert check(service, query).is_duplicate
+    entry = service.stub.Dismiss(pb.DismissRequest(image=query, key="poster"), timeout=60)
+    for image in (query, reencoded(query, 60)):  # the picture, and a re-encoded copy of it
+        reply = check(service, image)
+        assert not reply.is_duplicate
+        assert reply.matches[0].key == "poster" and reply.matches[0].dismissed and not reply.matches[0].is_duplicate
+    assert check(service, reencoded(other)).is_duplicate  # other keys are untouched
+    listed = service.stub.ListDismissals(pb.ListDismissalsRequest(), timeout=10).dismissals
+    assert [(d.id, d.key) for d in listed] == [(entry.id, "poster")]
+
+    # It survives a restart and an index rebuild.
+    service.stop()
+    rebuild = ["index", "rebuild", "--data-dir", str(tmp_path / "d"), "--quiet", "--nice", "0"]
+    rebuilt = subprocess.run([sys.executable, "-m", "service.cli", *rebuild], capture_output=True, timeout=120)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    service = start_service(*FAST, data_dir=tmp_path / "d")
+    assert check(service, query).index_generation == 1 and not check(service, query).is_duplicate
+
+    # Removed: the pair is a duplicate again.
+    service.stub.RemoveDismissal(pb.RemoveDismissalRequest(id=entry.id), timeout=10)
+    assert check(service, query).is_duplicate
+    with pytest.raises(grpc.RpcError) as raised:
+        service.stub.RemoveDismissal(pb.RemoveDismissalRequest(id=entry.id), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_query_key_stands_for_the_picture_and_entries_go_with_the_enrolled_key(start_service, tmp_path):
+    service = start_service(*FAST, data_dir=tmp_path / "d")
+    target, look_alike = mosaic(8003), mosaic(8003)  # enrolled twice: the same picture under two keys
+    list(service.stub.Enroll(iter([pb.EnrollRequest(key="a", image=target),
+                                   pb.EnrollRequest(key="b", image=reencoded(look_alike, 70), collection="c")]),
+                             timeout=60))  # fmt: skip
+    service.stub.Dismiss(pb.DismissRequest(query_key="b", query_collection="c", key="a"), timeout=10)
+    reply = service.stub.Check(pb.CheckRequest(image=reencoded(look_alike, 40), top_k=3, collections=[""]), timeout=60)
+    assert reply.matches[0].key == "a" and reply.matches[0].dismissed and not reply.is_duplicate
+    service.stub.Delete(pb.DeleteRequest(key="a"), timeout=10)
+    assert service.stub.ListDismissals(pb.ListDismissalsRequest(), timeout=10).dismissals == []
+
+
+def test_bad_dismissals_are_refused(start_service, tmp_path):
+    service = start_service(*FAST, data_dir=tmp_path / "d")
+    picture = mosaic(8004)
+    list(service.stub.Enroll(iter([pb.EnrollRequest(key="k", image=picture)]), timeout=60))
+    for request, code in [
+        (pb.DismissRequest(image=picture, key="absent"), grpc.StatusCode.NOT_FOUND),
+        (pb.DismissRequest(key="k"), grpc.StatusCode.INVALID_ARGUMENT),  # no picture
+        (pb.DismissRequest(image=picture, key="k"), grpc.StatusCode.INVALID_ARGUMENT),  # the image itself
+        (pb.DismissRequest(query_key="absent", key="k"), grpc.StatusCode.NOT_FOUND),
+        (pb.DismissRequest(image=b"not an image", key="k"), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.DismissRequest(image=mosaic(8005), key="k", collection="bad name"), grpc.StatusCode.INVALID_ARGUMENT),
+    ]:
+        with pytest.raises(grpc.RpcError) as raised:
+            service.stub.Dismiss(request, timeout=60)
+        assert raised.value.code() == code, (request, raised.value.details())
