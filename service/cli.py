@@ -3,6 +3,7 @@
 neardup serve [settings]                  run the gRPC service (--help lists every setting)
 neardup enroll DIR_OR_LIST                enrol a folder of images, or the files a text file lists
 neardup check IMAGE...                    is each image a near-duplicate of an enrolled one?
+neardup duplicates [--collection C]       the groups of enrolled keys that duplicate each other
 neardup stats                             the service's Stats, as JSON
 neardup health                            exit 0 if the service reports SERVING (container probes)
 neardup index rebuild --data-dir DIR      build a new index snapshot from the store
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--top-k", type=int, default=1)
     check.add_argument("--json", action="store_true", help="one JSON object per image")
     add_client_arguments(check)
+
+    duplicates = commands.add_parser("duplicates", help="the groups of enrolled keys that duplicate each other")
+    duplicates.add_argument("--collection", default="", help="only this collection (default: all, joined across)")
+    duplicates.add_argument("--json", action="store_true", help="one JSON object per group")
+    add_client_arguments(duplicates)
 
     add_client_arguments(commands.add_parser("stats", help="the service's Stats, as JSON"))
     health = commands.add_parser("health", help="exit 0 if the service reports SERVING")
@@ -108,6 +114,28 @@ def run_check(arguments: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def run_duplicates(arguments: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from service.api.channels import stub_from
+    from service.proto.neardup.v1 import neardup_pb2 as pb
+
+    replies = stub_from(arguments).FindDuplicates(pb.FindDuplicatesRequest(collection=arguments.collection))
+    with tqdm(unit="record", desc="records checked", file=sys.stderr) as bar:
+        for reply in replies:
+            bar.total = reply.records_total
+            bar.update(reply.records_checked - bar.n)
+            if not reply.keys:
+                continue
+            members = [{"key": k, "collection": c} for k, c in zip(reply.keys, reply.collections, strict=True)]
+            if arguments.json:
+                line = json.dumps({"members": members, "scores": [round(score, 4) for score in reply.scores]})
+            else:
+                line = "  ".join(f"{c}/{k}" if c else k for k, c in zip(reply.keys, reply.collections, strict=True))
+            bar.write(line, file=sys.stdout)
+    return 0
+
+
 def run_stats(arguments: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
@@ -172,6 +200,7 @@ COMMANDS = {
     "serve": run_serve,
     "enroll": run_enroll,
     "check": run_check,
+    "duplicates": run_duplicates,
     "stats": run_stats,
     "health": run_health,
     "index": run_index,

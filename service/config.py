@@ -44,6 +44,9 @@ class LimitSettings:
     max_image_pixels: int = setting(64_000_000, "largest image in pixels, as its header claims")
     # Thumbnails are real queries; below 8 px there is nothing left to compare (docs/quality.md).
     min_image_side: int = setting(8, "smallest image side in pixels")
+    duplicates_cpu_share: float = setting(
+        0.5, "FindDuplicates: the share of one core it may use (the rest is left to Checks)"
+    )
     max_decoded_bytes: int = setting(
         400_000_000, "most memory one image's decode may hold (pixels x bands x bit depth, and the RGB copy)"
     )

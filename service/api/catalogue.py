@@ -1,14 +1,18 @@
-"""The catalogue's RPCs, part of NearDupServicer: collection settings and the "not a duplicate"
-memory (storage/dismissals.py)."""
+"""The catalogue's RPCs, part of NearDupServicer: collection settings, the "not a duplicate"
+memory (storage/dismissals.py) and the duplicate groups (core/grouping.py)."""
 
 import asyncio
+import functools
 import hashlib
 import logging
+
+import grpc
 
 from service.api.collection_stats import collection_stats
 from service.api.errors import KeyNotFound, RequestError, grpc_errors
 from service.core.decision import settable_rules, with_rule
 from service.core.enrollment import key_problem, shown
+from service.core.grouping import Progress, find_groups
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.storage.collections import CollectionSettings, name_problem
 from service.storage.collections import set_settings as set_collection_settings
@@ -98,3 +102,25 @@ class CatalogueMethods:
         if entry is None:
             raise KeyNotFound(f"no dismissal has id {request.id}")
         return _message(entry)
+
+    async def FindDuplicates(self, request: pb.FindDuplicatesRequest, context):
+        """Not wrapped by grpc_errors: an async generator's errors are raised in the loop below."""
+        collection = request.collection or None
+        if problem := name_problem(request.collection):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        await asyncio.to_thread(self.checker.up_to_date)
+        decide = functools.partial(self.checker.decide, background_similarity=0.0)
+        found = find_groups(self.store, self.index, decide, collection, self.settings.limits.duplicates_cpu_share)
+        checked = total = 0
+        groups = 0
+        async for item in found:
+            if isinstance(item, Progress):
+                checked, total = item.checked, item.total
+                yield pb.DuplicateGroup(records_checked=checked, records_total=total)
+                continue
+            groups += 1
+            yield pb.DuplicateGroup(
+                keys=[key for _, key in item.names], collections=[c for c, _ in item.names], scores=item.scores,
+                records_checked=checked, records_total=total,
+            )  # fmt: skip
+        log.info("FindDuplicates%s: %d records, %d groups", f" in {collection!r}" if collection else "", total, groups)

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -67,6 +67,7 @@ class Search:
     decision: Decision
     rule: str = ""  # the rule of the collection whose decision this is
     dismissed: frozenset[int] = frozenset()  # positions of duplicates the memory overrode
+    scores: list[float] = field(default_factory=list)  # per neighbour: its collection's score
 
     def matches(self, each: list[bool], inliers: int = -1) -> list[Match]:
         return [
@@ -97,7 +98,7 @@ class Checker:
         [descriptor] = await self.hasher.hash(canvas[None], [views], timeout_s)
         return canvas, descriptor
 
-    def _up_to_date(self) -> None:
+    def up_to_date(self) -> None:
         """The store holds our model's features, and the index has every change committed so
         far, by this process or by another worker on the same data directory (a cheap read when
         there is nothing new)."""
@@ -113,7 +114,7 @@ class Checker:
     ) -> CheckResult:
         """`timeout_s()` is what is left for Triton now (the region stage asks again); only
         `collections` are searched (None: all)."""
-        await asyncio.to_thread(self._up_to_date)
+        await asyncio.to_thread(self.up_to_date)
         generation = self.index.stats().generation
         digest = hashlib.sha256(image).digest()
         identical = (await asyncio.to_thread(self.index.identical, digest, collections))[:top_k]
@@ -165,6 +166,10 @@ class Checker:
         self, feature: np.ndarray, top_k: int, background_similarity: float, collections: frozenset[str] | None = None
     ) -> Search:
         nearest = self.index.nearest(feature, max(top_k, NEIGHBOURS), collections)
+        return self.decide(feature, nearest, background_similarity)
+
+    def decide(self, feature: np.ndarray, nearest: list[tuple[Record, float]], background_similarity: float) -> Search:
+        """The decision on a feature's neighbours: each collection's rule, then the memory."""
         return self._without_dismissed(feature, decided(nearest, self.policies(), background_similarity))
 
     def _without_dismissed(self, feature: np.ndarray, search: Search) -> Search:
@@ -214,7 +219,7 @@ def decided(
     positions: dict[str, list[int]] = {}
     for position, (record, _) in enumerate(nearest):
         positions.setdefault(record.collection, []).append(position)
-    each, to_nearest = [False] * len(nearest), [1.0] * len(nearest)
+    each, to_nearest, scores = [False] * len(nearest), [1.0] * len(nearest), [float("-inf")] * len(nearest)
     decisions = []  # (decision, rule) per collection, the nearest collection first
     for collection, members in positions.items():
         similarities = similarities_to_first([nearest[p][0].feature for p in members])
@@ -225,12 +230,12 @@ def decided(
         policy = policy_of(collection)
         decision = decide(policy, candidates, background_similarity)
         for p, similarity, duplicate in zip(members, similarities, decision.each, strict=True):
-            each[p], to_nearest[p] = duplicate, similarity
+            each[p], to_nearest[p], scores[p] = duplicate, similarity, decision.score
         decisions.append((decision, policy.rule))
     if not decisions:
         return Search(nearest, to_nearest, decide(policy_of(""), []), policy_of("").rule)
     deciding, rule = next((pair for pair in decisions if pair[0].is_duplicate), decisions[0])
-    return Search(nearest, to_nearest, Decision(deciding.is_duplicate, deciding.score, each), rule)
+    return Search(nearest, to_nearest, Decision(deciding.is_duplicate, deciding.score, each), rule, scores=scores)
 
 
 def similarities_to_first(features: list[np.ndarray]) -> list[float]:
