@@ -23,6 +23,7 @@ from service.api.servicer import SERVICE_NAME, NearDupServicer
 from service.config import Settings
 from service.core.checking import Checker
 from service.core.enrollment import Enroller, ItemLimits
+from service.core.judging import Judge
 from service.media.imaging import DecodeBudget, Limits
 from service.media.preprocess import Preprocessor
 from service.storage import snapshots
@@ -136,12 +137,13 @@ def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readine
         Limits(limits.max_image_pixels, limits.min_image_side, limits.max_decoded_bytes),
         DecodeBudget(limits.decode_budget_bytes, wait_s=DECODE_WAIT_S),
         keypoints=bool(policy.geometric_band),
+        references=bool(policy.verification_weight),
     )
     background = Background.load(settings.server.data_dir, settings.model_identity, settings.index.background_k)
     dismissals = Dismissals(storage.store)
     checker = Checker(
         hasher, storage.store, storage.index, preprocessor, background, policy, settings.model_identity,
-        triton.check_views, dismissals,
+        triton.check_views, Judge(storage.store, policy, dismissals),
     )  # fmt: skip
     enroller = Enroller(
         hasher, storage.store, preprocessor.describe, settings.model_identity, triton.enroll_views,

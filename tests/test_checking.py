@@ -8,6 +8,7 @@ import pytest
 
 from service.core.checking import Checker
 from service.core.decision import Policy
+from service.core.judging import Judge
 from service.media.imaging import Limits
 from service.media.preprocess import Preprocessor
 from service.storage.background import Background
@@ -73,7 +74,8 @@ DEFAULT_POLICY = Policy()
 def checker(store: Store, hasher: FixedHasher, policy: Policy = DEFAULT_POLICY) -> Checker:
     preprocessor = Preprocessor(246, Limits(min_side=32), None, keypoints=False)
     background = Background(np.zeros((0, 512), np.float32), 5)
-    return Checker(hasher, store, ExactIndex(store), preprocessor, background, policy, MODEL, views=1)
+    judge = Judge(store, policy)
+    return Checker(hasher, store, ExactIndex(store), preprocessor, background, policy, MODEL, 1, judge)
 
 
 def enrol(store: Store, key: str, feature: np.ndarray, image: bytes) -> None:

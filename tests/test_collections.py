@@ -4,6 +4,7 @@ or apart, per-collection decision settings, and a key unique within its collecti
 import grpc
 import pytest
 
+from service.core.decision import Policy
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from tests.conftest import RunningService, mosaic, reencoded
 
@@ -73,7 +74,7 @@ def test_a_collections_own_threshold_changes_decisions_only_there(service):
     assert check(service, reencoded(lenient)).is_duplicate  # the other collection keeps the service's
     stats = {c.name: c for c in service.stub.Stats(pb.StatsRequest(), timeout=10).collections}
     assert stats["strict"].own_settings and stats["strict"].threshold == pytest.approx(1.5)
-    assert not stats["lenient"].own_settings and stats["lenient"].threshold == pytest.approx(0.55)
+    assert not stats["lenient"].own_settings and stats["lenient"].threshold == pytest.approx(Policy().margin_threshold)
     assert stats["lenient"].records == 1 and "" in stats
     service.stub.SetCollection(pb.SetCollectionRequest(collection="strict", reset=True))
     assert check(service, reencoded(strict)).is_duplicate

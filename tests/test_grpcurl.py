@@ -55,3 +55,21 @@ def test_grpcurl_streams_checks_one_answer_per_request(service):
     assert len(answers) == 4
     assert "not in a supported format" in answers[1]["error"]
     assert all("error" not in answer and "model" in answer for n, answer in enumerate(answers) if n != 1)
+
+
+def test_grpcurl_collections_and_duplicate_groups(scratch_service):
+    """The README's collection examples, as written there: enrol into a collection, check it, set
+    its threshold, and list the duplicate groups."""
+    image = base64.b64encode(image_bytes("gnome-wood.jpg")).decode()
+    enrolled = grpcurl(scratch_service, "neardup.v1.NearDup/Enroll",
+                       data=json.dumps({"collection": "shop-a", "key": "sku/1", "image": image}))  # fmt: skip
+    assert enrolled.returncode == 0 and json.loads(enrolled.stdout)["status"] in ("ENROLLED", "UNCHANGED")
+    checked = grpcurl(
+        scratch_service, "neardup.v1.NearDup/Check", data=json.dumps({"collections": ["shop-a"], "image": image})
+    )
+    assert json.loads(checked.stdout)["matches"][0]["collection"] == "shop-a"
+    chosen = grpcurl(scratch_service, "neardup.v1.NearDup/SetCollection",
+                     data='{"collection": "shop-a", "rule": "margin", "threshold": 0.6}')  # fmt: skip
+    assert json.loads(chosen.stdout)["ownSettings"] is True
+    groups = grpcurl(scratch_service, "neardup.v1.NearDup/FindDuplicates", data="{}")
+    assert groups.returncode == 0 and "recordsTotal" in groups.stdout

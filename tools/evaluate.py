@@ -83,6 +83,7 @@ def run_checks(service: RunningService, queries: list[Query], workers: int) -> N
             "region": reply.HasField("region"),
             "region_score": reply.region_score if reply.HasField("region_score") else None,
             "views": reply.views,
+            "residual": reply.residual if reply.HasField("residual") else None,
         }
 
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:

@@ -6,7 +6,7 @@ The token file (`--auth-tokens`) holds SHA-256 digests, never tokens:
 
 Callers send `authorization: Bearer <token>`. Roles: `check` (Hash, Check, CheckStream, Stats, and
 reflection), `enroll` (Enroll, Delete, Dismiss, ListDismissals, RemoveDismissal), `admin`
-(ReloadIndex, SetCollection). Health stays open for
+(ReloadIndex, SetCollection, FindDuplicates). Health stays open for
 orchestrator probes. A missing or unknown token is UNAUTHENTICATED, a known one without the
 role PERMISSION_DENIED; the method never runs. The file is read again on SIGHUP; a file that
 does not parse keeps the tokens in use. Logs name the caller (the token's name), never a token.

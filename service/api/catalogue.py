@@ -7,16 +7,20 @@ import hashlib
 import logging
 
 import grpc
+import numpy as np
 
 from service.api.collection_stats import collection_stats
 from service.api.errors import KeyNotFound, RequestError, grpc_errors
 from service.core.decision import settable_rules, with_rule
 from service.core.enrollment import key_problem, shown
 from service.core.grouping import Progress, find_groups
+from service.core.judging import Search
+from service.media import verification
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.storage.collections import CollectionSettings, name_problem
 from service.storage.collections import set_settings as set_collection_settings
 from service.storage.dismissals import Dismissal
+from service.storage.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ class CatalogueMethods:
             chosen = CollectionSettings(request.rule, request.threshold)
         await asyncio.to_thread(set_collection_settings, self.store, request.collection, chosen)
         log.info("collection %r: %s", request.collection, chosen or "the service's settings")
-        [stats] = collection_stats(self.store, self.checker.policies(), request.collection)
+        [stats] = collection_stats(self.store, self.checker.judge.policies(), request.collection)
         return stats
 
     @grpc_errors
@@ -103,14 +107,20 @@ class CatalogueMethods:
             raise KeyNotFound(f"no dismissal has id {request.id}")
         return _message(entry)
 
+    def _judged(self, record: Record, others: list[tuple[Record, float]]) -> Search:
+        """An enrolled record judged as a query, verified with its own reference for a picture."""
+        judge = self.checker.judge
+        reference = judge.reference(record)
+        picture = functools.cache(lambda: verification.picture_of(reference) if reference else None)
+        return judge.judge(record.feature.astype(np.float32), others, 0.0, picture)
+
     async def FindDuplicates(self, request: pb.FindDuplicatesRequest, context):
         """Not wrapped by grpc_errors: an async generator's errors are raised in the loop below."""
         collection = request.collection or None
         if problem := name_problem(request.collection):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         await asyncio.to_thread(self.checker.up_to_date)
-        decide = functools.partial(self.checker.decide, background_similarity=0.0)
-        found = find_groups(self.store, self.index, decide, collection, self.settings.limits.duplicates_cpu_share)
+        found = find_groups(self.store, self.index, self._judged, collection, self.settings.limits.duplicates_cpu_share)
         checked = total = 0
         groups = 0
         async for item in found:

@@ -144,6 +144,7 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
             low_information=result.low_information,
             region=region,
             region_score=result.region_score if searched_regions else None,
+            residual=result.residual,
             views=result.views,
         )
 
@@ -223,7 +224,7 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
             input_size=triton.input_size,
             views_per_check=triton.check_views,
             views_per_enroll=triton.enroll_views,
-            collections=await asyncio.to_thread(collection_stats, self.store, self.checker.policies()),
+            collections=await asyncio.to_thread(collection_stats, self.store, self.checker.judge.policies()),
         )
 
     @grpc_errors

@@ -2,7 +2,8 @@
 
 One Check: an image byte-identical to enrolled ones is answered from its SHA-256 without
 hashing; otherwise it is embedded through Triton, its nearest records are searched, and the
-decision rule decides, with the geometric check overriding borderline scores when it is on.
+decision is judged (core/judging.py: each collection's rule, verification, the "not a duplicate"
+memory), with the geometric check overriding borderline scores when it is on.
 A query that is not a duplicate as a whole is searched again by regions (a cascade: the extra
 views are paid only when the whole image found nothing), so that a copy shown inside a larger
 picture is found; a region needs its own, higher score.
@@ -12,17 +13,17 @@ import asyncio
 import functools
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
+from PIL import Image
 
-from service.core.decision import Candidate, Decision, Policy, decide, is_borderline, with_rule
+from service.core.decision import Candidate, Policy, decide, is_borderline
+from service.core.judging import Judge, Match, Search
 from service.media import geometry
 from service.media.imaging import is_low_information
 from service.media.preprocess import REGIONS, Box, Preprocessor
 from service.storage.background import Background
-from service.storage.collections import settings as collection_settings
-from service.storage.dismissals import Dismissals
 from service.storage.records import Record
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex
@@ -31,16 +32,6 @@ from service.triton.client import Descriptor, Hasher
 # Neighbours a Check decides among, however few it returns: the margin rule needs the nearest
 # picture other than the nearest one's twins (the same picture enrolled under other keys).
 NEIGHBOURS = 8
-
-
-@dataclass(frozen=True)
-class Match:
-    record: Record
-    distance: float  # Euclidean between unit features
-    is_duplicate: bool
-    inliers: int = -1  # geometric check inliers; -1 when it did not run
-    nearest_similarity: float = 1.0  # cosine of its enrolled feature to the nearest match's
-    dismissed: bool = False  # a duplicate by the rule, but the caller said this picture is not one of it
 
 
 @dataclass(frozen=True)
@@ -56,26 +47,7 @@ class CheckResult:
     region_score: float = float("-inf")  # the best region's score, when regions were searched
     views: int = 0  # views embedded by Triton for this Check
     rule: str = ""  # the deciding collection's rule ("": the service's)
-
-
-@dataclass(frozen=True)
-class Search:
-    """One feature's neighbours and the rule's decision on them."""
-
-    nearest: list[tuple[Record, float]]
-    to_nearest: list[float]  # each neighbour's similarity to the nearest one of its collection
-    decision: Decision
-    rule: str = ""  # the rule of the collection whose decision this is
-    dismissed: frozenset[int] = frozenset()  # positions of duplicates the memory overrode
-    scores: list[float] = field(default_factory=list)  # per neighbour: its collection's score
-
-    def matches(self, each: list[bool], inliers: int = -1) -> list[Match]:
-        return [
-            Match(record, distance, duplicate, inliers if position == 0 else -1, similarity, position in self.dismissed)
-            for position, ((record, distance), duplicate, similarity) in enumerate(
-                zip(self.nearest, each, self.to_nearest, strict=True)
-            )
-        ]
+    residual: float | None = None  # verification's, when it ran
 
 
 @dataclass(frozen=True)
@@ -88,7 +60,7 @@ class Checker:
     policy: Policy
     model_identity: str
     views: int  # per Check
-    dismissals: Dismissals | None = None
+    judge: Judge
 
     async def embed(self, image: bytes, views: int, timeout_s: float) -> Descriptor:
         return (await self._canvas_and_descriptor(image, views, timeout_s))[1]
@@ -125,10 +97,11 @@ class Checker:
         canvas, descriptor = await self._canvas_and_descriptor(image, self.views, timeout_s())
         background_similarity = self.background.similarity(descriptor.feature)
         search = functools.partial(self._search, collections=collections)
-        whole = await asyncio.to_thread(search, descriptor.feature, top_k, background_similarity)
+        picture = functools.cache(lambda: self.preprocessor.verification_picture(image))
+        whole = await asyncio.to_thread(search, descriptor.feature, top_k, background_similarity, query=picture)
         result = CheckResult(
             False, False, [], whole.decision.score, background_similarity, generation, views=self.views,
-            rule=whole.rule,
+            rule=whole.rule, residual=whole.residual,
         )  # fmt: skip
         if is_low_information(canvas):
             return replace(result, matches=whole.matches([False] * len(whole.nearest))[:top_k], low_information=True)
@@ -163,84 +136,17 @@ class Checker:
         )  # fmt: skip
 
     def _search(
-        self, feature: np.ndarray, top_k: int, background_similarity: float, collections: frozenset[str] | None = None
+        self,
+        feature: np.ndarray,
+        top_k: int,
+        background_similarity: float,
+        collections: frozenset[str] | None = None,
+        query: Callable[[], Image.Image] | None = None,
     ) -> Search:
         nearest = self.index.nearest(feature, max(top_k, NEIGHBOURS), collections)
-        return self.decide(feature, nearest, background_similarity)
-
-    def decide(self, feature: np.ndarray, nearest: list[tuple[Record, float]], background_similarity: float) -> Search:
-        """The decision on a feature's neighbours: each collection's rule, then the memory."""
-        return self._without_dismissed(feature, decided(nearest, self.policies(), background_similarity))
-
-    def _without_dismissed(self, feature: np.ndarray, search: Search) -> Search:
-        """Duplicates the caller dismissed for this picture, or for one this close to it
-        (--dismissal-similarity), while the key holds the image it was dismissed against."""
-        if self.dismissals is None or not any(search.decision.each):
-            return search
-        query = np.asarray(feature, np.float32)
-        dismissed = frozenset(
-            position
-            for position, ((record, _), duplicate) in enumerate(zip(search.nearest, search.decision.each, strict=True))
-            if duplicate
-            and any(
-                entry.sha256 == record.sha256
-                and float(entry.feature.astype(np.float32) @ query) >= self.policy.dismissal_similarity
-                for entry in self.dismissals.of_key(record.collection, record.key)
-            )
-        )
-        if not dismissed:
-            return search
-        each = [duplicate and position not in dismissed for position, duplicate in enumerate(search.decision.each)]
-        decision = replace(search.decision, is_duplicate=any(each), each=each)
-        return replace(search, decision=decision, dismissed=dismissed)
-
-    def policies(self) -> Callable[[str], Policy]:
-        """Each collection's policy: its own settings (SetCollection), or the service's."""
-        chosen = collection_settings(self.store)
-
-        def policy_of(collection: str) -> Policy:
-            own = chosen.get(collection)
-            return with_rule(self.policy, own.rule, own.threshold) if own else self.policy
-
-        return policy_of
+        return self.judge.judge(feature, nearest, background_similarity, query)
 
     def _inliers(self, image: bytes, record: Record) -> int:
         with self.store.read() as view:
             stored = view.keypoints(record.id)
         return geometry.inliers(self.preprocessor.picture(image), stored)
-
-
-def decided(
-    nearest: list[tuple[Record, float]], policy_of: Callable[[str], Policy], background_similarity: float
-) -> Search:
-    """Each collection's candidates decided by its own policy, as if it had been checked alone;
-    the search's decision is that of the nearest collection that found a duplicate (else of the
-    nearest one)."""
-    positions: dict[str, list[int]] = {}
-    for position, (record, _) in enumerate(nearest):
-        positions.setdefault(record.collection, []).append(position)
-    each, to_nearest, scores = [False] * len(nearest), [1.0] * len(nearest), [float("-inf")] * len(nearest)
-    decisions = []  # (decision, rule) per collection, the nearest collection first
-    for collection, members in positions.items():
-        similarities = similarities_to_first([nearest[p][0].feature for p in members])
-        candidates = [
-            Candidate(nearest[p][1], nearest[p][0].threshold, similarity)
-            for p, similarity in zip(members, similarities, strict=True)
-        ]
-        policy = policy_of(collection)
-        decision = decide(policy, candidates, background_similarity)
-        for p, similarity, duplicate in zip(members, similarities, decision.each, strict=True):
-            each[p], to_nearest[p], scores[p] = duplicate, similarity, decision.score
-        decisions.append((decision, policy.rule))
-    if not decisions:
-        return Search(nearest, to_nearest, decide(policy_of(""), []), policy_of("").rule)
-    deciding, rule = next((pair for pair in decisions if pair[0].is_duplicate), decisions[0])
-    return Search(nearest, to_nearest, Decision(deciding.is_duplicate, deciding.score, each), rule, scores=scores)
-
-
-def similarities_to_first(features: list[np.ndarray]) -> list[float]:
-    """Cosine similarity of each unit feature to the first."""
-    if not features:
-        return []
-    stacked = np.asarray(features, dtype=np.float32)
-    return (stacked @ stacked[0]).tolist()

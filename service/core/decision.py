@@ -27,6 +27,7 @@ class Candidate:
     threshold: float  # the enrolled image's own near-duplicate radius
     # Cosine similarity of this candidate's enrolled feature to the nearest candidate's.
     nearest_similarity: float = 0.0
+    twin: bool = False  # verified the same picture as the nearest (core/checking.py), whatever the cosine
 
     @property
     def similarity(self) -> float:
@@ -41,20 +42,36 @@ def setting(default, help: str):  # noqa: A002 - argparse's word
 @dataclass(frozen=True)
 class Policy:
     """A rule and its parameters. The defaults are the service's, chosen on the catalogue benchmark
-    (docs/quality.md): the margin over the nearest other picture, 0.55 for precision at catalogue
-    scale, region search off (it costs 7x the views and does not reach that precision)."""
+    (docs/quality.md): the margin over the nearest other picture, verified (0.47, less 0.1 x the
+    residual) for precision at catalogue scale, region search off (it costs 7x the views and does
+    not reach that precision)."""
 
     rule: str = setting("margin", "the decision rule (docs/quality.md compares them)")
     global_threshold: float = setting(0.75, "global rule: least cosine similarity of the nearest image")
     clamp_min: float = setting(0.3, "clamped rule: least radius")
     clamp_max: float = setting(0.7, "clamped rule: largest radius")
-    margin_threshold: float = setting(0.55, "margin rule: least similarity minus beta x the second's")
+    margin_threshold: float = setting(
+        0.47, "margin rule: least similarity minus beta x the second's (minus the verification penalty)"
+    )
     margin_beta: float = setting(0.5, "margin rule: weight of the nearest other picture's similarity")
     twin_similarity: float = setting(
         0.95,
         "enrolled images at least this similar to the nearest are the same picture under another key: "
         "the margin skips them and they share the nearest's decision (above 1: never)",
     )
+    verification_weight: float = setting(
+        0.1,
+        "a score under the threshold + weight x verification_cap is verified: the candidate's stored reference "
+        "aligned to the query, score - weight x min(residual, cap) must reach the threshold (0: off; references "
+        "are stored at enrolment while it is on)",
+    )
+    verification_cap: float = setting(3.0, "the largest residual verification counts")
+    pair_twin_similarity: float = setting(
+        0.8,
+        "enrolled images at least this similar to the nearest (and under --twin-similarity) are its twins when "
+        "verification finds them the same picture (residual at most --pair-twin-residual)",
+    )
+    pair_twin_residual: float = setting(0.15, "the largest residual of two enrolled images that are twins")
     region_threshold: float = setting(
         0.0,
         "least score of the best region of a query that matched nothing as a whole (copies inside larger "
@@ -109,7 +126,7 @@ def _margin(policy: Policy, candidates: list[Candidate], background: float) -> l
 
 
 def is_twin(policy: Policy, candidate: Candidate) -> bool:
-    return candidate.nearest_similarity >= policy.twin_similarity
+    return candidate.twin or candidate.nearest_similarity >= policy.twin_similarity
 
 
 def _normalized(policy: Policy, candidates: list[Candidate], background: float) -> list[float]:

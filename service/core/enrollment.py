@@ -11,6 +11,7 @@ import numpy as np
 
 from service.core.streams import Window, read_ahead
 from service.media.imaging import ImageError
+from service.media.preprocess import Described
 from service.storage.collections import name_problem
 from service.storage.records import MAX_KEY_BYTES, Enrolment, stored_name
 from service.storage.store import Store
@@ -59,6 +60,7 @@ class Item:
     sha256: bytes = b""
     canvas: np.ndarray | None = None
     keypoints: bytes = b""
+    reference: bytes = b""
     result: EnrollOutcome | None = None
 
 
@@ -110,14 +112,14 @@ class Enroller:
         self,
         hasher: Hasher,
         store: Store,
-        describe: Callable[[bytes], tuple[np.ndarray, bytes]],
+        describe: Callable[[bytes], Described],
         model_identity: str,
         views: int,
         limits: ItemLimits = ItemLimits(),
     ):
         self.hasher = hasher
         self.store = store
-        self.describe = describe  # bytes -> (canvas, keypoints or b"")
+        self.describe = describe  # bytes -> the canvas and what is stored beside the feature
         self.model_identity = model_identity
         self.views = views
         self.limits = limits
@@ -196,6 +198,7 @@ class Enroller:
                     item.keypoints,
                     d.runtime,
                     item.request.collection,
+                    item.reference,
                 )
                 for item, d in zip(to_hash, descriptors, strict=True)
             ]
@@ -225,7 +228,8 @@ class Enroller:
 
     async def _decode(self, item: Item) -> None:
         try:
-            item.canvas, item.keypoints = await asyncio.to_thread(self.describe, item.request.image)
+            described = await asyncio.to_thread(self.describe, item.request.image)
+            item.canvas, item.keypoints, item.reference = described.canvas, described.keypoints, described.reference
         except ImageError as error:
             item.result = self._invalid(item, str(error))
 

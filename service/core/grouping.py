@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.core.checking import NEIGHBOURS, Search
+from service.core.checking import NEIGHBOURS
+from service.core.judging import Search
 from service.storage.records import Record, from_u64
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex
@@ -73,7 +74,7 @@ def record_ids(store: Store) -> np.ndarray:
 async def find_groups(
     store: Store,
     index: VectorIndex,
-    decide: Callable[[np.ndarray, list[tuple[Record, float]]], Search],
+    judge: Callable[[Record, list[tuple[Record, float]]], Search],
     collection: str | None,
     cpu_share: float,
 ) -> AsyncIterator[Progress | Group]:
@@ -90,7 +91,7 @@ async def find_groups(
             name = (record.collection, record.key)
             nearest = index.nearest(record.feature.astype(np.float32), NEIGHBOURS + 1, wanted)
             others = [(r, d) for r, d in nearest if (r.collection, r.key) != name][:NEIGHBOURS]
-            search = decide(record.feature.astype(np.float32), others)
+            search = judge(record, others)
             for (other, _), duplicate, score in zip(others, search.decision.each, search.scores, strict=True):
                 if duplicate:
                     joins.join(name, (other.collection, other.key), score)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from service.media import geometry
+from service.media import geometry, verification
 from service.media.imaging import DecodeBudget, Limits, decode, decode_canvas, to_canvas
 
 Box = tuple[float, float, float, float]  # left, top, width, height: fractions of the picture's sides
@@ -28,22 +28,34 @@ REGION_DECODE_SCALE = 2
 
 
 @dataclass(frozen=True)
+class Described:
+    canvas: np.ndarray
+    keypoints: bytes  # packed ORB keypoints, or b""
+    reference: bytes  # the verification reference (media/verification.py), or b""
+
+
+@dataclass(frozen=True)
 class Preprocessor:
     canvas_size: int  # the square canvas Triton embeds
     limits: Limits
     budget: DecodeBudget | None
     keypoints: bool  # enrolment stores ORB keypoints (the geometric check is on)
+    references: bool = False  # enrolment stores a verification reference (verification is on)
 
     def canvas(self, data: bytes) -> np.ndarray:
         """The image as a canvas_size x canvas_size RGB uint8 array."""
         return decode_canvas(data, self.canvas_size, self.limits, self.budget)
 
-    def describe(self, data: bytes) -> tuple[np.ndarray, bytes]:
-        """The canvas, and the packed keypoints when they are stored (else b"")."""
-        if not self.keypoints:
-            return self.canvas(data), b""
-        picture = self.picture(data)
-        return to_canvas(picture, self.canvas_size), geometry.keypoints(picture)
+    def describe(self, data: bytes) -> "Described":
+        """The canvas, and what enrolment stores beside the feature when it is on."""
+        canvas = self.canvas(data)
+        keypoints = geometry.keypoints(self.picture(data)) if self.keypoints else b""
+        reference = verification.reference(self.verification_picture(data)) if self.references else b""
+        return Described(canvas, keypoints, reference)
+
+    def verification_picture(self, data: bytes) -> Image.Image:
+        """The image at the side verification compares queries at."""
+        return decode(data, verification.QUERY_SIDE, self.limits, self.budget)
 
     def regions(self, data: bytes) -> np.ndarray:
         """The canvases of REGIONS, stacked [len(REGIONS), canvas, canvas, 3]."""

@@ -36,13 +36,16 @@ class CollectionSettings:
 
 def counts(store: Store) -> dict[str, int]:
     """Records per collection, the default one ("") included."""
-    named = {name: from_u64(value) for name, value in store.meta_under(COUNT_PREFIX).items()}
+    with store.read() as view:
+        named = {name: from_u64(value) for name, value in view.meta_under(COUNT_PREFIX).items()}
     named = {name: count for name, count in named.items() if count}
     return {"": store.count() - sum(named.values()), **named}
 
 
 def settings(store: Store) -> dict[str, CollectionSettings]:
-    return {name: CollectionSettings(**json.loads(value)) for name, value in store.meta_under(SETTINGS_PREFIX).items()}
+    with store.read() as view:
+        stored = view.meta_under(SETTINGS_PREFIX)
+    return {name: CollectionSettings(**json.loads(value)) for name, value in stored.items()}
 
 
 def set_settings(store: Store, name: str, chosen: CollectionSettings | None) -> None:

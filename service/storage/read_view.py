@@ -41,6 +41,9 @@ class ReadView:
     def keypoints(self, id_: int) -> bytes:
         return self.txn.get(u64(id_), b"", db=self.store.keypoints)
 
+    def reference(self, id_: int) -> bytes:
+        return self.txn.get(u64(id_), b"", db=self.store.references)
+
     def by_key(self, key: str, collection: str = "") -> Record | None:
         id_ = self.txn.get(stored_name(collection, key), db=self.store.keys)
         return self.by_id(from_u64(id_)) if id_ else None
@@ -65,6 +68,15 @@ class ReadView:
         """(id, collection) of every record outside the default collection."""
         for id_, collection in self.txn.cursor(db=self.store.collection_of):
             yield from_u64(id_), bytes(collection).decode()
+
+    def meta_under(self, prefix: bytes) -> dict[str, bytes]:
+        """The meta entries whose names start with `prefix`, by the rest of their names."""
+        cursor = self.txn.cursor(db=self.store.meta)
+        found, more = {}, cursor.set_range(prefix)
+        while more and cursor.key().startswith(prefix):
+            found[bytes(cursor.key()[len(prefix) :]).decode()] = bytes(cursor.value())
+            more = cursor.next()
+        return found
 
     def meta(self, name: bytes) -> bytes | None:
         return self.txn.get(name, db=self.store.meta)

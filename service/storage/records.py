@@ -104,6 +104,7 @@ class Enrolment:
     keypoints: bytes = b""
     runtime: str = ""  # what made the feature; the store counts enrolments per runtime
     collection: str = ""
+    reference: bytes = b""  # for verification (media/verification.py), when it is on
 
 
 @dataclass(frozen=True)

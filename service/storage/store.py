@@ -6,6 +6,7 @@ Databases in one environment (`DATA_DIR/store.lmdb`):
   digests  sha256      -> id  (dupsort)  byte-identical lookups
   changes  seq (u64 BE) -> op + id       every enrolment and deletion, in commit order
   keypoints id (u64 BE) -> packed ORB    for the geometric check, when enabled at enrolment
+  references id (u64 BE) -> JPEG         what verification compares a query with, when it is on
   collection_of id (u64 BE) -> name      the collection of each record outside the default one
   meta     name -> value                 model identity, next id, last seq, collection counts and settings
 
@@ -70,6 +71,7 @@ class Store:
         self.meta = self.env.open_db(b"meta", create=not readonly)
         self.keypoints = self.env.open_db(b"keypoints", create=not readonly)
         self.collection_of = self.env.open_db(b"collection_of", create=not readonly)
+        self.references = self.env.open_db(b"references", create=not readonly)
         self._lock = ReadWriteLock()  # held for writing only while the map grows
         self._subscribers: list[Callable[[], None]] = []
         self.write_failure: str | None = None  # why the last write failed, until one succeeds
@@ -102,19 +104,8 @@ class Store:
 
     def runtimes(self) -> dict[str, int]:
         """Enrolments by the runtime that made their features (int8 CPU kernels and a GPU differ slightly)."""
-        return {name: from_u64(value) for name, value in self.meta_under(RUNTIME_PREFIX).items()}
-
-    def meta_under(self, prefix: bytes) -> dict[str, bytes]:
-        """The meta entries whose names start with `prefix`, by the rest of their names."""
-        with self.env.begin() as txn:
-            cursor = txn.cursor(db=self.meta)
-            found, more = {}, cursor.set_range(prefix)
-            while more and cursor.key().startswith(prefix):
-                found[cursor.key()[len(prefix) :].decode()] = cursor.value()
-                more = cursor.next()
-            return found
-
-    # Writes ----------------------------------------------------------------------------------
+        with self.read() as view:
+            return {name: from_u64(value) for name, value in view.meta_under(RUNTIME_PREFIX).items()}
 
     def write(self, work, notify: bool = True):
         """Runs work(txn) in one durable write transaction, growing the map if it is full, then
@@ -200,8 +191,9 @@ class Store:
                 self._count(txn, record.collection, +1)
                 txn.put(item.sha256, u64(record.id), db=self.digests)
                 txn.put(u64(seq), ENROLL + u64(record.id), db=self.changes)
-                if item.keypoints:
-                    txn.put(u64(record.id), item.keypoints, db=self.keypoints)
+                for db, extra in ((self.keypoints, item.keypoints), (self.references, item.reference)):
+                    if extra:
+                        txn.put(u64(record.id), extra, db=db)
                 if item.runtime:
                     made_by = RUNTIME_PREFIX + item.runtime.encode()
                     txn.put(made_by, u64(from_u64(txn.get(made_by, u64(0), db=self.meta)) + 1), db=self.meta)
@@ -233,6 +225,7 @@ class Store:
         txn.delete(name, db=self.keys)
         txn.delete(record.sha256, u64(record.id), db=self.digests)
         txn.delete(u64(record.id), db=self.keypoints)
+        txn.delete(u64(record.id), db=self.references)
         txn.delete(u64(record.id), db=self.collection_of)
         self._count(txn, record.collection, -1)
         txn.put(u64(seq), DELETE + u64(record.id) + name, db=self.changes)

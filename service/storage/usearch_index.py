@@ -33,7 +33,7 @@ SNAPSHOT_DTYPE = "i8"
 # A Check ranks this many more neighbours than it needs by their exact distances.
 EXTRA_CANDIDATES = 8
 # A search limited to collections holding at most this many records computes every distance.
-EXACT_FILTER_RECORDS = 20_000
+EXACT_FILTER_RECORDS = 5_000
 
 
 def new_index(dtype: str) -> Index:
@@ -172,14 +172,17 @@ class UsearchIndex:
             added = live.added if live is not None and len(live.added) else None
             if collections is not None:
                 wanted = self.collections.wanted(collections) if self.collections else np.zeros(0, np.uint16)
-                if self._records_in(collections) <= EXACT_FILTER_RECORDS:
+                records_in, total = self._records_in(collections)
+                if records_in <= EXACT_FILTER_RECORDS:
                     return self._exact(query, k, self.collections.ids_in(wanted) if len(wanted) else [], removed)
+                # Ask the graph for as many as hold k of these collections' records on average, and a half more.
+                first = int(1.5 * k * total / records_in)
                 holds = self.collections.holds
                 if snapshot is not None and len(snapshot):
                     keep = lambda key: key not in removed and holds(key, wanted)  # noqa: E731
-                    found.update(search_where(snapshot, query, k, keep, k * 4))
+                    found.update(search_where(snapshot, query, k, keep, first))
                 if added is not None:
-                    found.update(search_where(added, query, k, lambda key: holds(key, wanted), k * 4, exact=True))
+                    found.update(search_where(added, query, k, lambda key: holds(key, wanted), first, exact=True))
                 return found
             if snapshot is not None and len(snapshot):
                 found.update(search_without(snapshot, query, k, removed))
@@ -187,9 +190,10 @@ class UsearchIndex:
                 found.update(int(key) for key in added.search(query, min(k, len(added)), exact=True).keys)
         return found
 
-    def _records_in(self, collections: frozenset[str]) -> int:
+    def _records_in(self, collections: frozenset[str]) -> tuple[int, int]:
+        """Records in these collections, and in all."""
         per_collection = counts(self.store)
-        return sum(per_collection.get(name, 0) for name in collections)
+        return sum(per_collection.get(name, 0) for name in collections), sum(per_collection.values())
 
     def _exact(self, query: np.ndarray, k: int, ids, removed: set[int]) -> set[int]:
         """The k nearest of these ids by exact distance to the vectors the index holds."""

@@ -1,0 +1,225 @@
+"""Judging a feature's nearest records: which of them is the query a near-duplicate of?
+
+In order: each collection's candidates are decided by its own rule (decision.py), the margin's
+"other picture" skipping the nearest one's twins, which are the enrolled images at cosine
+>= --twin-similarity to it or, from --pair-twin-similarity, those verification finds the same
+picture; then a duplicate whose score is not far above its threshold is verified against the
+candidate's stored reference (media/verification.py): score - weight x min(residual, cap) must
+still reach the threshold; then the caller's "not a duplicate" memory overrides what it covers.
+Check (checking.py) and FindDuplicates (grouping.py) both judge this way.
+"""
+
+import collections
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from PIL import Image
+
+from service.core.decision import Candidate, Decision, Policy, decide, threshold_of, with_rule
+from service.media import verification
+from service.storage.collections import settings as collection_settings
+from service.storage.dismissals import Dismissals
+from service.storage.records import Record
+from service.storage.store import Store
+
+# The residual assumed when verification cannot tell: a record with no stored reference (enrolled
+# while verification was off, or another front service's on Milvus) or one with too little
+# structure to align to. With the default weight such a duplicate needs the score the service
+# asked for before verification existed (0.47 + 0.1 x 0.8 = 0.55).
+UNVERIFIABLE_RESIDUAL = 0.8
+PAIR_CACHE = 50_000  # enrolled pairs whose twin verdict is remembered
+
+
+@dataclass(frozen=True)
+class Match:
+    record: Record
+    distance: float  # Euclidean between unit features
+    is_duplicate: bool
+    inliers: int = -1  # geometric check inliers; -1 when it did not run
+    nearest_similarity: float = 1.0  # cosine of its enrolled feature to the nearest match's
+    dismissed: bool = False  # a duplicate by the rule, but the caller said this picture is not one of it
+
+
+@dataclass(frozen=True)
+class Search:
+    """One feature's neighbours and the judgement on them."""
+
+    nearest: list[tuple[Record, float]]
+    to_nearest: list[float]  # each neighbour's similarity to the nearest one of its collection
+    decision: Decision
+    rule: str = ""  # the rule of the collection whose decision this is
+    dismissed: frozenset[int] = frozenset()  # positions of duplicates the memory overrode
+    scores: list[float] = field(default_factory=list)  # per neighbour: its collection's score
+    deciding: int = 0  # the position of the deciding collection's nearest
+    residual: float | None = None  # verification's, when it ran
+
+    def matches(self, each: list[bool], inliers: int = -1) -> list[Match]:
+        return [
+            Match(record, distance, duplicate, inliers if position == 0 else -1, similarity, position in self.dismissed)
+            for position, ((record, distance), duplicate, similarity) in enumerate(
+                zip(self.nearest, each, self.to_nearest, strict=True)
+            )
+        ]
+
+
+class Judge:
+    """Thread-safe; remembers the twin verdicts of enrolled pairs it verified."""
+
+    def __init__(self, store: Store, policy: Policy, dismissals: Dismissals | None = None) -> None:
+        self.store = store
+        self.policy = policy
+        self.dismissals = dismissals
+        self._pairs: collections.OrderedDict[tuple[bytes, bytes], bool] = collections.OrderedDict()
+        self._pairs_lock = threading.Lock()
+
+    def policies(self) -> Callable[[str], Policy]:
+        """Each collection's policy: its own settings (SetCollection), or the service's."""
+        chosen = collection_settings(self.store)
+
+        def policy_of(collection: str) -> Policy:
+            own = chosen.get(collection)
+            return with_rule(self.policy, own.rule, own.threshold) if own else self.policy
+
+        return policy_of
+
+    def judge(
+        self,
+        feature: np.ndarray,
+        nearest: list[tuple[Record, float]],
+        background_similarity: float,
+        query: Callable[[], Image.Image | None] | None = None,
+    ) -> Search:
+        """`query()` gives the query's picture for verification (None: not verified)."""
+        policy_of = self.policies()
+        search = decided(
+            nearest, policy_of, background_similarity, self._twins if self.policy.verification_weight else None
+        )
+        if query is not None and self.policy.verification_weight:
+            search = self._verified(search, query, policy_of)
+        return self._without_dismissed(feature, search)
+
+    def _verified(self, search: Search, query: Callable[[], Image.Image | None], policy_of) -> Search:
+        if not search.decision.is_duplicate:
+            return search
+        weight, cap = self.policy.verification_weight, self.policy.verification_cap
+        record = search.nearest[search.deciding][0]
+        threshold, score = threshold_of(policy_of(record.collection)), search.scores[search.deciding]
+        if score >= threshold + weight * cap:
+            return search  # no residual could take it under the threshold
+        picture = query()
+        residual = self._residual(picture, record) if picture is not None else UNVERIFIABLE_RESIDUAL
+        verified = score - weight * min(residual, cap)
+        each = search.decision.each
+        if verified < threshold:
+            each = [
+                d and other.collection != record.collection for d, (other, _) in zip(each, search.nearest, strict=True)
+            ]
+        return replace(search, decision=Decision(any(each), verified, each), residual=residual)
+
+    def _residual(self, picture: Image.Image, record: Record) -> float:
+        reference = self.reference(record)
+        found = verification.residual(picture, reference) if reference else None
+        return UNVERIFIABLE_RESIDUAL if found is None else found
+
+    def reference(self, record: Record) -> bytes:
+        """The record's stored verification reference (b"" when it has none here)."""
+        if not record.id:  # another front service's record (Milvus): its reference is not here
+            return b""
+        with self.store.read() as view:
+            return view.reference(record.id)
+
+    def _twins(self, nearest: Record, other: Record) -> bool:
+        """Are two enrolled images the same picture? Verified once, then remembered."""
+        pair = (nearest.sha256, other.sha256)
+        with self._pairs_lock:
+            if pair in self._pairs:
+                self._pairs.move_to_end(pair)
+                return self._pairs[pair]
+        first, second = self.reference(nearest), self.reference(other)
+        found = verification.residual(verification.picture_of(first), second) if first and second else None
+        same = found is not None and found <= self.policy.pair_twin_residual
+        with self._pairs_lock:
+            self._pairs[pair] = same
+            if len(self._pairs) > PAIR_CACHE:
+                self._pairs.popitem(last=False)
+        return same
+
+    def _without_dismissed(self, feature: np.ndarray, search: Search) -> Search:
+        """Duplicates the caller dismissed for this picture, or for one this close to it
+        (--dismissal-similarity), while the key holds the image it was dismissed against."""
+        if self.dismissals is None or not any(search.decision.each):
+            return search
+        query = np.asarray(feature, np.float32)
+        dismissed = frozenset(
+            position
+            for position, ((record, _), duplicate) in enumerate(zip(search.nearest, search.decision.each, strict=True))
+            if duplicate
+            and any(
+                entry.sha256 == record.sha256
+                and float(entry.feature.astype(np.float32) @ query) >= self.policy.dismissal_similarity
+                for entry in self.dismissals.of_key(record.collection, record.key)
+            )
+        )
+        if not dismissed:
+            return search
+        each = [duplicate and position not in dismissed for position, duplicate in enumerate(search.decision.each)]
+        decision = replace(search.decision, is_duplicate=any(each), each=each)
+        return replace(search, decision=decision, dismissed=dismissed)
+
+
+def decided(
+    nearest: list[tuple[Record, float]],
+    policy_of: Callable[[str], Policy],
+    background_similarity: float,
+    twins: Callable[[Record, Record], bool] | None = None,
+) -> Search:
+    """Each collection's candidates decided by its own policy, as if it had been checked alone;
+    the search's decision is that of the nearest collection that found a duplicate (else of the
+    nearest one). `twins(nearest, other)` verifies the margin's candidates for "other picture"
+    from --pair-twin-similarity on, until one is not a twin."""
+    positions: dict[str, list[int]] = {}
+    for position, (record, _) in enumerate(nearest):
+        positions.setdefault(record.collection, []).append(position)
+    each, to_nearest, scores = [False] * len(nearest), [1.0] * len(nearest), [float("-inf")] * len(nearest)
+    decisions = []  # (decision, rule, first position) per collection, the nearest collection first
+    for collection, members in positions.items():
+        policy = policy_of(collection)
+        similarities = similarities_to_first([nearest[p][0].feature for p in members])
+        verified = _verified_twins(policy, [nearest[p][0] for p in members], similarities, twins)
+        candidates = [
+            Candidate(nearest[p][1], nearest[p][0].threshold, similarity, twin)
+            for p, similarity, twin in zip(members, similarities, verified, strict=True)
+        ]
+        decision = decide(policy, candidates, background_similarity)
+        for p, similarity, duplicate in zip(members, similarities, decision.each, strict=True):
+            each[p], to_nearest[p], scores[p] = duplicate, similarity, decision.score
+        decisions.append((decision, policy.rule, members[0]))
+    if not decisions:
+        return Search(nearest, to_nearest, decide(policy_of(""), []), policy_of("").rule)
+    deciding, rule, first = next((found for found in decisions if found[0].is_duplicate), decisions[0])
+    decision = Decision(deciding.is_duplicate, deciding.score, each)
+    return Search(nearest, to_nearest, decision, rule, scores=scores, deciding=first)
+
+
+def _verified_twins(policy: Policy, records: list[Record], similarities: list[float], twins) -> list[bool]:
+    flags = [False] * len(records)
+    if twins is None or policy.rule != "margin":
+        return flags
+    for position in range(1, len(records)):
+        similarity = similarities[position]
+        if similarity >= policy.twin_similarity:
+            continue  # a twin by its cosine
+        if similarity < policy.pair_twin_similarity or not twins(records[0], records[position]):
+            break  # the margin's other picture: the rest do not change the score
+        flags[position] = True
+    return flags
+
+
+def similarities_to_first(features: list[np.ndarray]) -> list[float]:
+    """Cosine similarity of each unit feature to the first."""
+    if not features:
+        return []
+    stacked = np.asarray(features, dtype=np.float32)
+    return (stacked @ stacked[0]).tolist()

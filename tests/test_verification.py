@@ -1,0 +1,137 @@
+"""Verification (media/verification.py) and how the Judge uses it: copies of a drawing have a low
+residual against it and look-alikes a high one; a duplicate in the verification band is kept or
+refused by it; enrolled images verified the same picture are twins."""
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from service.core.decision import Policy
+from service.core.judging import Judge
+from service.media import verification
+from service.storage.records import Enrolment
+from service.storage.store import Store
+
+MODEL = "sscd@224"
+
+
+def clock(hour: int, size: int = 300) -> Image.Image:
+    """A drawing on white: a clock face with its hand at `hour` (look-alikes differ by the hour)."""
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    centre, radius = size / 2, size * 0.4
+    draw.ellipse([centre - radius, centre - radius, centre + radius, centre + radius], outline="black", width=8)
+    for tick in range(12):
+        angle = np.radians(tick * 30)
+        inner, outer = radius * 0.8, radius * 0.95
+        draw.line([centre + inner * np.sin(angle), centre - inner * np.cos(angle),
+                   centre + outer * np.sin(angle), centre - outer * np.cos(angle)], fill="black", width=5)  # fmt: skip
+    angle = np.radians(hour * 30)
+    tip = (centre + radius * 0.7 * np.sin(angle), centre - radius * 0.7 * np.cos(angle))
+    draw.line([centre, centre, *tip], fill="red", width=18)
+    draw.ellipse([tip[0] - 22, tip[1] - 22, tip[0] + 22, tip[1] + 22], fill="red")
+    draw.rectangle([centre - 20, size * 0.92, centre + 20, size * 0.97], fill="blue")
+    return image
+
+
+def jpeg(image: Image.Image, quality: int = 60) -> Image.Image:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(out.getvalue())).convert("RGB")
+
+
+COPIES = {
+    "re-encoded": lambda image: jpeg(image, 40),
+    "resized": lambda image: image.resize((170, 170)),
+    "cropped": lambda image: image.crop((20, 20, 290, 290)),
+    "bordered": lambda image: _bordered(image),
+    "rotated": lambda image: image.rotate(5, fillcolor="white"),
+}
+
+
+def _bordered(image: Image.Image) -> Image.Image:
+    framed = Image.new("RGB", (360, 360), "white")
+    framed.paste(image, (30, 30))
+    return framed
+
+
+@pytest.mark.parametrize("how", COPIES)
+def test_a_copy_has_a_low_residual(how):
+    reference = verification.reference(clock(3))
+    assert verification.residual(COPIES[how](clock(3)), reference) < 0.3
+
+
+@pytest.mark.parametrize("hour", [6, 11, 12])  # not 9: the mirror of 3 o'clock, the same picture mirrored
+def test_a_look_alike_has_a_high_residual(hour):
+    assert verification.residual(clock(hour), verification.reference(clock(3))) > 0.8
+
+
+def test_a_plain_reference_cannot_be_judged():
+    plain = Image.new("RGB", (200, 200), (40, 160, 110))
+    assert verification.residual(plain, verification.reference(plain)) is None
+
+
+@pytest.fixture
+def store(tmp_path):
+    opened = Store(tmp_path)
+    yield opened
+    opened.close()
+
+
+def unit(seed: int) -> np.ndarray:
+    vector = np.random.default_rng(seed).normal(size=512).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def mixed(a: np.ndarray, b: np.ndarray, cosine: float) -> np.ndarray:
+    """A unit vector at `cosine` to a, in the plane of a and b."""
+    b = b - (b @ a) * a
+    b /= np.linalg.norm(b)
+    return (cosine * a + np.sqrt(1 - cosine**2) * b).astype(np.float32)
+
+
+def enrol(store: Store, key: str, feature: np.ndarray, picture: Image.Image) -> None:
+    digest = hashlib.sha256(key.encode()).digest()
+    store.enroll(MODEL, [Enrolment(key, digest, feature, 0.0, {}, reference=verification.reference(picture))])
+
+
+def neighbours(store: Store, query: np.ndarray, keys: list[str]):
+    with store.read() as view:
+        records = [view.by_key(key) for key in keys]
+    scored = [(r, float(np.linalg.norm(query - r.feature.astype(np.float32)))) for r in records]
+    return sorted(scored, key=lambda pair: pair[1])
+
+
+def test_verification_keeps_a_copy_and_refuses_a_look_alike_in_its_band(store):
+    enrolled, other = unit(1), unit(2)
+    enrol(store, "three", enrolled, clock(3))
+    enrol(store, "far", other, clock(7).rotate(90))
+    judge = Judge(store, Policy())
+    query = mixed(enrolled, unit(3), 0.53)  # a margin score of ~0.53: inside the band [0.47, 0.77)
+    nearest = neighbours(store, query, ["three", "far"])
+    copy = judge.judge(query, nearest, 0.0, lambda: jpeg(clock(3).resize((200, 200))))
+    assert copy.decision.is_duplicate and copy.residual < 0.5
+    look_alike = judge.judge(query, nearest, 0.0, lambda: clock(11))
+    assert not look_alike.decision.is_duplicate and look_alike.residual > 0.6
+    assert look_alike.decision.score < Policy().margin_threshold
+    certain = mixed(enrolled, unit(3), 0.95)  # far above the band: no residual could refuse it
+    unverified = judge.judge(certain, neighbours(store, certain, ["three", "far"]), 0.0, lambda: clock(11))
+    assert unverified.decision.is_duplicate and unverified.residual is None
+
+
+def test_enrolled_images_verified_the_same_picture_are_twins(store):
+    """The nearest's second is the same drawing enrolled again at cosine 0.88 (under 0.95): as a
+    twin it is skipped by the margin; a look-alike at the same cosine is not."""
+    base = unit(10)
+    enrol(store, "original", base, clock(3))
+    enrol(store, "again", mixed(base, unit(11), 0.88), clock(3).resize((180, 180)))
+    enrol(store, "look-alike", mixed(base, unit(12), 0.88), clock(8))
+    judge = Judge(store, Policy())
+    query = mixed(base, unit(13), 0.9)
+    with_twin = judge.judge(query, neighbours(store, query, ["original", "again"]), 0.0)
+    with_other = judge.judge(query, neighbours(store, query, ["original", "look-alike"]), 0.0)
+    assert with_twin.decision.is_duplicate and with_twin.decision.each == [True, True]
+    assert with_twin.decision.score > with_other.decision.score + 0.3
