@@ -7,8 +7,9 @@ Two kinds of Check load: byte-identical requests (answered from the digest, no T
 front process alone costs, gRPC and the lookup) and decoded requests (re-encoded copies: decode,
 Triton with the distilled model, search, decision). Each configuration is a fresh service on the
 same enrolled images; prints Checks/s and p99 per configuration, then the ratios 2 workers / 1
-worker and milvus / usearch. Milvus Lite is a single-process Python engine: its figures say
-that the backend works under load, not how fast a Milvus cluster is.
+worker and milvus / usearch. Milvus Lite is a single-process Python engine (on the same cores):
+its figures, over fewer Checks (--milvus-requests), say that the backend works under load, not
+how fast a Milvus cluster is.
 """
 
 import argparse
@@ -37,7 +38,7 @@ def reencoded(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def measure(flags: tuple[str, ...], data_dir: Path, images: list[bytes], arguments) -> dict[str, tuple[float, float]]:
+def measure(flags: tuple[str, ...], data_dir: Path, images: list[bytes], clients: int, count: int) -> dict:
     service = RunningService(data_dir, *FLAGS, *flags).wait_serving()
     try:
         if "--workers" in flags:  # every worker up before the load starts
@@ -47,9 +48,9 @@ def measure(flags: tuple[str, ...], data_dir: Path, images: list[bytes], argumen
         copies = [reencoded(image) for image in images]
         figures = {}
         for kind, queries in (("identical", images), ("decoded", copies)):
-            stubs = client_stubs(service.port, arguments.clients)
-            check_load(stubs, queries, arguments.clients * 4)  # warm-up
-            rate, latencies = check_load(stubs, queries, arguments.requests)
+            stubs = client_stubs(service.port, clients)
+            check_load(stubs, queries, clients * 4)  # warm-up
+            rate, latencies = check_load(stubs, queries, count)
             figures[kind] = (rate, 1000 * percentile(latencies, 99))
         return figures
     finally:
@@ -67,6 +68,7 @@ def main() -> None:
     )
     parser.add_argument("--enrolled", type=int, default=300)
     parser.add_argument("--requests", type=int, default=1500, help="Checks per measurement")
+    parser.add_argument("--milvus-requests", type=int, default=300, help="on Milvus Lite (slower: a Python engine)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent callers, each on its own connection")
     arguments = parser.parse_args()
     images = load_images(arguments.images, arguments.enrolled)
@@ -78,19 +80,13 @@ def main() -> None:
                 for workers in (1, 2):
                     name = f"{backend}, {workers} worker{'s' if workers > 1 else ''}"
                     flags: tuple[str, ...] = ("--workers", "2") if workers == 2 else ()
+                    count = arguments.requests
                     if backend == "milvus":
-                        collection = f"front_{workers}"
-                        flags += (
-                            "--index-backend",
-                            "milvus",
-                            "--milvus-uri",
-                            milvus.uri,
-                            "--milvus-collection",
-                            collection,
-                        )
-                    results[name] = measure(
-                        flags, Path(work) / name.replace(", ", "-").replace(" ", ""), images, arguments
-                    )
+                        flags += ("--index-backend", "milvus", "--milvus-uri", milvus.uri)
+                        flags += ("--milvus-collection", f"front_{workers}")
+                        count = arguments.milvus_requests
+                    folder = Path(work) / name.replace(", ", "-").replace(" ", "")
+                    results[name] = measure(flags, folder, images, arguments.clients, count)
                     for kind, (rate, p99) in results[name].items():
                         print(f"{name:<22} {kind:<9} {rate:7.1f} Checks/s  p99 {p99:7.1f} ms", flush=True)
         finally:

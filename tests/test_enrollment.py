@@ -12,6 +12,7 @@ import pytest
 
 from service.core.enrollment import Enroller, EnrollItem, EnrollOutcome
 from service.core.streams import Window
+from service.media.preprocess import Described
 from service.storage.store import Store
 from service.triton.client import Descriptor
 
@@ -37,8 +38,8 @@ def unit_vector(canvas: np.ndarray) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-def describe(image: bytes) -> tuple[np.ndarray, bytes]:
-    return np.full((8, 8, 3), image[0], np.uint8), b""
+def describe(image: bytes) -> Described:
+    return Described(np.full((8, 8, 3), image[0], np.uint8), b"", b"")
 
 
 async def enroll_all(enroller: Enroller, requests: list[EnrollItem]) -> list[EnrollOutcome]:

@@ -70,6 +70,7 @@ def test_grpcurl_collections_and_duplicate_groups(scratch_service):
     assert json.loads(checked.stdout)["matches"][0]["collection"] == "shop-a"
     chosen = grpcurl(scratch_service, "neardup.v1.NearDup/SetCollection",
                      data='{"collection": "shop-a", "rule": "margin", "threshold": 0.6}')  # fmt: skip
-    assert json.loads(chosen.stdout)["ownSettings"] is True
+    assert chosen.returncode == 0, chosen.stderr
+    assert json.loads(chosen.stdout)["own_settings"] is True, chosen.stdout
     groups = grpcurl(scratch_service, "neardup.v1.NearDup/FindDuplicates", data="{}")
-    assert groups.returncode == 0 and "recordsTotal" in groups.stdout
+    assert groups.returncode == 0 and "records_total" in groups.stdout

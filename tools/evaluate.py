@@ -68,7 +68,7 @@ def run_checks(service: RunningService, queries: list[Query], workers: int) -> N
                 raise
             query.answer = {"keys": [], "distances": [2.0], "thresholds": [0.0], "nearest_similarities": [1.0],
                             "is_duplicate": False, "score": float("-inf"), "background": 0.0, "inliers": -1,
-                            "rejected": error.details()}  # fmt: skip
+                            "residual": None, "rejected": error.details()}  # fmt: skip
             return
         query.answer = {
             "keys": [m.key for m in reply.matches],

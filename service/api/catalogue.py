@@ -6,7 +6,6 @@ import functools
 import hashlib
 import logging
 
-import grpc
 import numpy as np
 
 from service.api.collection_stats import collection_stats
@@ -114,11 +113,11 @@ class CatalogueMethods:
         picture = functools.cache(lambda: verification.picture_of(reference) if reference else None)
         return judge.judge(record.feature.astype(np.float32), others, 0.0, picture)
 
+    @grpc_errors
     async def FindDuplicates(self, request: pb.FindDuplicatesRequest, context):
-        """Not wrapped by grpc_errors: an async generator's errors are raised in the loop below."""
         collection = request.collection or None
         if problem := name_problem(request.collection):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            raise RequestError(problem)
         await asyncio.to_thread(self.checker.up_to_date)
         found = find_groups(self.store, self.index, self._judged, collection, self.settings.limits.duplicates_cpu_share)
         checked = total = 0

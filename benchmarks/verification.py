@@ -1,0 +1,70 @@
+"""What verification costs per pair, and what a record stores for it.
+
+  python benchmarks/verification.py [--images DIR] [--pairs 150]
+
+For dev images, each checked against its own reference under a few transforms (re-encoded,
+resized, cropped, mirrored) and against another image's: the time of one residual
+(media/verification.py, single-threaded), and the reference's size.
+"""
+
+import argparse
+import io
+import random
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench import DEFAULT_IMAGES  # noqa: E402
+from service.media import verification  # noqa: E402
+
+TRANSFORMS = {
+    "re-encoded": lambda image: _jpeg(image, 30),
+    "resized": lambda image: image.resize((max(1, image.width // 2), max(1, image.height // 2))),
+    "cropped": lambda image: image.crop((image.width // 8, image.height // 8, image.width, image.height)),
+    "mirrored": lambda image: image.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+}
+
+
+def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(out.getvalue())).convert("RGB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--pairs", type=int, default=150)
+    arguments = parser.parse_args()
+    cv2.setNumThreads(1)
+    files = sorted(arguments.images.glob("*.jpg"))
+    rng = random.Random(0)
+    times, sizes, copies, others = [], [], [], []
+    for _ in range(arguments.pairs):
+        original, other = (Image.open(path).convert("RGB") for path in rng.sample(files, 2))
+        original.thumbnail((1024, 1024))
+        reference = verification.reference(original)
+        sizes.append(len(reference))
+        query = TRANSFORMS[rng.choice(list(TRANSFORMS))](original)
+        query.thumbnail((verification.QUERY_SIDE, verification.QUERY_SIDE))
+        started = time.perf_counter()
+        copies.append(verification.residual(query, reference))
+        times.append(time.perf_counter() - started)
+        other.thumbnail((verification.QUERY_SIDE, verification.QUERY_SIDE))
+        others.append(verification.residual(other, reference))
+    ms = 1000 * np.array(times)
+    print(f"residual of one pair: median {np.median(ms):.1f} ms, p90 {np.percentile(ms, 90):.1f} ms (one thread)")
+    print(f"reference per record: median {np.median(sizes) / 1024:.1f} KiB, max {max(sizes) / 1024:.1f} KiB")
+    known = [value for value in copies if value is not None]
+    unrelated = [value for value in others if value is not None]
+    print(f"copies: median residual {np.median(known):.2f}; unrelated images: median {np.median(unrelated):.2f}")
+
+
+if __name__ == "__main__":
+    main()
