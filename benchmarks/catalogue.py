@@ -87,8 +87,11 @@ def filtered_search(centres: np.ndarray, arguments) -> None:
             latencies, hits = [], 0
             for n, query in enumerate(queries):
                 wanted = wanted_of(n)
-                members = np.arange(count) if wanted is None else np.flatnonzero(np.isin(names, list(wanted)))
-                truth = members[np.argmax(stored[members] @ query)]
+                if wanted is None:
+                    truth = int(np.argmax(stored @ query))
+                else:
+                    members = np.flatnonzero(np.isin(placed, [int(name[1:]) for name in wanted]))
+                    truth = members[np.argmax(stored[members] @ query)]
                 started = time.perf_counter()
                 found = index.nearest(query, K, wanted)
                 latencies.append(time.perf_counter() - started)
