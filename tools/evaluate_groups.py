@@ -28,6 +28,7 @@ from tools.evaluation.dataset import (  # noqa: E402
     build,
     group_links,
     grouped,
+    pictures,
     read_manifest,
 )
 from tools.service_process import RunningService  # noqa: E402
@@ -41,19 +42,10 @@ def same_picture_pairs(enrolled: list[str], images: Path, catalogue: Path | None
     links = group_links(grouped(read_manifest(images)), "") + json.loads(SAME_PICTURES.read_text())
     if catalogue is not None:
         links += group_links(grouped(read_manifest(catalogue)), CATALOGUE_PREFIX)
-    links += [[key, key.removeprefix(TWIN_PREFIX)] for key in enrolled if key.startswith(TWIN_PREFIX)]
-    parent: dict[str, str] = {}
-
-    def root(key: str) -> str:
-        while parent.get(key, key) != key:
-            key = parent[key]
-        return key
-
-    for a, b in links:
-        parent[root(a)] = root(b)
+    picture = pictures(links)  # a twin shows its original's picture
     members: dict[str, list[str]] = {}
     for key in enrolled:
-        members.setdefault(root(key), []).append(key)
+        members.setdefault(picture(key), []).append(key)
     return {frozenset(pair) for keys in members.values() for pair in itertools.combinations(sorted(keys), 2)}
 
 

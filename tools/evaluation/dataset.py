@@ -19,6 +19,7 @@ they count as the same picture too.
 import io
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,27 +140,34 @@ def group_links(groups: dict[str, list[dict]], prefix: str) -> list[list[str]]:
     return [[prefix + members[0]["file"], prefix + m["file"]] for members in groups.values() for m in members[1:]]
 
 
-def add_same_pictures(queries: list[Query], enrol: dict, pairs: list[list[str]]) -> int:
-    """Adds to each query's right answers the enrolled keys that show the same picture by the
-    listed pairs (transitively, twins included); returns how many queries changed."""
+def pictures(pairs: list[list[str]]) -> Callable[[str], str]:
+    """The picture a key shows, as one representative key per set the listed pairs tie together
+    (transitively); a twin shows its original's picture."""
     parent: dict[str, str] = {}
 
-    def root(key: str) -> str:
+    def picture(key: str) -> str:
+        key = key.removeprefix(TWIN_PREFIX)
         while parent.get(key, key) != key:
             key = parent[key]
         return key
 
     for a, b in pairs:
-        parent[root(a)] = root(b)
+        parent[picture(a)] = picture(b)
+    return picture
+
+
+def add_same_pictures(queries: list[Query], enrol: dict, pairs: list[list[str]]) -> int:
+    """Adds to each query's right answers the enrolled keys that show the same picture by the
+    listed pairs (transitively, twins included); returns how many queries changed."""
+    picture = pictures(pairs)
     members: dict[str, set[str]] = {}
     for key in enrol:
-        original = key.removeprefix(TWIN_PREFIX)
-        members.setdefault(root(original), set()).add(key)
+        members.setdefault(picture(key), set()).add(key)
     changed = 0
     for query in queries:
         keys = set(query.expected)
         for key in {query.source, *query.expected}:
-            keys |= members.get(root(key.removeprefix(TWIN_PREFIX)), set())
+            keys |= members.get(picture(key), set())
         if keys != query.expected:
             query.expected, query.copies, changed = frozenset(keys), len(keys), changed + 1
     return changed
