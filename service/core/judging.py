@@ -112,10 +112,9 @@ class Judge:
         residual = self._residual(picture, record) if picture is not None else UNVERIFIABLE_RESIDUAL
         verified = score - weight * min(residual, cap)
         each = search.decision.each
-        if verified < threshold:
-            each = [
-                d and other.collection != record.collection for d, (other, _) in zip(each, search.nearest, strict=True)
-            ]
+        if verified < threshold:  # not a duplicate in this collection after all
+            others = [other.collection != record.collection for other, _ in search.nearest]
+            each = [duplicate and elsewhere for duplicate, elsewhere in zip(each, others, strict=True)]
         return replace(search, decision=Decision(any(each), verified, each), residual=residual)
 
     def _residual(self, picture: Image.Image, record: Record) -> float:

@@ -84,7 +84,7 @@ class LiveChanges:
 
 
 def search_where(
-    index: Index, query: np.ndarray, k: int, keep: Callable[[int], bool], first: int, exact=False
+    index: Index, query: np.ndarray, k: int, keep: Callable[[int], bool], first: int, exact: bool = False
 ) -> list[int]:
     """The k nearest ids of `index` that `keep` admits.
 
@@ -112,7 +112,7 @@ class UsearchIndex:
     A search limited to some collections takes, when they hold at most EXACT_FILTER_RECORDS, the
     exact distances to each of their vectors (a small collection in a large index would
     otherwise need the graph to walk past most of it); larger ones search the graph, asking for
-    more while other collections' ids crowd the answer (tests/test_collections.py, recall and
+    more while other collections' ids crowd the answer (tests/test_usearch_index.py; recall and
     latency in docs/performance.md)."""
 
     failure = None  # it lives in this process: it can always answer
