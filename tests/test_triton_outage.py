@@ -125,7 +125,8 @@ def test_several_tritons_share_the_work_and_a_dead_one_is_skipped_until_it_is_ba
             assert len(service.stub.Hash(pb.HashRequest(image=JPEG), timeout=60).feature) == 512
 
     try:
-        service.wait_serving()
+        service.wait_serving()  # ready once either Triton is: wait for both before spreading
+        wait_for(lambda: all(status(f"triton:{url}") == SERVING for url in (first, second)), 120, "both Tritons up")
         hash_all()
         assert answered(first) > 0 and answered(second) > 0  # spread over both
 

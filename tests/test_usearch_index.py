@@ -114,17 +114,12 @@ def test_without_a_snapshot_the_index_starts_from_every_record_not_the_change_lo
     assert [nearest_key(store, index, key) for key in "abc"] == list("abc")
 
 
-@pytest.mark.parametrize("exact_limit", [20_000, 0], ids=["exact distances", "graph search"])
-def test_a_search_limited_to_collections_finds_their_nearest_records(store, tmp_path, monkeypatch, exact_limit):
-    """Both ways of filtering (every distance in a small collection; the graph asked for more
-    while other collections crowd the answer) give the exact nearest records of the collections
-    asked for, in the snapshot and in the live part."""
-    monkeypatch.setattr("service.storage.usearch_index.EXACT_FILTER_RECORDS", exact_limit)
+def collections_index(store: Store, tmp_path) -> tuple[UsearchIndex, np.ndarray, list[str]]:
+    """900 random records in three collections, 600 in a snapshot and 300 in the live part."""
     rng = np.random.default_rng(5)
     vectors = rng.normal(size=(900, 512)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    names = ["", "small", "large"]
-    placed = [names[0] if n % 10 < 6 else names[1] if n % 10 == 6 else names[2] for n in range(900)]
+    placed = ["" if n % 10 < 6 else "small" if n % 10 == 6 else "large" for n in range(900)]
 
     def items(numbers):
         return [replace(item(f"r{n}", f"r{n}"), feature=vectors[n], collection=placed[n]) for n in numbers]
@@ -133,14 +128,37 @@ def test_a_search_limited_to_collections_finds_their_nearest_records(store, tmp_
     build_snapshot(store, tmp_path / "index", "f32", keep=2, progress=False)
     index = following(store)
     SnapshotLoader(index, tmp_path / "index").load_if_new()
-    store.enroll(MODEL, items(range(600, 900)))  # the live part
-    queries = rng.normal(size=(20, 512)).astype(np.float32)
-    for wanted in ({"small"}, {"large"}, {"small", ""}):
+    store.enroll(MODEL, items(range(600, 900)))
+    return index, vectors, placed
+
+
+WANTED = ({"small"}, {"large"}, {"small", ""})
+
+
+def test_a_search_limited_to_small_collections_takes_their_exact_nearest(store, tmp_path):
+    """Every distance in the collections asked for, snapshot and live part: the exact top 8."""
+    index, vectors, placed = collections_index(store, tmp_path)
+    queries = np.random.default_rng(6).normal(size=(20, 512)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    for wanted in WANTED:
         members = np.array([n for n in range(900) if placed[n] in wanted])
+        stored = vectors[members].astype(np.float16).astype(np.float32)  # as the store keeps them
         for query in queries:
-            stored = vectors[members].astype(np.float16).astype(np.float32)  # as the store keeps them
-            distances = np.linalg.norm(stored - query / np.linalg.norm(query), axis=1)
-            expected = [f"r{n}" for n in members[np.argsort(distances)[:8]]]
-            found = index.nearest(query / np.linalg.norm(query), 8, frozenset(wanted))
-            assert all(record.collection in wanted for record, _ in found)
-            assert [record.key for record, _ in found] == expected
+            expected = [f"r{n}" for n in members[np.argsort(np.linalg.norm(stored - query, axis=1))[:8]]]
+            assert [record.key for record, _ in index.nearest(query, 8, frozenset(wanted))] == expected
+
+
+def test_a_search_limited_to_large_collections_asks_the_graph_for_enough(store, tmp_path, monkeypatch):
+    """The graph (approximate), asked for more while other collections crowd the answer: k
+    records, all of the collections asked for, the copy's original first, in the snapshot and
+    in the live part."""
+    monkeypatch.setattr("service.storage.usearch_index.EXACT_FILTER_RECORDS", 0)
+    index, vectors, placed = collections_index(store, tmp_path)
+    rng = np.random.default_rng(7)
+    for wanted in WANTED:
+        members = [n for n in range(900) if placed[n] in wanted]
+        for original in rng.choice(members, 20, replace=False):
+            copy = vectors[original] + rng.normal(0, 0.3 / np.sqrt(512), 512).astype(np.float32)
+            found = index.nearest(copy / np.linalg.norm(copy), 8, frozenset(wanted))
+            assert len(found) == 8 and all(record.collection in wanted for record, _ in found)
+            assert found[0][0].key == f"r{original}"
