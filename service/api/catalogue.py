@@ -24,7 +24,8 @@ from service.storage.records import Record
 log = logging.getLogger(__name__)
 
 
-def _named(key: str, collection: str) -> None:
+def require_name(key: str, collection: str) -> None:
+    """A request's key and collection, or the RequestError that says what is wrong with them."""
     if problem := key_problem(key) or name_problem(collection):
         raise RequestError(problem)
 
@@ -55,9 +56,9 @@ class CatalogueMethods:
 
     @grpc_errors
     async def Dismiss(self, request: pb.DismissRequest, context) -> pb.Dismissal:
-        _named(request.key, request.collection)
+        require_name(request.key, request.collection)
         if request.query_key:
-            _named(request.query_key, request.query_collection)
+            require_name(request.query_key, request.query_collection)
         elif not request.image:
             raise RequestError("send the picture that is not a duplicate: image, or query_key of an enrolled one")
         with self.store.read() as view:
@@ -81,7 +82,7 @@ class CatalogueMethods:
     @grpc_errors
     async def ListDismissals(self, request: pb.ListDismissalsRequest, context) -> pb.ListDismissalsResponse:
         if request.key:
-            _named(request.key, request.collection)
+            require_name(request.key, request.collection)
             entries = await asyncio.to_thread(self.dismissals.of_key, request.collection, request.key)
         else:
             entries = await asyncio.to_thread(self.dismissals.every)

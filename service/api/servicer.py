@@ -8,14 +8,14 @@ from dataclasses import dataclass
 import grpc
 
 from service import metrics
-from service.api.catalogue import CatalogueMethods
+from service.api.catalogue import CatalogueMethods, require_name
 from service.api.collection_stats import collection_stats
 from service.api.errors import CALLER_MISTAKES, KeyNotFound, RequestError, grpc_errors, status_of
 from service.api.health import Readiness
 from service.api.interceptors import Malformed
 from service.config import Settings
 from service.core.checking import Checker, CheckResult
-from service.core.enrollment import Enroller, EnrollItem, key_problem, shown
+from service.core.enrollment import Enroller, EnrollItem, shown
 from service.core.streams import Window, answered_in_order
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
@@ -194,8 +194,7 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
 
     @grpc_errors
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
-        if problem := key_problem(request.key) or name_problem(request.collection):
-            raise RequestError(problem)
+        require_name(request.key, request.collection)
         removed = await asyncio.to_thread(self.store.delete, request.key, request.collection)
         where = f" in collection {request.collection!r}" if request.collection else ""
         if removed is None:
