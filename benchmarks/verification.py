@@ -61,8 +61,8 @@ def main() -> None:
     ms = 1000 * np.array(times)
     print(f"residual of one pair: median {np.median(ms):.1f} ms, p90 {np.percentile(ms, 90):.1f} ms (one thread)")
     print(f"reference per record: median {np.median(sizes) / 1024:.1f} KiB, max {max(sizes) / 1024:.1f} KiB")
-    known = [value for value in copies if value is not None]
-    unrelated = [value for value in others if value is not None]
+    known = [value.lightness for value in copies if value is not None]
+    unrelated = [value.lightness for value in others if value is not None]
     print(f"copies: median residual {np.median(known):.2f}; unrelated images: median {np.median(unrelated):.2f}")
 
 

@@ -10,10 +10,17 @@ its mirror; fit brightness and contrast on the lightness; the residual is the wo
 8 x 8 grid of |difference| / the candidate's contrast, for the best alignment. Copies (re-encoded,
 cropped, bordered, rotated) score ~0.1-0.5; look-alikes 0.6 and more. docs/quality.md has the
 measurements; the decision uses it as score - weight x min(residual, cap) (core/checking.py).
+
+Two more guards make a low residual trustworthy: the candidate is compared at the query's own
+resolution (a thumbnail or an inset cannot show detail it lost, and is not blamed for it), and the
+colour of the aligned pictures is compared too (the worst cell's chroma distance): a flag of
+other colours has the same lightness structure. A query flattened to no contrast where the
+candidate has some (fitted gain under MIN_GAIN) does not align.
 """
 
 import contextlib
 import io
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -30,6 +37,40 @@ NO_ALIGNMENT = 9.0  # the residual when nothing aligns
 # A reference whose lightness varies less than this (std, of 255) has too little structure to
 # align a query to: a faint pattern, a near-plain picture. Verification cannot judge it.
 MIN_STRUCTURE = 8.0
+# The query's lightness fitted as gain x the candidate's + offset: under this gain the query has
+# lost the candidate's structure (a plain picture fits any candidate with gain 0).
+MIN_GAIN = 0.2
+# A candidate is compared at the query's resolution when the query is upscaled more than this.
+RESOLUTION_SLACK = 1.25
+MAX_UPSCALE_ALLOWANCE = 3.0
+CLOSE_STRETCH = 1.1
+FRAME_EDGE = 2  # pixels of the WORK frame's edge left out of the comparison
+# Alignments turning the picture more than this are not copies (a left arrow is a turned up one).
+MAX_ROTATION_DEGREES = 20.0
+
+
+@dataclass(frozen=True, order=True)
+class Residual:
+    """How the aligned query differs from the candidate, in its worst cell of an 8 x 8 grid."""
+
+    lightness: float  # mean |difference| / the candidate's contrast, after fitting gain and offset
+    colour: float  # distance of the mean colours (CIELAB a*b*, 0-255 scale), not fitted: recolourings show
+    upscale: float = 1.0  # candidate pixels per query pixel, at least 1: a small query shows less detail
+    stretch: float = 1.0  # how much the alignment changes the aspect (1: not at all)
+
+    @property
+    def for_its_detail(self) -> float:
+        """The lightness residual over the detail the query could show: enlarged k times to be
+        compared, a copy differs about k times as much (measured on thumbnails; k counted up to 3)."""
+        return self.lightness / min(self.upscale, MAX_UPSCALE_ALLOWANCE)
+
+    def is_close(self, residual: float, colour: float) -> bool:
+        """Does the query agree closely with the candidate: for its detail, in colour, in shape?
+        (A thinner bar, a longer arrow: stretched, a look-alike drawing lines up exactly.)"""
+        return self.for_its_detail <= residual and self.colour <= colour and self.stretch <= CLOSE_STRETCH
+
+
+NOT_ALIGNED = Residual(NO_ALIGNMENT, NO_ALIGNMENT)
 
 
 def reference(picture: Image.Image) -> bytes:
@@ -45,9 +86,9 @@ def picture_of(reference_bytes: bytes) -> Image.Image:
     return Image.open(io.BytesIO(reference_bytes)).convert("RGB")
 
 
-def residual(query: Image.Image, reference_bytes: bytes) -> float | None:
-    """The query's residual against a stored reference (lower: more surely the same picture);
-    None when the reference has too little structure to tell."""
+def residual(query: Image.Image, reference_bytes: bytes) -> Residual | None:
+    """The query's residual against a stored reference for its best alignment (lower lightness:
+    more surely the same picture); None when the reference has too little structure to tell."""
     candidate = picture_of(reference_bytes)
     candidate_grey = _grey(candidate, REFERENCE_SIDE)
     if candidate_grey.std() < MIN_STRUCTURE:
@@ -83,40 +124,78 @@ def _sift(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array([point.pt for point in found], np.float32), descriptors
 
 
-def _by_keypoints(query, query_grey, candidate_grey, candidate_points, candidate_lab) -> float:
+def _by_keypoints(query, query_grey, candidate_grey, candidate_points, candidate_lab) -> Residual:
     """Aligned by SIFT matches: the query's lightness warped onto the candidate's thumbnail."""
     transform = _fit(_sift(query_grey), candidate_points)
     if transform is None:
-        return NO_ALIGNMENT
+        return NOT_ALIGNED
     height, width = candidate_lab.shape[:2]
     scale = width / candidate_grey.shape[1]
     to_work = (np.diag([scale, scale, 1.0]) @ np.vstack([transform, [0, 0, 1]]))[:2]
     query_lab = _lab(query, QUERY_SIDE)
-    warped = cv2.warpAffine(query_lab, to_work, (width, height), flags=cv2.INTER_AREA)
+    warped = cv2.warpAffine(query_lab, to_work, (width, height), flags=cv2.INTER_LINEAR)
     inside = np.full(query_lab.shape[:2], 255, np.uint8)
     valid = cv2.warpAffine(inside, to_work, (width, height), flags=cv2.INTER_NEAREST) > 0
-    return _worst_block(warped, candidate_lab, _eroded(valid))
+    upscale = float(np.sqrt(abs(np.linalg.det(to_work[:, :2]))))  # candidate pixels per query pixel
+    found = _worst_block(warped, _at_resolution(candidate_lab, upscale, upscale), _inner(valid))
+    return replace(found, upscale=max(upscale, 1.0), stretch=_stretch(to_work))
 
 
-def _by_ecc(query, candidate_lab) -> float:
+def _by_ecc(query, candidate_lab) -> Residual:
     """Aligned by ECC (affine) on both pictures trimmed of plain margins and squashed square."""
     query_lab = _lab(query, REFERENCE_SIDE)
-    squashed = [_squash(image) for image in (query_lab, candidate_lab)]
+    boxes = [_trimmed(image[..., 0]) for image in (query_lab, candidate_lab)]
+    squashed = [_squash(image, box) for image, box in zip((query_lab, candidate_lab), boxes, strict=True)]
+    (query_height, query_width), (candidate_height, candidate_width) = (_sides(box) for box in boxes)
+    squashed[1] = _at_resolution(squashed[1], WORK / query_width, WORK / query_height)
     transform = np.eye(2, 3, dtype=np.float32)
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
     with contextlib.suppress(cv2.error):  # not converged: compared as they are
         _, transform = cv2.findTransformECC(squashed[1][..., 0], squashed[0][..., 0], transform,
                                             cv2.MOTION_AFFINE, criteria, None, 3)  # fmt: skip
+    if not _plausible(transform):
+        return NOT_ALIGNED
     inverse = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(squashed[0], transform, (WORK, WORK), flags=inverse)
     inside = np.full((WORK, WORK), 255, np.uint8)
     valid = cv2.warpAffine(inside, transform, (WORK, WORK), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
-    return _worst_block(warped, squashed[1], _eroded(valid))
+    # From candidate pixels to query pixels: unsquash the candidate, ECC's warp, squash the query.
+    to_query = (
+        np.diag([query_width, query_height]) @ transform[:, :2] @ np.diag([1 / candidate_width, 1 / candidate_height])
+    )
+    upscale = float(1 / np.sqrt(abs(np.linalg.det(to_query)) + 1e-12))
+    found = _worst_block(warped, squashed[1], _inner(valid))
+    return replace(found, upscale=max(upscale, 1.0), stretch=_stretch(to_query))
 
 
-def _squash(lab: np.ndarray) -> np.ndarray:
-    top, bottom, left, right = _trimmed(lab[..., 0])
-    return cv2.resize(lab[top:bottom, left:right], (WORK, WORK), interpolation=cv2.INTER_AREA)
+def _at_resolution(lab: np.ndarray, x_upscale: float, y_upscale: float) -> np.ndarray:
+    """The candidate as it looks at the query's resolution: shrunk by the query's upscaling and
+    brought back to its size."""
+    if max(x_upscale, y_upscale) <= RESOLUTION_SLACK:
+        return lab
+    height, width = lab.shape[:2]
+    small = (max(2, round(width / max(x_upscale, 1.0))), max(2, round(height / max(y_upscale, 1.0))))
+    shrunk = cv2.resize(lab, small, interpolation=cv2.INTER_AREA)
+    return cv2.resize(shrunk, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _sides(box: tuple[int, int, int, int]) -> tuple[int, int]:
+    top, bottom, left, right = box
+    return bottom - top, right - left
+
+
+def _stretch(transform: np.ndarray) -> float:
+    """The aspect change of an affine map: its larger singular value over its smaller."""
+    singular = np.linalg.svd(np.asarray(transform, np.float64)[:2, :2], compute_uv=False)
+    return float(singular[0] / max(singular[1], 1e-9))
+
+
+def _squash(lab: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    top, bottom, left, right = box
+    enlarged = bottom - top < WORK or right - left < WORK  # a small query: smoothly, as _at_resolution does
+    return cv2.resize(
+        lab[top:bottom, left:right], (WORK, WORK), interpolation=cv2.INTER_LINEAR if enlarged else cv2.INTER_AREA
+    )
 
 
 def _trimmed(grey: np.ndarray, passes: int = 2, tolerance: float = 12.0) -> tuple[int, int, int, int]:
@@ -138,8 +217,12 @@ def _trimmed(grey: np.ndarray, passes: int = 2, tolerance: float = 12.0) -> tupl
     return top, bottom, left, right
 
 
-def _eroded(valid: np.ndarray) -> np.ndarray:
-    return cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+def _inner(valid: np.ndarray) -> np.ndarray:
+    """The valid pixels off the edges of the query and of the frame: a copy shown inside another
+    picture bleeds into the frame's edge through the blur and the alignment's error."""
+    inner = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    inner[:FRAME_EDGE], inner[-FRAME_EDGE:], inner[:, :FRAME_EDGE], inner[:, -FRAME_EDGE:] = False, False, False, False
+    return inner
 
 
 def _fit(query: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
@@ -165,27 +248,47 @@ def _fit(query: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.n
 
 
 def _plausible(transform: np.ndarray) -> bool:
-    """Not degenerate: a scale within 1/20-20 and an aspect change under 3x."""
+    """Not degenerate: a scale within 1/20-20, an aspect change under 3x, a small rotation."""
     singular = np.linalg.svd(transform[:, :2], compute_uv=False)
-    return singular[1] > 1e-3 and 0.05 < singular[0] < 20 and singular[0] / singular[1] < 3
+    turned = abs(np.degrees(np.arctan2(transform[1, 0] - transform[0, 1], transform[0, 0] + transform[1, 1])))
+    return (
+        singular[1] > 1e-3
+        and 0.05 < singular[0] < 20
+        and singular[0] / singular[1] < 3
+        and turned <= MAX_ROTATION_DEGREES
+    )
 
 
-def _worst_block(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> float:
-    """The worst grid cell's mean |query lightness - (a x candidate's + b)| / its contrast."""
+def _worst_block(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> Residual:
+    """The worst grid cells: of |query lightness - (gain x candidate's + offset)| / its contrast,
+    and of the distance between the cell's mean colours (a*b*: a recolouring moves it, an edge
+    a pixel off does not)."""
     if valid.sum() < 200:
-        return NO_ALIGNMENT
-    query_l = cv2.GaussianBlur(query, (0, 0), 1.0)[..., 0]
-    candidate_l = cv2.GaussianBlur(candidate, (0, 0), 1.0)[..., 0]
+        return NOT_ALIGNED
+    query, candidate = cv2.GaussianBlur(query, (0, 0), 1.0), cv2.GaussianBlur(candidate, (0, 0), 1.0)
+    query_l, candidate_l = query[..., 0], candidate[..., 0]
+    if candidate_l[valid].std() < MIN_STRUCTURE:  # the part compared is plain: anything fits it
+        return NOT_ALIGNED
     design = np.stack([candidate_l[valid], np.ones(int(valid.sum()), np.float32)], 1)
     (gain, offset), *_ = np.linalg.lstsq(design, query_l[valid], rcond=None)
-    contrast = abs(gain) * max(float(candidate_l[valid].std()), 8.0) + 1e-6
-    difference = np.abs(query_l - (gain * candidate_l + offset)) / contrast
+    if abs(gain) < MIN_GAIN:
+        return NOT_ALIGNED
+    contrast = abs(gain) * max(float(candidate_l[valid].std()), 8.0)
+    lightness = _cell_means(np.abs(query_l - (gain * candidate_l + offset)) / contrast, valid)
+    colour = np.linalg.norm(_cell_means(query[..., 1:] - candidate[..., 1:], valid), axis=-1)
+    if not len(lightness):
+        return NOT_ALIGNED
+    return Residual(float(lightness.max()), float(colour.max()))
+
+
+def _cell_means(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The means of `values` (per pixel, of any depth) over the grid cells mostly inside `valid`."""
     height, width = valid.shape
     rows, columns = np.linspace(0, height, GRID + 1).astype(int), np.linspace(0, width, GRID + 1).astype(int)
-    cells = []
+    means = []
     for i in range(GRID):
         for j in range(GRID):
             inside = valid[rows[i] : rows[i + 1], columns[j] : columns[j + 1]]
             if inside.size and inside.mean() >= 0.7:
-                cells.append(difference[rows[i] : rows[i + 1], columns[j] : columns[j + 1]][inside].mean())
-    return float(max(cells)) if cells else NO_ALIGNMENT
+                means.append(values[rows[i] : rows[i + 1], columns[j] : columns[j + 1]][inside].mean(axis=0))
+    return np.array(means)
