@@ -66,6 +66,14 @@ class Policy:
         "are stored at enrolment while it is on)",
     )
     verification_cap: float = setting(3.0, "the largest residual verification counts")
+    verification_reach: float = setting(
+        0.22,
+        "a score this far under the threshold is verified too, and is a duplicate only when the aligned pictures "
+        "agree closely: residual at most --verified-residual and colour difference at most --verified-colour "
+        "(0: not verified)",
+    )
+    verified_residual: float = setting(0.1, "the largest residual of a duplicate found under the threshold")
+    verified_colour: float = setting(5.0, "the largest colour difference of a duplicate found under the threshold")
     pair_twin_similarity: float = setting(
         0.8,
         "enrolled images at least this similar to the nearest (and under --twin-similarity) are its twins when "
@@ -99,6 +107,7 @@ class Decision:
     is_duplicate: bool
     score: float
     each: list[bool]  # per candidate, nearest first
+    each_score: list[float] = field(default_factory=list)  # the rule's score per candidate, nearest first
 
 
 @dataclass(frozen=True)
@@ -164,7 +173,7 @@ def decide(policy: Policy, candidates: list[Candidate], background_similarity: f
     rule = RULES[policy.rule]
     scores = rule.scores(policy, candidates, background_similarity)
     each = [score >= rule.threshold(policy) for score in scores]
-    return Decision(each[0], scores[0], each)
+    return Decision(each[0], scores[0], each, scores)
 
 
 def is_borderline(policy: Policy, decision: Decision) -> bool:

@@ -51,7 +51,7 @@ class Search:
     decision: Decision
     rule: str = ""  # the rule of the collection whose decision this is
     dismissed: frozenset[int] = frozenset()  # positions of duplicates the memory overrode
-    scores: list[float] = field(default_factory=list)  # per neighbour: its collection's score
+    scores: list[float] = field(default_factory=list)  # per neighbour: its collection's rule's score of it
     deciding: int = 0  # the position of the deciding collection's nearest
     residual: float | None = None  # verification's, when it ran
 
@@ -101,26 +101,50 @@ class Judge:
         return self._without_dismissed(feature, search)
 
     def _verified(self, search: Search, query: Callable[[], Image.Image | None], policy_of) -> Search:
-        if not search.decision.is_duplicate:
-            return search
-        weight, cap = self.policy.verification_weight, self.policy.verification_cap
-        record = search.nearest[search.deciding][0]
+        """A duplicate near its threshold must survive its residual; a score within reach under
+        the threshold is confirmed or not."""
+        policy, record = self.policy, search.nearest[search.deciding][0]
         threshold, score = threshold_of(policy_of(record.collection)), search.scores[search.deciding]
+        weight, cap = policy.verification_weight, policy.verification_cap
+        if not search.decision.is_duplicate:
+            return self.confirmed(search, query) if score >= threshold - policy.verification_reach else search
         if score >= threshold + weight * cap:
             return search  # no residual could take it under the threshold
-        picture = query()
-        residual = self._residual(picture, record) if picture is not None else UNVERIFIABLE_RESIDUAL
+        found = self._residual(query, record)
+        residual = UNVERIFIABLE_RESIDUAL if found is None else found.lightness
         verified = score - weight * min(residual, cap)
         each = search.decision.each
         if verified < threshold:  # not a duplicate in this collection after all
-            others = [other.collection != record.collection for other, _ in search.nearest]
-            each = [duplicate and elsewhere for duplicate, elsewhere in zip(each, others, strict=True)]
-        return replace(search, decision=Decision(any(each), verified, each), residual=residual)
+            each = [
+                duplicate and other.collection != record.collection
+                for duplicate, (other, _) in zip(each, search.nearest, strict=True)
+            ]
+        return replace(
+            search,
+            decision=replace(search.decision, is_duplicate=any(each), score=verified, each=each),
+            residual=residual,
+        )
 
-    def _residual(self, picture: Image.Image, record: Record) -> float:
+    def confirmed(self, search: Search, query: Callable[[], Image.Image | None]) -> Search:
+        """The search's nearest candidate (and that one's twins) as the duplicates if the query,
+        aligned to it, agrees closely (Residual.is_close: --verified-residual for the detail the
+        query shows, --verified-colour, its shape), whatever the score; else no duplicate."""
+        record, score = search.nearest[search.deciding][0], search.scores[search.deciding]
+        found = self._residual(query, record)
+        policy = self.policy
+        close = found is not None and found.is_close(policy.verified_residual, policy.verified_colour)
+        each = [  # the candidates of its collection its score covers: it and its twins
+            close and other.collection == record.collection and own >= score
+            for (other, _), own in zip(search.nearest, search.scores, strict=True)
+        ]
+        decision = replace(search.decision, is_duplicate=any(each), each=each)
+        return replace(search, decision=decision, residual=found.lightness if found is not None else None)
+
+    def _residual(self, query: Callable[[], Image.Image | None], record: Record) -> verification.Residual | None:
+        """None: nothing to compare (no query picture, no stored reference, too little structure)."""
         reference = self.reference(record)
-        found = verification.residual(picture, reference) if reference else None
-        return UNVERIFIABLE_RESIDUAL if found is None else found
+        picture = query() if reference else None
+        return verification.residual(picture, reference) if picture is not None else None
 
     def reference(self, record: Record) -> bytes:
         """The record's stored verification reference (b"" when it has none here)."""
@@ -138,7 +162,7 @@ class Judge:
                 return self._pairs[pair]
         first, second = self.reference(nearest), self.reference(other)
         found = verification.residual(verification.picture_of(first), second) if first and second else None
-        same = found is not None and found <= self.policy.pair_twin_residual
+        same = found is not None and found.lightness <= self.policy.pair_twin_residual
         with self._pairs_lock:
             self._pairs[pair] = same
             if len(self._pairs) > PAIR_CACHE:
@@ -192,8 +216,10 @@ def decided(
             for p, similarity, twin in zip(members, similarities, verified, strict=True)
         ]
         decision = decide(policy, candidates, background_similarity)
-        for p, similarity, duplicate in zip(members, similarities, decision.each, strict=True):
-            each[p], to_nearest[p], scores[p] = duplicate, similarity, decision.score
+        for p, similarity, duplicate, score in zip(
+            members, similarities, decision.each, decision.each_score, strict=True
+        ):
+            each[p], to_nearest[p], scores[p] = duplicate, similarity, score
         decisions.append((decision, policy.rule, members[0]))
     if not decisions:
         return Search(nearest, to_nearest, decide(policy_of(""), []), policy_of("").rule)
