@@ -32,6 +32,8 @@ from service.triton.client import Descriptor, Hasher
 # Neighbours a Check decides among, however few it returns: the margin rule needs the nearest
 # picture other than the nearest one's twins (the same picture enrolled under other keys).
 NEIGHBOURS = 8
+# The region stage verifies the nearest records of at most this many of the best regions.
+REGION_CANDIDATES = 2
 
 
 @dataclass(frozen=True)
@@ -113,27 +115,44 @@ class Checker:
         result = replace(result, matches=whole.matches(each, inliers)[:top_k], is_duplicate=any(each))
         if result.is_duplicate or not self.policy.region_threshold or not whole.nearest:
             return result
-        return await self._search_regions(image, top_k, timeout_s, result, search)
+        return await self._search_regions(image, top_k, timeout_s, result, search, picture)
 
     async def _search_regions(
-        self, image: bytes, top_k: int, timeout_s: Callable[[], float], whole: CheckResult, search: Callable
+        self,
+        image: bytes,
+        top_k: int,
+        timeout_s: Callable[[], float],
+        whole: CheckResult,
+        search: Callable,
+        picture: Callable[[], Image.Image],
     ) -> CheckResult:
-        """The cascade's second stage: each region embedded and searched; the best region decides
-        if its score reaches the region threshold."""
+        """The cascade's second stage: each region embedded and searched; the nearest records of
+        the best regions (from the region threshold, REGION_CANDIDATES of them) are verified
+        against the whole query, and the first confirmed decides."""
         canvases = await asyncio.to_thread(self.preprocessor.regions, image)
         descriptors = await self.hasher.hash(canvases, [1] * len(canvases), timeout_s())
         searches = await asyncio.to_thread(
             lambda: [search(d.feature, top_k, whole.background_similarity) for d in descriptors]
         )
-        best = max(range(len(searches)), key=lambda i: searches[i].decision.score)
-        search, views = searches[best], whole.views + len(canvases)
-        score = search.decision.score
-        if score < self.policy.region_threshold:
-            return replace(whole, region_score=score, views=views)
-        return CheckResult(
-            True, False, search.matches(search.decision.each)[:top_k], score, whole.background_similarity,
-            whole.index_generation, region=REGIONS[best], region_score=score, views=views, rule=search.rule,
-        )  # fmt: skip
+        ranked = sorted(range(len(searches)), key=lambda i: -searches[i].decision.score)
+        views, best_score = whole.views + len(canvases), searches[ranked[0]].decision.score
+        tried: set[bytes] = set()
+        for region in ranked:
+            found = searches[region]
+            record = found.nearest[found.deciding][0] if found.nearest else None
+            if found.decision.score < self.policy.region_threshold or len(tried) == REGION_CANDIDATES:
+                break
+            if record is None or record.sha256 in tried:
+                continue
+            tried.add(record.sha256)
+            confirmed = await asyncio.to_thread(self.judge.confirmed, found, picture)
+            if confirmed.decision.is_duplicate:
+                return CheckResult(
+                    True, False, confirmed.matches(confirmed.decision.each)[:top_k], confirmed.decision.score,
+                    whole.background_similarity, whole.index_generation, region=REGIONS[region],
+                    region_score=best_score, views=views, rule=confirmed.rule, residual=confirmed.residual,
+                )  # fmt: skip
+        return replace(whole, region_score=best_score, views=views)
 
     def _search(
         self,
