@@ -201,9 +201,21 @@ def decision_report(queries: list[Query], correct: list[bool], rule: str) -> dic
     report["enrolled_more_than_once"] = measured(np.array([q.copies > 1 for q in queries]) | negatives)
     for origin in sorted({q.origin for q in queries}):
         report[origin] = measured(np.array([q.origin == origin for q in queries]))
+    answered = [q.answer for q in queries if "views" in q.answer]
+    by_region = np.array([q.answer.get("region", False) for q in queries])
+    report["cost"] = {
+        "views_per_check": float(np.mean([a["views"] for a in answered])),
+        "verified_share": float(np.mean([a["residual"] is not None for a in answered])),
+    }
+    report["found_by_region"] = {
+        "right": int((by_region & correct).sum()), "wrong": int((by_region & ~correct).sum())
+    }  # fmt: skip
     print(f"service decision ({rule}): precision {report['precision']:.4f}, recall {report['recall']:.4f}, "
           f"{report['false_alarms']} false alarms; recall enrolled once {report['enrolled_once']['recall']:.3f}, "
           f"more than once {report['enrolled_more_than_once']['recall']:.3f}")  # fmt: skip
+    print(f"  cost: {report['cost']['views_per_check']:.2f} Triton views per Check, "
+          f"{report['cost']['verified_share']:.1%} of Checks verified; found by a region: "
+          f"{report['found_by_region']['right']} right, {report['found_by_region']['wrong']} wrong")  # fmt: skip
     for origin in sorted({q.origin for q in queries}):
         part = report[origin]
         print(f"  {origin}: precision {part['precision']:.4f}, recall {part['recall']:.4f}, "
