@@ -1,6 +1,7 @@
 """Verification (media/verification.py) and how the Judge uses it: copies of a drawing have a low
-residual against it and look-alikes a high one; a duplicate in the verification band is kept or
-refused by it; enrolled images verified the same picture are twins."""
+residual against it and look-alikes a high one, recolourings a high colour difference; a
+duplicate in the verification band is kept or refused by it; a score under the threshold is
+confirmed by a close alignment; enrolled images verified the same picture are twins."""
 
 import hashlib
 import io
@@ -58,15 +59,73 @@ def _bordered(image: Image.Image) -> Image.Image:
     return framed
 
 
+def recoloured_hand(image: Image.Image) -> Image.Image:
+    pixels = np.asarray(image).copy()
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)
+    pixels[red] = (0, 70, 220)
+    return Image.fromarray(pixels)
+
+
 @pytest.mark.parametrize("how", COPIES)
-def test_a_copy_has_a_low_residual(how):
-    reference = verification.reference(clock(3))
-    assert verification.residual(COPIES[how](clock(3)), reference) < 0.3
+def test_a_copy_has_a_low_residual_and_its_colours(how):
+    found = verification.residual(COPIES[how](clock(3)), verification.reference(clock(3)))
+    assert found.lightness < 0.3 and found.colour < Policy().verified_colour
 
 
 @pytest.mark.parametrize("hour", [6, 11, 12])  # not 9: the mirror of 3 o'clock, the same picture mirrored
 def test_a_look_alike_has_a_high_residual(hour):
-    assert verification.residual(clock(hour), verification.reference(clock(3))) > 0.8
+    assert verification.residual(clock(hour), verification.reference(clock(3))).lightness > 0.8
+
+
+def test_a_recolouring_shows_in_colour_not_in_lightness():
+    found = verification.residual(recoloured_hand(clock(3)), verification.reference(clock(3)))
+    assert found.lightness < 0.5 and found.colour > 10 * Policy().verified_colour
+
+
+def thumbnail(image: Image.Image, side: int) -> Image.Image:
+    return image.resize((side, side), Image.Resampling.LANCZOS)
+
+
+@pytest.mark.parametrize("side", [40, 64])
+def test_a_thumbnail_is_compared_at_its_own_resolution(side):
+    """A thumbnail cannot show the lines the reference has: compared at its resolution and for the
+    detail it shows, it is as close as a re-encoded copy, and far from a look-alike of its size."""
+    reference = verification.reference(clock(3))
+    copy = verification.residual(thumbnail(clock(3), side), reference)
+    look_alike = verification.residual(thumbnail(clock(11), side), reference)
+    assert copy.upscale > 2 and copy.for_its_detail < Policy().verified_residual < 0.5 < look_alike.for_its_detail
+
+
+@pytest.mark.parametrize("turned", [45, 90])
+def test_a_turned_picture_does_not_align(turned):
+    """Rotating a drawing a quarter turn makes another sign (an arrow pointing elsewhere)."""
+    query = clock(3).rotate(turned, fillcolor="white")
+    assert verification.residual(query, verification.reference(clock(3))).lightness > 0.8
+
+
+def test_a_squeezed_copy_is_near_but_not_close():
+    """Squeezed to two thirds of its height the clock lines up (the band keeps such a copy), but the
+    alignment's stretch says it changed shape: a thicker pen, a longer arrow look like that, so it
+    is not confirmed under the threshold. An unsqueezed copy is."""
+    reference = verification.reference(clock(3))
+    squeezed = verification.residual(clock(3).resize((300, 200)), reference)
+    assert squeezed.lightness < 0.3 and squeezed.stretch > 1.3
+    assert not squeezed.is_close(Policy().verified_residual, Policy().verified_colour)
+    copy = verification.residual(jpeg(clock(3), 80), reference)
+    assert copy.stretch < 1.05 and copy.is_close(Policy().verified_residual, Policy().verified_colour)
+
+
+def test_a_plain_query_does_not_align_to_a_drawing():
+    """Gain and offset would fit a plain picture to anything, with no difference left."""
+    plain = Image.new("RGB", (200, 200), (40, 40, 40))
+    assert verification.residual(plain, verification.reference(clock(3))) == verification.NOT_ALIGNED
+
+
+def test_a_copy_inside_another_picture_aligns():
+    host = Image.new("RGB", (512, 512), (90, 140, 60))
+    host.paste(clock(3).resize((180, 180)), (260, 40))
+    found = verification.residual(jpeg(host, 85), verification.reference(clock(3)))
+    assert found.lightness < Policy().verified_residual and found.colour < Policy().verified_colour
 
 
 def test_a_plain_reference_cannot_be_judged():
@@ -114,6 +173,8 @@ def test_verification_keeps_a_copy_and_refuses_a_look_alike_in_its_band(store):
     nearest = neighbours(store, query, ["three", "far"])
     copy = judge.judge(query, nearest, 0.0, lambda: jpeg(clock(3).resize((200, 200))))
     assert copy.decision.is_duplicate and copy.residual < 0.5
+    unverified_score = judge.judge(query, nearest, 0.0).decision.score
+    assert copy.decision.score == pytest.approx(unverified_score - Policy().verification_weight * copy.residual)
     look_alike = judge.judge(query, nearest, 0.0, lambda: clock(11))
     assert not look_alike.decision.is_duplicate and look_alike.residual > 0.6
     assert look_alike.decision.score < Policy().margin_threshold
@@ -135,3 +196,27 @@ def test_enrolled_images_verified_the_same_picture_are_twins(store):
     with_other = judge.judge(query, neighbours(store, query, ["original", "look-alike"]), 0.0)
     assert with_twin.decision.is_duplicate and with_twin.decision.each == [True, True]
     assert with_twin.decision.score > with_other.decision.score + 0.3
+
+
+def test_a_score_within_reach_under_the_threshold_needs_a_close_alignment(store):
+    """A margin score of ~0.36 (under 0.47, within its reach of 0.17): a copy aligned closely is a
+    duplicate, with its twin; a look-alike or a recolouring is not; a score further down is not
+    verified at all."""
+    enrolled, other = unit(20), unit(21)
+    enrol(store, "three", enrolled, clock(3))
+    enrol(store, "three again", mixed(enrolled, unit(22), 0.97), clock(3))
+    enrol(store, "far", other, clock(7).rotate(90))
+    judge = Judge(store, Policy())
+    query = mixed(enrolled, unit(23), 0.36 / 0.9)  # cosine 0.4; the other picture at ~0: margin ~0.4
+    nearest = neighbours(store, query, ["three", "three again", "far"])
+    assert Policy().margin_threshold - Policy().verification_reach < 0.4 < Policy().margin_threshold
+    for shown in (jpeg(clock(3).resize((220, 220)), 70), thumbnail(clock(3), 40)):
+        copy = judge.judge(query, nearest, 0.0, lambda picture=shown: picture)
+        assert copy.decision.is_duplicate and copy.decision.each == [True, True, False]
+        assert copy.decision.score < Policy().margin_threshold
+    for look_alike in (clock(11), recoloured_hand(clock(3)), thumbnail(clock(11), 40)):
+        refused = judge.judge(query, nearest, 0.0, lambda picture=look_alike: picture)
+        assert not refused.decision.is_duplicate and refused.residual is not None
+    further = mixed(enrolled, unit(23), 0.2)
+    unverified = judge.judge(further, neighbours(store, further, ["three", "three again", "far"]), 0.0, lambda: clock(3))
+    assert not unverified.decision.is_duplicate and unverified.residual is None
