@@ -9,13 +9,14 @@ refined to affine, and by ECC on the trimmed pictures squashed square, each with
 its mirror; fit brightness and contrast on the lightness; the residual is the worst cell of an
 8 x 8 grid of |difference| / the candidate's contrast, for the best alignment. Copies (re-encoded,
 cropped, bordered, rotated) score ~0.1-0.5; look-alikes 0.6 and more. docs/quality.md has the
-measurements; the decision uses it as score - weight x min(residual, cap) (core/checking.py).
+measurements; the Judge (core/judging.py) uses it as score - weight x min(residual, cap) near
+the threshold, and under it asks for a close match (Residual.is_close).
 
-Two more guards make a low residual trustworthy: the candidate is compared at the query's own
-resolution (a thumbnail or an inset cannot show detail it lost, and is not blamed for it), and the
-colour of the aligned pictures is compared too (the worst cell's chroma distance): a flag of
-other colours has the same lightness structure. A query flattened to no contrast where the
-candidate has some (fitted gain under MIN_GAIN) does not align.
+What makes a low residual trustworthy that far down: the candidate is compared at the query's
+own resolution (a thumbnail or an inset cannot show detail it lost, and is not blamed for it);
+the cells' mean colours are compared, not fitted (a flag of other colours has the same lightness
+structure); the alignment's stretch is kept (a thicker pen or a longer arrow lines up exactly
+once stretched); turned, flattened (fitted gain under MIN_GAIN) or plain comparisons do not align.
 """
 
 import contextlib
@@ -26,13 +27,13 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from service.media import alignment
+
 REFERENCE_SIDE = 256
 REFERENCE_QUALITY = 90
 QUERY_SIDE = 384
 WORK = 128  # the side residuals are computed at
 GRID = 8
-MIN_INLIERS = 6
-RATIO = 0.8
 NO_ALIGNMENT = 9.0  # the residual when nothing aligns
 # A reference whose lightness varies less than this (std, of 255) has too little structure to
 # align a query to: a faint pattern, a near-plain picture. Verification cannot judge it.
@@ -42,11 +43,12 @@ MIN_STRUCTURE = 8.0
 MIN_GAIN = 0.2
 # A candidate is compared at the query's resolution when the query is upscaled more than this.
 RESOLUTION_SLACK = 1.25
+# A query enlarged k times to be compared is allowed a k times larger residual, k up to this.
 MAX_UPSCALE_ALLOWANCE = 3.0
+# A close match changes the aspect at most this much (the aspect family's copies are kept by the
+# band rule, not confirmed under the threshold).
 CLOSE_STRETCH = 1.1
 FRAME_EDGE = 2  # pixels of the WORK frame's edge left out of the comparison
-# Alignments turning the picture more than this are not copies (a left arrow is a turned up one).
-MAX_ROTATION_DEGREES = 20.0
 
 
 @dataclass(frozen=True, order=True)
@@ -93,7 +95,7 @@ def residual(query: Image.Image, reference_bytes: bytes) -> Residual | None:
     candidate_grey = _grey(candidate, REFERENCE_SIDE)
     if candidate_grey.std() < MIN_STRUCTURE:
         return None
-    candidate_points = _sift(candidate_grey)
+    candidate_points = alignment.keypoints(candidate_grey)
     candidate_lab = _lab(candidate, WORK)
     query_grey = _grey(query, QUERY_SIDE)
     found = []
@@ -117,16 +119,9 @@ def _lab(picture: Image.Image, side: int) -> np.ndarray:
     return cv2.cvtColor(np.asarray(small), cv2.COLOR_RGB2LAB).astype(np.float32)
 
 
-def _sift(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    found, descriptors = cv2.SIFT_create(nfeatures=500).detectAndCompute(grey, None)
-    if descriptors is None:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
-    return np.array([point.pt for point in found], np.float32), descriptors
-
-
 def _by_keypoints(query, query_grey, candidate_grey, candidate_points, candidate_lab) -> Residual:
     """Aligned by SIFT matches: the query's lightness warped onto the candidate's thumbnail."""
-    transform = _fit(_sift(query_grey), candidate_points)
+    transform = alignment.fit(alignment.keypoints(query_grey), candidate_points)
     if transform is None:
         return NOT_ALIGNED
     height, width = candidate_lab.shape[:2]
@@ -138,22 +133,24 @@ def _by_keypoints(query, query_grey, candidate_grey, candidate_points, candidate
     valid = cv2.warpAffine(inside, to_work, (width, height), flags=cv2.INTER_NEAREST) > 0
     upscale = float(np.sqrt(abs(np.linalg.det(to_work[:, :2]))))  # candidate pixels per query pixel
     found = _worst_block(warped, _at_resolution(candidate_lab, upscale, upscale), _inner(valid))
-    return replace(found, upscale=max(upscale, 1.0), stretch=_stretch(to_work))
+    return replace(found, upscale=max(upscale, 1.0), stretch=alignment.stretch(to_work))
 
 
 def _by_ecc(query, candidate_lab) -> Residual:
     """Aligned by ECC (affine) on both pictures trimmed of plain margins and squashed square."""
     query_lab = _lab(query, REFERENCE_SIDE)
-    boxes = [_trimmed(image[..., 0]) for image in (query_lab, candidate_lab)]
-    squashed = [_squash(image, box) for image, box in zip((query_lab, candidate_lab), boxes, strict=True)]
-    (query_height, query_width), (candidate_height, candidate_width) = (_sides(box) for box in boxes)
+    boxes = [alignment.trimmed(image[..., 0]) for image in (query_lab, candidate_lab)]
+    squashed = [
+        alignment.squash(image, box, WORK) for image, box in zip((query_lab, candidate_lab), boxes, strict=True)
+    ]
+    (query_height, query_width), (candidate_height, candidate_width) = (alignment.sides(box) for box in boxes)
     squashed[1] = _at_resolution(squashed[1], WORK / query_width, WORK / query_height)
     transform = np.eye(2, 3, dtype=np.float32)
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
     with contextlib.suppress(cv2.error):  # not converged: compared as they are
         _, transform = cv2.findTransformECC(squashed[1][..., 0], squashed[0][..., 0], transform,
                                             cv2.MOTION_AFFINE, criteria, None, 3)  # fmt: skip
-    if not _plausible(transform):
+    if not alignment.plausible(transform):
         return NOT_ALIGNED
     inverse = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(squashed[0], transform, (WORK, WORK), flags=inverse)
@@ -165,7 +162,7 @@ def _by_ecc(query, candidate_lab) -> Residual:
     )
     upscale = float(1 / np.sqrt(abs(np.linalg.det(to_query)) + 1e-12))
     found = _worst_block(warped, squashed[1], _inner(valid))
-    return replace(found, upscale=max(upscale, 1.0), stretch=_stretch(to_query))
+    return replace(found, upscale=max(upscale, 1.0), stretch=alignment.stretch(to_query))
 
 
 def _at_resolution(lab: np.ndarray, x_upscale: float, y_upscale: float) -> np.ndarray:
@@ -179,84 +176,12 @@ def _at_resolution(lab: np.ndarray, x_upscale: float, y_upscale: float) -> np.nd
     return cv2.resize(shrunk, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def _sides(box: tuple[int, int, int, int]) -> tuple[int, int]:
-    top, bottom, left, right = box
-    return bottom - top, right - left
-
-
-def _stretch(transform: np.ndarray) -> float:
-    """The aspect change of an affine map: its larger singular value over its smaller."""
-    singular = np.linalg.svd(np.asarray(transform, np.float64)[:2, :2], compute_uv=False)
-    return float(singular[0] / max(singular[1], 1e-9))
-
-
-def _squash(lab: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    top, bottom, left, right = box
-    enlarged = bottom - top < WORK or right - left < WORK  # a small query: smoothly, as _at_resolution does
-    return cv2.resize(
-        lab[top:bottom, left:right], (WORK, WORK), interpolation=cv2.INTER_LINEAR if enlarged else cv2.INTER_AREA
-    )
-
-
-def _trimmed(grey: np.ndarray, passes: int = 2, tolerance: float = 12.0) -> tuple[int, int, int, int]:
-    """The box inside plain margins (borders, padding) of a lightness image."""
-    top, bottom, left, right = 0, grey.shape[0], 0, grey.shape[1]
-    for _ in range(passes):
-        inner = grey[top:bottom, left:right]
-        if inner.shape[0] < 8 or inner.shape[1] < 8:
-            break
-        edge = np.median(np.r_[inner[0], inner[-1], inner[:, 0], inner[:, -1]])
-        busy = np.abs(inner.astype(np.float32) - edge) > tolerance
-        rows, columns = np.flatnonzero(busy.mean(1) > 0.01), np.flatnonzero(busy.mean(0) > 0.01)
-        if not len(rows) or not len(columns):
-            break
-        box = (top + rows[0], top + rows[-1] + 1, left + columns[0], left + columns[-1] + 1)
-        if box == (top, bottom, left, right):
-            break
-        top, bottom, left, right = box
-    return top, bottom, left, right
-
-
 def _inner(valid: np.ndarray) -> np.ndarray:
     """The valid pixels off the edges of the query and of the frame: a copy shown inside another
     picture bleeds into the frame's edge through the blur and the alignment's error."""
     inner = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     inner[:FRAME_EDGE], inner[-FRAME_EDGE:], inner[:, :FRAME_EDGE], inner[:, -FRAME_EDGE:] = False, False, False, False
     return inner
-
-
-def _fit(query: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
-    """A similarity transform from ratio-tested matches (RANSAC), refined to affine on its inliers."""
-    (query_points, query_descriptors), (candidate_points, candidate_descriptors) = query, candidate
-    if len(query_descriptors) < 2 or len(candidate_descriptors) < 2:
-        return None
-    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(query_descriptors, candidate_descriptors, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
-    if len(good) < 3:
-        return None
-    source = query_points[[m.queryIdx for m in good]]
-    target = candidate_points[[m.trainIdx for m in good]]
-    transform, mask = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=4.0,
-                                                  maxIters=2000)  # fmt: skip
-    if transform is None or mask.sum() < MIN_INLIERS:
-        return None
-    inliers = mask.ravel().astype(bool)
-    refined, _ = cv2.estimateAffine2D(source[inliers], target[inliers], method=cv2.RANSAC, ransacReprojThreshold=4.0)
-    if refined is not None and _plausible(refined):
-        transform = refined
-    return transform if _plausible(transform) else None
-
-
-def _plausible(transform: np.ndarray) -> bool:
-    """Not degenerate: a scale within 1/20-20, an aspect change under 3x, a small rotation."""
-    singular = np.linalg.svd(transform[:, :2], compute_uv=False)
-    turned = abs(np.degrees(np.arctan2(transform[1, 0] - transform[0, 1], transform[0, 0] + transform[1, 1])))
-    return (
-        singular[1] > 1e-3
-        and 0.05 < singular[0] < 20
-        and singular[0] / singular[1] < 3
-        and turned <= MAX_ROTATION_DEGREES
-    )
 
 
 def _worst_block(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> Residual:
