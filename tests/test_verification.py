@@ -218,5 +218,12 @@ def test_a_score_within_reach_under_the_threshold_needs_a_close_alignment(store)
         refused = judge.judge(query, nearest, 0.0, lambda picture=look_alike: picture)
         assert not refused.decision.is_duplicate and refused.residual is not None
     further = mixed(enrolled, unit(23), 0.2)
-    unverified = judge.judge(further, neighbours(store, further, ["three", "three again", "far"]), 0.0, lambda: clock(3))
+    further_nearest = neighbours(store, further, ["three", "three again", "far"])
+    unverified = judge.judge(further, further_nearest, 0.0, lambda: clock(3))
     assert not unverified.decision.is_duplicate and unverified.residual is None
+
+
+def test_nothing_enrolled_is_nothing_to_verify(store):
+    """An empty index: no candidate, no duplicate, no verification (a Check before any Enroll)."""
+    empty = Judge(store, Policy()).judge(unit(30), [], 0.0, lambda: clock(3))
+    assert not empty.decision.is_duplicate and empty.residual is None

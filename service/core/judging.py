@@ -103,6 +103,8 @@ class Judge:
     def _verified(self, search: Search, query: Callable[[], Image.Image | None], policy_of) -> Search:
         """A duplicate near its threshold must survive its residual; a score within reach under
         the threshold is confirmed or not."""
+        if not search.nearest:
+            return search
         policy, record = self.policy, search.nearest[search.deciding][0]
         threshold, score = threshold_of(policy_of(record.collection)), search.scores[search.deciding]
         weight, cap = policy.verification_weight, policy.verification_cap
