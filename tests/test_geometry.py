@@ -35,8 +35,9 @@ def test_crops_and_mirrors_share_a_homography_and_other_pictures_do_not():
 
 
 def test_the_service_runs_the_check_for_borderline_scores(start_service):
-    # No score reaches the threshold, and every one is within the band: geometry decides all.
-    service = start_service("--margin-threshold", "0.99", "--geometric-band", "10")
+    # No score reaches the threshold, and every one is within the band: geometry decides all
+    # (confirmation under the threshold, which would find the crop first, is off).
+    service = start_service("--margin-threshold", "0.99", "--geometric-band", "10", "--verification-reach", "0")
     [result] = service.stub.Enroll(iter([pb.EnrollRequest(key="falcon", image=image_bytes(PICTURE))]), timeout=60)
     assert result.status == pb.EnrollResult.ENROLLED
     cropped = encode_jpeg(rgb(PICTURE).crop((60, 40, 380, 400)))

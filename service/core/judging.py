@@ -121,11 +121,8 @@ class Judge:
                 duplicate and other.collection != record.collection
                 for duplicate, (other, _) in zip(each, search.nearest, strict=True)
             ]
-        return replace(
-            search,
-            decision=replace(search.decision, is_duplicate=any(each), score=verified, each=each),
-            residual=residual,
-        )
+        decision = replace(search.decision, is_duplicate=any(each), score=verified, each=each)
+        return replace(search, decision=decision, residual=residual)
 
     def confirmed(self, search: Search, query: Callable[[], Image.Image | None]) -> Search:
         """The search's nearest candidate (and that one's twins) as the duplicates if the query,
