@@ -68,6 +68,19 @@ def process_name(pid: int) -> str:
         return ""
 
 
+def process_group(pgid: int) -> list[int]:
+    """The processes of a process group, zombies left out, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except OSError:  # gone meanwhile
+            continue
+        if int(group) == pgid and state != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
 def pid_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)

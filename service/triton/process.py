@@ -46,6 +46,14 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def kill_process_group(server: subprocess.Popen) -> None:
+    """SIGKILLs whatever is left of a spawned server's process group. Triton's python stubs (one
+    process per model instance, each holding the model in memory) do not always die with a server
+    killed abruptly: they would run on as orphans, and the restarted server starts new ones."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+
+
 class BundledTriton:
     """Starts, watches and stops the tritonserver of the nvidia-pytriton wheel on 127.0.0.1.
 
@@ -137,7 +145,8 @@ class BundledTriton:
         return env
 
     def spawn(self, output=None) -> subprocess.Popen:
-        """Starts the server process, unwatched (tools and tests that stop and restart it themselves)."""
+        """Starts the server process, unwatched (tools and tests that stop and restart it themselves),
+        as the leader of its own process group, which its python stubs inherit: see kill_process_group."""
         return subprocess.Popen(
             self.command(),
             env=self.environment(),
@@ -145,6 +154,7 @@ class BundledTriton:
             stdout=output,
             stderr=output,
             preexec_fn=_die_with_parent,
+            start_new_session=True,
         )
 
     def start(self) -> None:
@@ -163,6 +173,7 @@ class BundledTriton:
         while not self._stopping:
             await asyncio.sleep(0.2)
             if self.process is not None and self.process.poll() is not None and not self._stopping:
+                kill_process_group(self.process)
                 log.error(
                     "tritonserver exited with code %s; starting it again in %.1f s",
                     self.process.returncode,
@@ -179,15 +190,17 @@ class BundledTriton:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        if self.process is not None and self.process.poll() is None:
-            log.info("stopping tritonserver (pid %d)", self.process.pid)
-            self.process.terminate()
-            try:
-                await asyncio.wait_for(asyncio.to_thread(self.process.wait), timeout_s)
-            except TimeoutError:
-                log.warning("tritonserver did not stop in %.0f s; killing it", timeout_s)
-                self.process.kill()
-                await asyncio.to_thread(self.process.wait)
+        if self.process is not None:
+            if self.process.poll() is None:
+                log.info("stopping tritonserver (pid %d)", self.process.pid)
+                self.process.terminate()
+                try:
+                    await asyncio.wait_for(asyncio.to_thread(self.process.wait), timeout_s)
+                except TimeoutError:
+                    log.warning("tritonserver did not stop in %.0f s; killing it", timeout_s)
+                    self.process.kill()
+                    await asyncio.to_thread(self.process.wait)
+            kill_process_group(self.process)
         self.stop_files()
 
     def stop_files(self) -> None:
