@@ -5,6 +5,7 @@ confirmed by a close alignment; enrolled images verified the same picture are tw
 
 import hashlib
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,9 +13,10 @@ from PIL import Image, ImageDraw
 
 from service.core.decision import Policy
 from service.core.judging import Judge
-from service.media import verification
+from service.media import alignment, verification
 from service.storage.records import Enrolment
 from service.storage.store import Store
+from tests.conftest import IMAGES
 
 MODEL = "sscd@224"
 
@@ -131,6 +133,50 @@ def test_a_copy_inside_another_picture_aligns():
 def test_a_plain_reference_cannot_be_judged():
     plain = Image.new("RGB", (200, 200), (40, 160, 110))
     assert verification.residual(plain, verification.reference(plain)) is None
+
+
+PORTRAIT = "portrait-portraits-nagas-naga-mace_warrior1.jpg"  # a detailed painting, 400 x 400
+
+
+@pytest.mark.parametrize("corner", [(40, 80), (120, 120), (180, 40)])
+def test_a_detailed_crop_is_close(corner):
+    """A third of a detailed painting, cropped: every edge a fraction of a pixel off once aligned.
+    Compared with the best candidate pixel one pixel around, it agrees closely (pixel for pixel
+    these crops left 0.09-0.14, over the close limit)."""
+    painting = Image.open(IMAGES / PORTRAIT).convert("RGB")
+    left, top = corner
+    crop = jpeg(painting.crop((left, top, left + 220, top + 220)), 85)
+    found = verification.residual(crop, verification.reference(painting))
+    assert found.is_close(Policy().verified_residual, Policy().verified_colour)
+
+
+def dots(spacing: int, size: int = 300) -> Image.Image:
+    """A repeating pattern: a grid of dots."""
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    for y in range(spacing // 2, size, spacing):
+        for x in range(spacing // 2, size, spacing):
+            draw.ellipse([x - spacing / 4, y - spacing / 4, x + spacing / 4, y + spacing / 4], fill=(30, 60, 160))
+    return image
+
+
+def test_a_repeating_pattern_cannot_be_judged():
+    """Two dot grids of other spacings line up exactly once scaled (a thumbnail of one looked a
+    close copy of the other): a repeating reference is not judged, a drawing or a painting is."""
+    assert all(alignment.repeats(np.asarray(dots(spacing).convert("L")), 128) for spacing in (12, 24, 45))
+    assert verification.residual(thumbnail(dots(30), 60), verification.reference(dots(24))) is None
+    painting = Image.open(IMAGES / PORTRAIT).convert("L")
+    assert not any(alignment.repeats(np.asarray(picture), 128) for picture in (clock(3).convert("L"), painting))
+
+
+def test_a_small_querys_colours_count_for_its_detail():
+    """Enlarged three times to be compared, a thumbnail's colours are smeared over three times as
+    many pixels: its colour distance is allowed three times as much, as its lightness residual."""
+    policy = Policy()
+    smeared = verification.Residual(2.5 * policy.verified_residual, 2.5 * policy.verified_colour, upscale=3.0)
+    assert smeared.is_close(policy.verified_residual, policy.verified_colour)
+    full_size = replace(smeared, upscale=1.0)
+    assert not full_size.is_close(policy.verified_residual, policy.verified_colour)
 
 
 @pytest.fixture

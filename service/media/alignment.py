@@ -1,6 +1,7 @@
 """Aligning a query to a candidate picture: SIFT matches with a RANSAC similarity refined to
-affine, pictures trimmed of plain margins (for ECC on the two squashed square), and what an
-alignment does to the picture (its stretch). media/verification.py compares what they align."""
+affine, pictures trimmed of plain margins (for ECC on the two squashed square), what an
+alignment does to the picture (its stretch), and the pictures no alignment can be trusted on
+(repeating patterns). media/verification.py compares what they align."""
 
 import cv2
 import numpy as np
@@ -9,6 +10,12 @@ MIN_INLIERS = 6
 RATIO = 0.8
 # Alignments turning the picture more than this are not copies (a left arrow is a turned up one).
 MAX_ROTATION_DEGREES = 20.0
+# A picture whose detail correlates with itself shifted MIN_PERIOD or more pixels at least this much
+# (of unshifted) repeats: aligned to another pattern of its kind at another scale or phase, it
+# agrees as closely as a copy does (two dot grids), so verification cannot tell.
+REPEAT_CORRELATION = 0.9
+MIN_PERIOD = 6
+SHRINK_BELOW = 0.8  # a query mapped smaller than this is shrunk by area first
 
 
 def keypoints(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,3 +97,32 @@ def squash(lab: np.ndarray, box: tuple[int, int, int, int], side: int) -> np.nda
     return cv2.resize(
         lab[top:bottom, left:right], (side, side), interpolation=cv2.INTER_LINEAR if enlarged else cv2.INTER_AREA
     )
+
+
+def shrunk_for(lab: np.ndarray, to_work: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The query shrunk by area to about the scale `to_work` maps it to, and the map from the
+    shrunk query: a warp that shrinks samples pixels, and aliases the query's fine lines."""
+    if scale >= SHRINK_BELOW:
+        return lab, to_work
+    height, width = lab.shape[:2]
+    size = (max(2, round(width * scale)), max(2, round(height * scale)))
+    x_factor, y_factor = width / size[0], height / size[1]
+    # pixel centres: the shrunk pixel x covers the query's x_factor * x ... x_factor * (x + 1)
+    from_shrunk = np.array([[x_factor, 0, (x_factor - 1) / 2], [0, y_factor, (y_factor - 1) / 2], [0, 0, 1]])
+    return cv2.resize(lab, size, interpolation=cv2.INTER_AREA), (np.vstack([to_work, [0, 0, 1]]) @ from_shrunk)[:2]
+
+
+def repeats(grey: np.ndarray, side: int) -> bool:
+    """Is the picture (squashed side x side) a repeating pattern (dots, a grid, stripes)? Its detail
+    (the picture less its blur) correlates with itself shifted by a period, over the part that
+    still overlaps, almost as well as unshifted: at shifts from MIN_PERIOD to a quarter of the side."""
+    square = cv2.resize(grey, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
+    detail = square - cv2.GaussianBlur(square, (0, 0), 3)
+    padded = (2 * side, 2 * side)  # zero-padded: the correlation does not wrap around
+    spectrum, ones = np.fft.fft2(detail, padded), np.fft.fft2(np.ones_like(detail), padded)
+    correlation = np.real(np.fft.ifft2(spectrum * np.conj(spectrum)))
+    overlap = np.maximum(np.real(np.fft.ifft2(ones * np.conj(ones))), 1.0)
+    per_pixel = np.fft.fftshift(correlation / overlap)
+    shifts = np.hypot(*np.mgrid[-side:side, -side:side])
+    periods = (shifts >= MIN_PERIOD) & (shifts <= side / 4)
+    return float(per_pixel[periods].max()) >= REPEAT_CORRELATION * float(per_pixel[side, side])

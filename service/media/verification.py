@@ -8,7 +8,7 @@ reference (a 256 px colour thumbnail, ~10 KB per record) by SIFT matches and a R
 refined to affine, and by ECC on the trimmed pictures squashed square, each with the query and
 its mirror; fit brightness and contrast on the lightness; the residual is the worst cell of an
 8 x 8 grid of |difference| / the candidate's contrast, for the best alignment. Copies (re-encoded,
-cropped, bordered, rotated) score ~0.1-0.5; look-alikes 0.6 and more. docs/quality.md has the
+cropped, bordered, rotated) score ~0.02-0.1; look-alikes 0.6 and more. docs/quality.md has the
 measurements; the Judge (core/judging.py) uses it as score - weight x min(residual, cap) near
 the threshold, and under it asks for a close match (Residual.is_close).
 
@@ -17,6 +17,8 @@ own resolution (a thumbnail or an inset cannot show detail it lost, and is not b
 the cells' mean colours are compared, not fitted (a flag of other colours has the same lightness
 structure); the alignment's stretch is kept (a thicker pen or a longer arrow lines up exactly
 once stretched); turned, flattened (fitted gain under MIN_GAIN) or plain comparisons do not align.
+Each pixel is compared with the best of its candidate's pixels one WORK pixel around it (edges a
+fraction of a pixel off are not differences), and a repeating pattern is not judged at all.
 """
 
 import contextlib
@@ -49,6 +51,10 @@ MAX_UPSCALE_ALLOWANCE = 3.0
 # band rule, not confirmed under the threshold).
 CLOSE_STRETCH = 1.1
 FRAME_EDGE = 2  # pixels of the WORK frame's edge left out of the comparison
+# Each query pixel is compared with the nearest match among the candidate's pixels this close
+# (one WORK pixel): an alignment a fraction of a pixel off, or resampled differently, lights up
+# every edge of a detailed copy, while a look-alike's different part stays different.
+NEAR_SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
 
 @dataclass(frozen=True, order=True)
@@ -64,12 +70,23 @@ class Residual:
     def for_its_detail(self) -> float:
         """The lightness residual over the detail the query could show: enlarged k times to be
         compared, a copy differs about k times as much (measured on thumbnails; k counted up to 3)."""
-        return self.lightness / min(self.upscale, MAX_UPSCALE_ALLOWANCE)
+        return self.lightness / self._allowance
+
+    @property
+    def colour_for_its_detail(self) -> float:
+        """The colour distance likewise: a small JPEG's colours are smeared over twice its pixels."""
+        return self.colour / self._allowance
+
+    @property
+    def _allowance(self) -> float:
+        return min(self.upscale, MAX_UPSCALE_ALLOWANCE)
 
     def is_close(self, residual: float, colour: float) -> bool:
         """Does the query agree closely with the candidate: for its detail, in colour, in shape?
         (A thinner bar, a longer arrow: stretched, a look-alike drawing lines up exactly.)"""
-        return self.for_its_detail <= residual and self.colour <= colour and self.stretch <= CLOSE_STRETCH
+        return (
+            self.for_its_detail <= residual and self.colour_for_its_detail <= colour and self.stretch <= CLOSE_STRETCH
+        )
 
 
 NOT_ALIGNED = Residual(NO_ALIGNMENT, NO_ALIGNMENT)
@@ -90,10 +107,11 @@ def picture_of(reference_bytes: bytes) -> Image.Image:
 
 def residual(query: Image.Image, reference_bytes: bytes) -> Residual | None:
     """The query's residual against a stored reference for its best alignment (lower lightness:
-    more surely the same picture); None when the reference has too little structure to tell."""
+    more surely the same picture); None when the reference has too little structure to tell, or
+    repeats itself."""
     candidate = picture_of(reference_bytes)
     candidate_grey = _grey(candidate, REFERENCE_SIDE)
-    if candidate_grey.std() < MIN_STRUCTURE:
+    if candidate_grey.std() < MIN_STRUCTURE or alignment.repeats(candidate_grey, WORK):
         return None
     candidate_points = alignment.keypoints(candidate_grey)
     candidate_lab = _lab(candidate, WORK)
@@ -127,11 +145,11 @@ def _by_keypoints(query, query_grey, candidate_grey, candidate_points, candidate
     height, width = candidate_lab.shape[:2]
     scale = width / candidate_grey.shape[1]
     to_work = (np.diag([scale, scale, 1.0]) @ np.vstack([transform, [0, 0, 1]]))[:2]
-    query_lab = _lab(query, QUERY_SIDE)
+    upscale = float(np.sqrt(abs(np.linalg.det(to_work[:, :2]))))  # candidate pixels per query pixel
+    query_lab, to_work = alignment.shrunk_for(_lab(query, QUERY_SIDE), to_work, upscale)
     warped = cv2.warpAffine(query_lab, to_work, (width, height), flags=cv2.INTER_LINEAR)
     inside = np.full(query_lab.shape[:2], 255, np.uint8)
     valid = cv2.warpAffine(inside, to_work, (width, height), flags=cv2.INTER_NEAREST) > 0
-    upscale = float(np.sqrt(abs(np.linalg.det(to_work[:, :2]))))  # candidate pixels per query pixel
     found = _worst_block(warped, _at_resolution(candidate_lab, upscale, upscale), _inner(valid))
     return replace(found, upscale=max(upscale, 1.0), stretch=alignment.stretch(to_work))
 
@@ -199,7 +217,9 @@ def _worst_block(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) ->
     if abs(gain) < MIN_GAIN:
         return NOT_ALIGNED
     contrast = abs(gain) * max(float(candidate_l[valid].std()), 8.0)
-    lightness = _cell_means(np.abs(query_l - (gain * candidate_l + offset)) / contrast, valid)
+    fitted = gain * candidate_l + offset
+    difference = np.min([np.abs(query_l - np.roll(fitted, shift, (0, 1))) for shift in NEAR_SHIFTS], axis=0)
+    lightness = _cell_means(difference / contrast, valid)
     colour = np.linalg.norm(_cell_means(query[..., 1:] - candidate[..., 1:], valid), axis=-1)
     if not len(lightness):
         return NOT_ALIGNED
