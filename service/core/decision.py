@@ -18,6 +18,8 @@ tools/evaluate.py scores with, so a change to a rule is measured by the benchmar
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -42,8 +44,8 @@ def setting(default, help: str):  # noqa: A002 - argparse's word
 @dataclass(frozen=True)
 class Policy:
     """A rule and its parameters. The defaults are the service's, chosen on the catalogue benchmark
-    (docs/quality.md): the margin over the nearest other picture, verified (0.47, less 0.1 x the
-    residual) for precision at catalogue scale and confirmed by a close alignment from 0.25, region
+    (docs/quality.md): the margin over the nearest other picture, verified (0.47, less 0.15 x the
+    residual) for precision at catalogue scale and confirmed by a close alignment from 0.15, region
     search off (verified, it keeps precision, but costs 7.6x the views for 2 points of recall)."""
 
     rule: str = setting("margin", "the decision rule (docs/quality.md compares them)")
@@ -60,26 +62,26 @@ class Policy:
         "the margin skips them and they share the nearest's decision (above 1: never)",
     )
     verification_weight: float = setting(
-        0.1,
+        0.15,
         "a score under the threshold + weight x verification_cap is verified: the candidate's stored reference "
         "aligned to the query, score - weight x min(residual, cap) must reach the threshold (0: off; references "
         "are stored at enrolment while it is on)",
     )
-    verification_cap: float = setting(3.0, "the largest residual verification counts")
+    verification_cap: float = setting(1.33, "the largest residual verification counts")
     verification_reach: float = setting(
-        0.22,
+        0.32,
         "a score this far under the threshold is verified too, and is a duplicate only when the aligned pictures "
         "agree closely: residual at most --verified-residual and colour difference at most --verified-colour "
         "(0: not verified)",
     )
-    verified_residual: float = setting(0.1, "the largest residual of a duplicate found under the threshold")
+    verified_residual: float = setting(0.08, "the largest residual of a duplicate found under the threshold")
     verified_colour: float = setting(5.0, "the largest colour difference of a duplicate found under the threshold")
     pair_twin_similarity: float = setting(
         0.8,
         "enrolled images at least this similar to the nearest (and under --twin-similarity) are its twins when "
         "verification finds them the same picture (residual at most --pair-twin-residual)",
     )
-    pair_twin_residual: float = setting(0.15, "the largest residual of two enrolled images that are twins")
+    pair_twin_residual: float = setting(0.08, "the largest residual of two enrolled images that are twins")
     region_threshold: float = setting(
         0.0,
         "least score of the best region of a query that matched nothing as a whole (copies inside larger "
@@ -186,3 +188,11 @@ def radius(policy: Policy, threshold: float) -> float:
     if policy.rule == "clamped":
         return min(max(threshold, policy.clamp_min), policy.clamp_max)
     return threshold
+
+
+def similarities_to_first(features: list[np.ndarray]) -> list[float]:
+    """Cosine similarity of each unit feature to the first."""
+    if not features:
+        return []
+    stacked = np.asarray(features, dtype=np.float32)
+    return (stacked @ stacked[0]).tolist()

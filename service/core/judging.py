@@ -1,12 +1,11 @@
 """Judging a feature's nearest records: which of them is the query a near-duplicate of?
 
 In order: each collection's candidates are decided by its own rule (decision.py), the margin's
-"other picture" skipping the nearest one's twins, which are the enrolled images at cosine
->= --twin-similarity to it or, from --pair-twin-similarity, those verification finds the same
-picture; then a duplicate whose score is not far above its threshold is verified against the
-candidate's stored reference (media/verification.py): score - weight x min(residual, cap) must
-still reach the threshold; then the caller's "not a duplicate" memory overrides what it covers.
-Check (checking.py) and FindDuplicates (grouping.py) both judge this way.
+"other picture" skipping the nearest one's twins (at cosine >= --twin-similarity, or from
+--pair-twin-similarity verified the same picture); a duplicate not far above its threshold is
+verified against the candidate's stored reference (media/verification.py), and a score within
+reach under it is confirmed by a close match or not; then the caller's "not a duplicate" memory
+overrides what it covers. Check (checking.py) and FindDuplicates (grouping.py) judge this way.
 """
 
 import collections
@@ -17,19 +16,19 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image
 
-from service.core.decision import Candidate, Decision, Policy, decide, threshold_of, with_rule
+from service.core.decision import Candidate, Decision, Policy, decide, similarities_to_first, threshold_of, with_rule
 from service.media import verification
 from service.storage.collections import settings as collection_settings
 from service.storage.dismissals import Dismissals
 from service.storage.records import Record
 from service.storage.store import Store
 
-# The residual assumed when verification cannot tell: a record with no stored reference (enrolled
-# while verification was off, or another front service's on Milvus) or one with too little
-# structure to align to. With the default weight such a duplicate needs the score the service
-# asked for before verification existed (0.47 + 0.1 x 0.8 = 0.55).
+# The residual assumed when verification cannot tell (no stored reference: enrolled while it was
+# off, or another front service's on Milvus; too little structure; a repeating pattern). By
+# default such a duplicate needs 0.47 + 0.15 x 0.8 = 0.59 (0.55 before verification existed).
 UNVERIFIABLE_RESIDUAL = 0.8
 PAIR_CACHE = 50_000  # enrolled pairs whose twin verdict is remembered
+CONFIRMED_TWINS = 2  # twins of the nearest verified when the nearest itself is not a close match
 
 
 @dataclass(frozen=True)
@@ -125,18 +124,24 @@ class Judge:
         return replace(search, decision=decision, residual=residual)
 
     def confirmed(self, search: Search, query: Callable[[], Image.Image | None]) -> Search:
-        """The search's nearest candidate (and that one's twins) as the duplicates if the query,
-        aligned to it, agrees closely (Residual.is_close: --verified-residual for the detail the
-        query shows, --verified-colour, its shape), whatever the score; else no duplicate."""
+        """The nearest candidate and its twins as the duplicates if the query agrees closely
+        (Residual.is_close) with it, whatever the score; failing that, the first of its next
+        CONFIRMED_TWINS twins that does (the nearest may be the picture enrolled small, or a
+        look-alike the descriptor took for a twin) alone; else no duplicate."""
         record, score = search.nearest[search.deciding][0], search.scores[search.deciding]
-        found = self._residual(query, record)
-        policy = self.policy
-        close = found is not None and found.is_close(policy.verified_residual, policy.verified_colour)
-        each = [  # the candidates of its collection its score covers: it and its twins
-            close and other.collection == record.collection and own >= score
+        covered = [  # it and its twins: the candidates of its collection its score covers
+            other.collection == record.collection and own >= score
             for (other, _), own in zip(search.nearest, search.scores, strict=True)
         ]
-        decision = replace(search.decision, is_duplicate=any(each), each=each)
+        tried = [position for position, mine in enumerate(covered) if mine][: 1 + CONFIRMED_TWINS]
+        policy, found = self.policy, None
+        for position in tried:
+            found = self._residual(query, search.nearest[position][0])
+            if found is not None and found.is_close(policy.verified_residual, policy.verified_colour):
+                each = covered if position == tried[0] else [other == position for other in range(len(covered))]
+                return replace(search, decision=replace(search.decision, is_duplicate=True, each=each),
+                               residual=found.lightness)  # fmt: skip
+        decision = replace(search.decision, is_duplicate=False, each=[False] * len(covered))
         return replace(search, decision=decision, residual=found.lightness if found is not None else None)
 
     def _residual(self, query: Callable[[], Image.Image | None], record: Record) -> verification.Residual | None:
@@ -161,7 +166,7 @@ class Judge:
                 return self._pairs[pair]
         first, second = self.reference(nearest), self.reference(other)
         found = verification.residual(verification.picture_of(first), second) if first and second else None
-        same = found is not None and found.lightness <= self.policy.pair_twin_residual
+        same = found is not None and found.is_close(self.policy.pair_twin_residual, self.policy.verified_colour)
         with self._pairs_lock:
             self._pairs[pair] = same
             if len(self._pairs) > PAIR_CACHE:
@@ -239,11 +244,3 @@ def _verified_twins(policy: Policy, records: list[Record], similarities: list[fl
             break  # the margin's other picture: the rest do not change the score
         flags[position] = True
     return flags
-
-
-def similarities_to_first(features: list[np.ndarray]) -> list[float]:
-    """Cosine similarity of each unit feature to the first."""
-    if not features:
-        return []
-    stacked = np.asarray(features, dtype=np.float32)
-    return (stacked @ stacked[0]).tolist()
