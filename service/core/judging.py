@@ -139,8 +139,8 @@ class Judge:
             found = self._residual(query, search.nearest[position][0])
             if found is not None and found.is_close(policy.verified_residual, policy.verified_colour):
                 each = covered if position == tried[0] else [other == position for other in range(len(covered))]
-                return replace(search, decision=replace(search.decision, is_duplicate=True, each=each),
-                               residual=found.lightness)  # fmt: skip
+                decision = replace(search.decision, is_duplicate=True, each=each)
+                return replace(search, decision=decision, residual=found.lightness)
         decision = replace(search.decision, is_duplicate=False, each=[False] * len(covered))
         return replace(search, decision=decision, residual=found.lightness if found is not None else None)
 
