@@ -24,9 +24,10 @@ from service.storage.records import Record
 from service.storage.store import Store
 
 # The residual assumed when verification cannot tell (no stored reference: enrolled while it was
-# off, or another front service's on Milvus; too little structure; a repeating pattern). By
-# default such a duplicate needs 0.47 + 0.15 x 0.8 = 0.59 (0.55 before verification existed).
-UNVERIFIABLE_RESIDUAL = 0.8
+# off, or another front service's on Milvus; too little structure; a repeating pattern). With the
+# default weight such a duplicate needs the score asked before verification existed: 0.47 + 0.15 x
+# 0.53 = 0.55.
+UNVERIFIABLE_RESIDUAL = 0.53
 PAIR_CACHE = 50_000  # enrolled pairs whose twin verdict is remembered
 CONFIRMED_TWINS = 2  # twins of the nearest verified when the nearest itself is not a close match
 
