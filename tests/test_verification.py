@@ -216,7 +216,7 @@ def test_verification_keeps_a_copy_and_refuses_a_look_alike_in_its_band(store):
     enrol(store, "three", enrolled, clock(3))
     enrol(store, "far", other, clock(7).rotate(90))
     judge = Judge(store, Policy())
-    query = mixed(enrolled, unit(3), 0.53)  # a margin score of ~0.53: inside the band [0.47, 0.77)
+    query = mixed(enrolled, unit(3), 0.53)  # a margin score of ~0.53: inside the band [0.47, 0.67)
     nearest = neighbours(store, query, ["three", "far"])
     copy = judge.judge(query, nearest, 0.0, lambda: jpeg(clock(3).resize((200, 200))))
     assert copy.decision.is_duplicate and copy.residual < 0.5

@@ -23,11 +23,10 @@ from service.storage.dismissals import Dismissals
 from service.storage.records import Record
 from service.storage.store import Store
 
-# The residual assumed when verification cannot tell (no stored reference: enrolled while it was
-# off, or another front service's on Milvus; too little structure; a repeating pattern). With the
-# default weight such a duplicate needs the score asked before verification existed: 0.47 + 0.15 x
-# 0.53 = 0.55.
-UNVERIFIABLE_RESIDUAL = 0.53
+# How far over its threshold a duplicate must score when verification cannot tell (no stored
+# reference: enrolled while it was off, or another front service's on Milvus; too little
+# structure; a repeating pattern): the margin's 0.55 before verification existed, whatever the weight.
+UNVERIFIABLE_MARGIN = 0.08
 PAIR_CACHE = 50_000  # enrolled pairs whose twin verdict is remembered
 CONFIRMED_TWINS = 2  # twins of the nearest verified when the nearest itself is not a close match
 
@@ -113,8 +112,7 @@ class Judge:
         if score >= threshold + weight * cap:
             return search  # no residual could take it under the threshold
         found = self._residual(query, record)
-        residual = UNVERIFIABLE_RESIDUAL if found is None else found.lightness
-        verified = score - weight * min(residual, cap)
+        verified = score - (UNVERIFIABLE_MARGIN if found is None else weight * min(found.lightness, cap))
         each = search.decision.each
         if verified < threshold:  # not a duplicate in this collection after all
             each = [
@@ -122,7 +120,7 @@ class Judge:
                 for duplicate, (other, _) in zip(each, search.nearest, strict=True)
             ]
         decision = replace(search.decision, is_duplicate=any(each), score=verified, each=each)
-        return replace(search, decision=decision, residual=residual)
+        return replace(search, decision=decision, residual=found.lightness if found is not None else None)
 
     def confirmed(self, search: Search, query: Callable[[], Image.Image | None]) -> Search:
         """The nearest candidate and its twins as the duplicates if the query agrees closely
