@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from service.core import judging
 from service.core.decision import Policy
 from service.core.judging import Judge
-from service.media import alignment, verification
+from service.media import alignment, cells, verification
 from service.storage.records import Enrolment
 from service.storage.store import Store
 from tests.conftest import IMAGES
@@ -116,6 +116,28 @@ def test_a_squeezed_copy_is_near_but_not_close():
     assert not squeezed.is_close(Policy().verified_residual, Policy().verified_colour)
     copy = verification.residual(jpeg(clock(3), 80), reference)
     assert copy.stretch < 1.05 and copy.is_close(Policy().verified_residual, Policy().verified_colour)
+
+
+def stickered(image: Image.Image, left: int, top: int, side: int = 40) -> Image.Image:
+    """A smiley sticker pasted on the picture, as the benchmark's `sticker` family does."""
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((left, top, left + side, top + side), fill=(250, 200, 0), outline=(20, 20, 20), width=3)
+    for eye in (0.25, 0.6):
+        draw.ellipse((left + side * eye, top + side * 0.3, left + side * (eye + 0.15), top + side * 0.45), fill="black")
+    return image
+
+
+@pytest.mark.parametrize("corner", [(8, 8), (250, 8), (10, 250), (250, 250)])
+def test_a_sticker_on_a_plain_part_is_left_out(corner, monkeypatch):
+    """An overlay adds structure where the picture had little and takes none away elsewhere: the
+    few cells (of 64) it covers in a corner are left out, and the copy is close. Counted, they do
+    not let it be."""
+    query, reference = jpeg(stickered(clock(3), *corner), 85), verification.reference(clock(3))
+    policy = Policy()
+    assert verification.residual(query, reference).is_close(policy.verified_residual, policy.verified_colour)
+    monkeypatch.setattr(cells, "OVERLAY_CELLS", 0)
+    assert not verification.residual(query, reference).is_close(policy.verified_residual, policy.verified_colour)
 
 
 def test_a_plain_query_does_not_align_to_a_drawing():

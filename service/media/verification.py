@@ -7,7 +7,8 @@ least one region that disagrees. The residual: align the query to the candidate'
 reference (a 256 px colour thumbnail, ~10 KB per record) by SIFT matches and a RANSAC similarity
 refined to affine, and by ECC on the trimmed pictures squashed square, each with the query and
 its mirror; fit brightness and contrast on the lightness; the residual is the worst cell of an
-8 x 8 grid of |difference| / the candidate's contrast, for the best alignment. Copies (re-encoded,
+8 x 8 grid of |difference| / the candidate's contrast, for the best alignment, leaving out the
+few cells an overlay explains (media/cells.py). Copies (re-encoded,
 cropped, bordered, rotated) score ~0.02-0.1; look-alikes 0.6 and more. docs/quality.md has the
 measurements; the Judge (core/judging.py) uses it as score - weight x min(residual, cap) near
 the threshold, and under it asks for a close match (Residual.is_close).
@@ -29,20 +30,13 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from service.media import alignment
+from service.media import alignment, cells
 
 REFERENCE_SIDE = 256
 REFERENCE_QUALITY = 90
 QUERY_SIDE = 384
 WORK = 128  # the side residuals are computed at
-GRID = 8
 NO_ALIGNMENT = 9.0  # the residual when nothing aligns
-# A reference whose lightness varies less than this (std, of 255) has too little structure to
-# align a query to: a faint pattern, a near-plain picture. Verification cannot judge it.
-MIN_STRUCTURE = 8.0
-# The query's lightness fitted as gain x the candidate's + offset: under this gain the query has
-# lost the candidate's structure (a plain picture fits any candidate with gain 0).
-MIN_GAIN = 0.2
 # A candidate is compared at the query's resolution when the query is upscaled more than this.
 RESOLUTION_SLACK = 1.25
 # A query enlarged k times to be compared is allowed a k times larger residual, k up to this.
@@ -51,15 +45,11 @@ MAX_UPSCALE_ALLOWANCE = 3.0
 # band rule, not confirmed under the threshold).
 CLOSE_STRETCH = 1.1
 FRAME_EDGE = 2  # pixels of the WORK frame's edge left out of the comparison
-# Each query pixel is compared with the nearest match among the candidate's pixels this close
-# (one WORK pixel): an alignment a fraction of a pixel off, or resampled differently, lights up
-# every edge of a detailed copy, while a look-alike's different part stays different.
-NEAR_SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
 
 @dataclass(frozen=True, order=True)
 class Residual:
-    """How the aligned query differs from the candidate, in its worst cell of an 8 x 8 grid."""
+    """How the aligned query differs from the candidate, in its worst counted cell (media/cells.py)."""
 
     lightness: float  # mean |difference| / the candidate's contrast, after fitting gain and offset
     colour: float  # distance of the mean colours (CIELAB a*b*, 0-255 scale), not fitted: recolourings show
@@ -111,7 +101,7 @@ def residual(query: Image.Image, reference_bytes: bytes) -> Residual | None:
     repeats itself."""
     candidate = picture_of(reference_bytes)
     candidate_grey = _grey(candidate, REFERENCE_SIDE)
-    if candidate_grey.std() < MIN_STRUCTURE or alignment.repeats(candidate_grey, WORK):
+    if candidate_grey.std() < cells.MIN_STRUCTURE or alignment.repeats(candidate_grey, WORK):
         return None
     candidate_points = alignment.keypoints(candidate_grey)
     candidate_lab = _lab(candidate, WORK)
@@ -150,7 +140,7 @@ def _by_keypoints(query, query_grey, candidate_grey, candidate_points, candidate
     warped = cv2.warpAffine(query_lab, to_work, (width, height), flags=cv2.INTER_LINEAR)
     inside = np.full(query_lab.shape[:2], 255, np.uint8)
     valid = cv2.warpAffine(inside, to_work, (width, height), flags=cv2.INTER_NEAREST) > 0
-    found = _worst_block(warped, _at_resolution(candidate_lab, upscale, upscale), _inner(valid))
+    found = _compared(warped, _at_resolution(candidate_lab, upscale, upscale), _inner(valid))
     return replace(found, upscale=max(upscale, 1.0), stretch=alignment.stretch(to_work))
 
 
@@ -179,7 +169,7 @@ def _by_ecc(query, candidate_lab) -> Residual:
         np.diag([query_width, query_height]) @ transform[:, :2] @ np.diag([1 / candidate_width, 1 / candidate_height])
     )
     upscale = float(1 / np.sqrt(abs(np.linalg.det(to_query)) + 1e-12))
-    found = _worst_block(warped, squashed[1], _inner(valid))
+    found = _compared(warped, squashed[1], _inner(valid))
     return replace(found, upscale=max(upscale, 1.0), stretch=alignment.stretch(to_query))
 
 
@@ -202,38 +192,6 @@ def _inner(valid: np.ndarray) -> np.ndarray:
     return inner
 
 
-def _worst_block(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> Residual:
-    """The worst grid cells: of |query lightness - (gain x candidate's + offset)| / its contrast,
-    and of the distance between the cell's mean colours (a*b*: a recolouring moves it, an edge
-    a pixel off does not)."""
-    if valid.sum() < 200:
-        return NOT_ALIGNED
-    query, candidate = cv2.GaussianBlur(query, (0, 0), 1.0), cv2.GaussianBlur(candidate, (0, 0), 1.0)
-    query_l, candidate_l = query[..., 0], candidate[..., 0]
-    if candidate_l[valid].std() < MIN_STRUCTURE:  # the part compared is plain: anything fits it
-        return NOT_ALIGNED
-    design = np.stack([candidate_l[valid], np.ones(int(valid.sum()), np.float32)], 1)
-    (gain, offset), *_ = np.linalg.lstsq(design, query_l[valid], rcond=None)
-    if abs(gain) < MIN_GAIN:
-        return NOT_ALIGNED
-    contrast = abs(gain) * max(float(candidate_l[valid].std()), 8.0)
-    fitted = gain * candidate_l + offset
-    difference = np.min([np.abs(query_l - np.roll(fitted, shift, (0, 1))) for shift in NEAR_SHIFTS], axis=0)
-    lightness = _cell_means(difference / contrast, valid)
-    colour = np.linalg.norm(_cell_means(query[..., 1:] - candidate[..., 1:], valid), axis=-1)
-    if not len(lightness):
-        return NOT_ALIGNED
-    return Residual(float(lightness.max()), float(colour.max()))
-
-
-def _cell_means(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """The means of `values` (per pixel, of any depth) over the grid cells mostly inside `valid`."""
-    height, width = valid.shape
-    rows, columns = np.linspace(0, height, GRID + 1).astype(int), np.linspace(0, width, GRID + 1).astype(int)
-    means = []
-    for i in range(GRID):
-        for j in range(GRID):
-            inside = valid[rows[i] : rows[i + 1], columns[j] : columns[j + 1]]
-            if inside.size and inside.mean() >= 0.7:
-                means.append(values[rows[i] : rows[i + 1], columns[j] : columns[j + 1]][inside].mean(axis=0))
-    return np.array(means)
+def _compared(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> Residual:
+    found = cells.worst(query, candidate, valid)
+    return NOT_ALIGNED if found is None else Residual(*found)

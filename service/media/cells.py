@@ -1,0 +1,94 @@
+"""Comparing a query aligned onto a candidate, cell by cell (media/verification.py aligns them).
+
+Per pixel: |query lightness - (gain x candidate's + offset)| / the candidate's contrast, gain and
+offset fitted, each query pixel against the best of the candidate's pixels one pixel around it.
+Per cell of a GRID x GRID grid: the mean of that, and the distance of the cells' mean colours
+(a*b*, not fitted: a recolouring shows). The comparison's residual is its worst cell.
+
+An overlay (a caption, a sticker) adds structure where the picture had less: up to OVERLAY_CELLS
+of the worst cells are left out while the query shows OVERLAY_STRUCTURE times the candidate's
+structure there. A look-alike's different part (another pose, another emblem) is as busy in both
+pictures and is counted; and where a part moved, it also took structure away (the candidate shows
+OVERLAY_STRUCTURE times the query's) in a cell that differs by LOST_RESIDUAL or more, which an
+overlay does not do: then no cell is left out.
+"""
+
+import cv2
+import numpy as np
+
+GRID = 8
+# A picture whose lightness varies less than this (std, of 255) has too little structure to align
+# to: a faint pattern, a near-plain picture. Nothing can be judged on it.
+MIN_STRUCTURE = 8.0
+# The query's lightness fitted as gain x the candidate's + offset: under this gain the query has
+# lost the candidate's structure (a plain picture fits any candidate with gain 0).
+MIN_GAIN = 0.2
+# Each query pixel is compared with the nearest match among the candidate's pixels this close: an
+# alignment a fraction of a pixel off, or resampled differently, lights up every edge of a detailed
+# copy, while a look-alike's different part stays different.
+NEAR_SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+# Overlays: at most this many cells left out (3 of 64: a sticker, a word), where the query's
+# structure (lightness std over its picture's) is at least OVERLAY_STRUCTURE times the candidate's
+# and at least OVERLAY_LEAST (measured on the catalogue benchmark: docs/quality.md).
+OVERLAY_CELLS = 3
+OVERLAY_STRUCTURE = 2.0
+OVERLAY_LEAST = 0.25
+LOST_RESIDUAL = 0.5
+
+
+def worst(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> tuple[float, float] | None:
+    """The worst counted cell's lightness and colour residuals of two aligned Lab pictures over
+    the `valid` pixels; None when they cannot be compared (too little overlap, a plain part, a
+    flattened query)."""
+    if valid.sum() < 200:
+        return None
+    query, candidate = cv2.GaussianBlur(query, (0, 0), 1.0), cv2.GaussianBlur(candidate, (0, 0), 1.0)
+    query_l, candidate_l = query[..., 0], candidate[..., 0]
+    if candidate_l[valid].std() < MIN_STRUCTURE:  # the part compared is plain: anything fits it
+        return None
+    design = np.stack([candidate_l[valid], np.ones(int(valid.sum()), np.float32)], 1)
+    (gain, offset), *_ = np.linalg.lstsq(design, query_l[valid], rcond=None)
+    if abs(gain) < MIN_GAIN:
+        return None
+    contrast = abs(gain) * max(float(candidate_l[valid].std()), 8.0)
+    fitted = gain * candidate_l + offset
+    difference = np.min([np.abs(query_l - np.roll(fitted, shift, (0, 1))) for shift in NEAR_SHIFTS], axis=0)
+    lightness = _per_cell(difference / contrast, valid, np.mean)
+    if not len(lightness):
+        return None
+    colour = np.linalg.norm(_per_cell(query[..., 1:] - candidate[..., 1:], valid, np.mean), axis=-1)
+    counted = _without_overlays(lightness, _structure(query_l, valid), _structure(candidate_l, valid))
+    return float(lightness[counted].max()), float(colour[counted].max())
+
+
+def _structure(lightness: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Each cell's lightness std over the whole picture's (at least 8 of 255)."""
+    return _per_cell(lightness, valid, np.std) / max(float(lightness[valid].std()), 8.0)
+
+
+def _without_overlays(lightness: np.ndarray, query_structure: np.ndarray, candidate_structure: np.ndarray):
+    """Which cells count: all but the worst ones an overlay explains (see the module's docstring)."""
+    counted = np.ones(len(lightness), bool)
+    lost = candidate_structure >= np.maximum(OVERLAY_STRUCTURE * query_structure, OVERLAY_LEAST)
+    if (lost & (lightness >= LOST_RESIDUAL)).any():
+        return counted
+    for cell in np.argsort(-lightness)[:OVERLAY_CELLS]:
+        added = query_structure[cell] >= max(OVERLAY_STRUCTURE * candidate_structure[cell], OVERLAY_LEAST)
+        if not added or counted.sum() == 1:
+            break
+        counted[cell] = False
+    return counted
+
+
+def _per_cell(values: np.ndarray, valid: np.ndarray, reduce) -> np.ndarray:
+    """`reduce` (np.mean, np.std) of `values` (per pixel, of any depth) over each grid cell's valid
+    pixels, for the cells mostly inside `valid`, row by row."""
+    height, width = valid.shape
+    rows, columns = np.linspace(0, height, GRID + 1).astype(int), np.linspace(0, width, GRID + 1).astype(int)
+    found = []
+    for i in range(GRID):
+        for j in range(GRID):
+            inside = valid[rows[i] : rows[i + 1], columns[j] : columns[j + 1]]
+            if inside.size and inside.mean() >= 0.7:
+                found.append(reduce(values[rows[i] : rows[i + 1], columns[j] : columns[j + 1]][inside], axis=0))
+    return np.array(found)
