@@ -111,8 +111,8 @@ class Judge:
             return self.confirmed(search, query) if score >= threshold - policy.verification_reach else search
         if score >= threshold + weight * cap:
             return search  # no residual could take it under the threshold
-        found = self._residual(query, record)
-        verified = score - (UNVERIFIABLE_MARGIN if found is None else weight * min(found.lightness, cap))
+        found = self._residual(query, record)  # the score says duplicate: an overlay is forgiven
+        verified = score - (UNVERIFIABLE_MARGIN if found is None else weight * min(found.beside_overlays, cap))
         each = search.decision.each
         if verified < threshold:  # not a duplicate in this collection after all
             each = [
@@ -120,7 +120,7 @@ class Judge:
                 for duplicate, (other, _) in zip(each, search.nearest, strict=True)
             ]
         decision = replace(search.decision, is_duplicate=any(each), score=verified, each=each)
-        return replace(search, decision=decision, residual=found.lightness if found is not None else None)
+        return replace(search, decision=decision, residual=found.beside_overlays if found is not None else None)
 
     def confirmed(self, search: Search, query: Callable[[], Image.Image | None]) -> Search:
         """The nearest candidate and its twins as the duplicates if the query agrees closely

@@ -5,12 +5,14 @@ offset fitted, each query pixel against the best of the candidate's pixels one p
 Per cell of a GRID x GRID grid: the mean of that, and the distance of the cells' mean colours
 (a*b*, not fitted: a recolouring shows). The comparison's residual is its worst cell.
 
-An overlay (a caption, a sticker) adds structure where the picture had less: up to OVERLAY_CELLS
-of the worst cells are left out while the query shows OVERLAY_STRUCTURE times the candidate's
-structure there. A look-alike's different part (another pose, another emblem) is as busy in both
-pictures and is counted; and where a part moved, it also took structure away (the candidate shows
-OVERLAY_STRUCTURE times the query's) in a cell that differs by LOST_RESIDUAL or more, which an
-overlay does not do: then no cell is left out.
+Beside overlays: an overlay (a caption, a sticker) adds structure where the picture had less, and
+the worst cell leaving out up to OVERLAY_CELLS of the worst, where the query shows OVERLAY_STRUCTURE
+times the candidate's structure, is its residual beside them. A look-alike's different part
+(another pose, another emblem) is as busy in both pictures and is counted; where a part moved, it
+also took structure away (the candidate shows OVERLAY_STRUCTURE times the query's) in a cell that
+differs by LOST_RESIDUAL or more, which an overlay does not do: then no cell is left out. A part
+only added (a clock's second hand) cannot be told from an overlay: the Judge forgives overlays
+only where the score already says duplicate.
 """
 
 import cv2
@@ -36,10 +38,10 @@ OVERLAY_LEAST = 0.25
 LOST_RESIDUAL = 0.5
 
 
-def worst(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> tuple[float, float] | None:
-    """The worst counted cell's lightness and colour residuals of two aligned Lab pictures over
-    the `valid` pixels; None when they cannot be compared (too little overlap, a plain part, a
-    flattened query)."""
+def worst(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> tuple[float, float, float] | None:
+    """The worst cell's lightness and colour residuals of two aligned Lab pictures over the `valid`
+    pixels, and the lightness one beside overlays; None when they cannot be compared (too little
+    overlap, a plain part, a flattened query)."""
     if valid.sum() < 200:
         return None
     query, candidate = cv2.GaussianBlur(query, (0, 0), 1.0), cv2.GaussianBlur(candidate, (0, 0), 1.0)
@@ -57,8 +59,8 @@ def worst(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> tuple[
     if not len(lightness):
         return None
     colour = np.linalg.norm(_per_cell(query[..., 1:] - candidate[..., 1:], valid, np.mean), axis=-1)
-    counted = _without_overlays(lightness, _structure(query_l, valid), _structure(candidate_l, valid))
-    return float(lightness[counted].max()), float(colour[counted].max())
+    counted = _beside_overlays(lightness, _structure(query_l, valid), _structure(candidate_l, valid))
+    return float(lightness.max()), float(colour.max()), float(lightness[counted].max())
 
 
 def _structure(lightness: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -66,8 +68,8 @@ def _structure(lightness: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return _per_cell(lightness, valid, np.std) / max(float(lightness[valid].std()), 8.0)
 
 
-def _without_overlays(lightness: np.ndarray, query_structure: np.ndarray, candidate_structure: np.ndarray):
-    """Which cells count: all but the worst ones an overlay explains (see the module's docstring)."""
+def _beside_overlays(lightness: np.ndarray, query_structure: np.ndarray, candidate_structure: np.ndarray):
+    """Which cells count beside overlays: all but the worst ones an overlay explains."""
     counted = np.ones(len(lightness), bool)
     lost = candidate_structure >= np.maximum(OVERLAY_STRUCTURE * query_structure, OVERLAY_LEAST)
     if (lost & (lightness >= LOST_RESIDUAL)).any():

@@ -7,8 +7,8 @@ least one region that disagrees. The residual: align the query to the candidate'
 reference (a 256 px colour thumbnail, ~10 KB per record) by SIFT matches and a RANSAC similarity
 refined to affine, and by ECC on the trimmed pictures squashed square, each with the query and
 its mirror; fit brightness and contrast on the lightness; the residual is the worst cell of an
-8 x 8 grid of |difference| / the candidate's contrast, for the best alignment, leaving out the
-few cells an overlay explains (media/cells.py). Copies (re-encoded,
+8 x 8 grid of |difference| / the candidate's contrast, for the best alignment (media/cells.py),
+and beside the few cells an overlay explains. Copies (re-encoded,
 cropped, bordered, rotated) score ~0.02-0.1; look-alikes 0.6 and more. docs/quality.md has the
 measurements; the Judge (core/judging.py) uses it as score - weight x min(residual, cap) near
 the threshold, and under it asks for a close match (Residual.is_close).
@@ -24,7 +24,7 @@ fraction of a pixel off are not differences), and a repeating pattern is not jud
 
 import contextlib
 import io
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -49,12 +49,14 @@ FRAME_EDGE = 2  # pixels of the WORK frame's edge left out of the comparison
 
 @dataclass(frozen=True, order=True)
 class Residual:
-    """How the aligned query differs from the candidate, in its worst counted cell (media/cells.py)."""
+    """How the aligned query differs from the candidate, in its worst cell (media/cells.py)."""
 
     lightness: float  # mean |difference| / the candidate's contrast, after fitting gain and offset
     colour: float  # distance of the mean colours (CIELAB a*b*, 0-255 scale), not fitted: recolourings show
     upscale: float = 1.0  # candidate pixels per query pixel, at least 1: a small query shows less detail
     stretch: float = 1.0  # how much the alignment changes the aspect (1: not at all)
+    # The lightness residual leaving out the few cells an overlay (text, a sticker) explains.
+    beside_overlays: float = field(default=NO_ALIGNMENT, compare=False)
 
     @property
     def for_its_detail(self) -> float:
@@ -194,4 +196,7 @@ def _inner(valid: np.ndarray) -> np.ndarray:
 
 def _compared(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> Residual:
     found = cells.worst(query, candidate, valid)
-    return NOT_ALIGNED if found is None else Residual(*found)
+    if found is None:
+        return NOT_ALIGNED
+    lightness, colour, beside_overlays = found
+    return Residual(lightness, colour, beside_overlays=beside_overlays)
