@@ -1,7 +1,6 @@
-"""Detection as real catalogues need it, through the service with its default settings (and region
-search turned on, which is off by default): pictures enrolled twice, copies inside other
-pictures (and a picture that is not enrolled, inside the same host), thumbnails, near-blank
-images."""
+"""Detection as real catalogues need it, through the service with its default settings: pictures
+enrolled twice, copies inside other pictures (and a picture that is not enrolled, inside the same
+host), thumbnails, near-blank images."""
 
 import io
 
@@ -36,7 +35,7 @@ def png(image: Image.Image) -> bytes:
 
 @pytest.fixture(scope="module")
 def stub(tmp_path_factory):
-    service = RunningService(tmp_path_factory.mktemp("detection") / "data", "--region-threshold", "0.2")
+    service = RunningService(tmp_path_factory.mktemp("detection") / "data")
     service.wait_serving()
     items = [("falcon/original.jpg", image_bytes(PICTURE)), ("falcon/re-upload.jpg", reencoded(image_bytes(PICTURE)))]
     items += [(name, image_bytes(name)) for name in OTHERS]

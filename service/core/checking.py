@@ -6,7 +6,8 @@ decision is judged (core/judging.py: each collection's rule, verification, the "
 memory), with the geometric check overriding borderline scores when it is on.
 A query that is not a duplicate as a whole is searched again by regions (a cascade: the extra
 views are paid only when the whole image found nothing), so that a copy shown inside a larger
-picture is found; a region needs its own, higher score.
+picture is found: the boxes pasted on it (media/insets.py), and a grid of 13 with --region-grid;
+a region needs its own, higher score, and a close alignment of the whole query.
 """
 
 import asyncio
@@ -22,7 +23,7 @@ from service.core.decision import Candidate, Policy, decide, is_borderline
 from service.core.judging import Judge, Match, Search
 from service.media import geometry
 from service.media.imaging import is_low_information
-from service.media.preprocess import REGIONS, Box, Preprocessor
+from service.media.preprocess import Box, Preprocessor
 from service.storage.background import Background
 from service.storage.records import Record
 from service.storage.store import Store
@@ -113,7 +114,8 @@ class Checker:
             if inliers >= geometry.MIN_INLIERS:
                 each = [True, *each[1:]]
         result = replace(result, matches=whole.matches(each, inliers)[:top_k], is_duplicate=any(each))
-        if result.is_duplicate or not self.policy.region_threshold or not whole.nearest:
+        searches_regions = self.policy.region_threshold and self.policy.verification_weight  # regions are confirmed
+        if result.is_duplicate or not searches_regions or not whole.nearest:
             return result
         return await self._search_regions(image, top_k, timeout_s, result, search, picture)
 
@@ -129,7 +131,9 @@ class Checker:
         """The cascade's second stage: each region embedded and searched; the nearest records of
         the best regions (from the region threshold, REGION_CANDIDATES of them) are verified
         against the whole query, and the first confirmed decides."""
-        canvases = await asyncio.to_thread(self.preprocessor.regions, image)
+        boxes, canvases = await asyncio.to_thread(self.preprocessor.regions, image, self.policy.region_grid)
+        if not boxes:
+            return whole
         descriptors = await self.hasher.hash(canvases, [1] * len(canvases), timeout_s())
         searches = await asyncio.to_thread(
             lambda: [search(d.feature, top_k, whole.background_similarity) for d in descriptors]
@@ -149,7 +153,7 @@ class Checker:
             if confirmed.decision.is_duplicate:
                 return CheckResult(
                     True, False, confirmed.matches(confirmed.decision.each)[:top_k], confirmed.decision.score,
-                    whole.background_similarity, whole.index_generation, region=REGIONS[region],
+                    whole.background_similarity, whole.index_generation, region=boxes[region],
                     region_score=best_score, views=views, rule=confirmed.rule, residual=confirmed.residual,
                 )  # fmt: skip
         return replace(whole, region_score=best_score, views=views)

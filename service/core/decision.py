@@ -83,10 +83,11 @@ class Policy:
     )
     pair_twin_residual: float = setting(0.08, "the largest residual of two enrolled images that are twins")
     region_threshold: float = setting(
-        0.0,
-        "least score of the best region of a query that matched nothing as a whole (copies inside larger "
-        "pictures; 0: regions are not searched)",
+        0.2,
+        "least score of the best region of a query that matched nothing as a whole, among the boxes pasted on it "
+        "(and --region-grid's): copies inside larger pictures (0: regions are not searched)",
     )
+    region_grid: bool = setting(False, "also search 13 regions on a grid (13 more views per Check that found nothing)")
     dismissal_similarity: float = setting(
         0.85,
         "a query at least this similar to a picture dismissed against a key (Dismiss) is not its duplicate",

@@ -1,16 +1,15 @@
 """What the front service makes of a caller's image bytes: the canvas for Triton, the canvases of
-its regions (for copies shown inside a larger picture), and the ORB keypoints or the full-size
-picture for the geometric check."""
+its regions (for copies shown inside a larger picture: the boxes pasted on it, and a grid when
+asked), and the ORB keypoints or the full-size picture for the geometric check."""
 
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from service.media import geometry, verification
+from service.media import geometry, insets, verification
 from service.media.imaging import DecodeBudget, Limits, decode, decode_canvas, to_canvas
-
-Box = tuple[float, float, float, float]  # left, top, width, height: fractions of the picture's sides
+from service.media.insets import Box
 
 
 def grid(side: float, steps: int) -> list[Box]:
@@ -19,8 +18,8 @@ def grid(side: float, steps: int) -> list[Box]:
     return [(left, top, side, side) for top in offsets for left in offsets]
 
 
-# The regions a Check searches when the whole image matched nothing: half the side on a 3 x 3
-# grid and 70 % of it at the corners (docs/quality.md measures the choice).
+# The grid of regions a Check also searches with --region-grid when the whole image matched
+# nothing: half the side on a 3 x 3 grid and 70 % of it at the corners (docs/quality.md).
 REGIONS: list[Box] = grid(0.5, 3) + grid(0.7, 2)
 # Regions are cut from the picture decoded at this multiple of the canvas, so that a region
 # keeps its own pixels instead of an upscaled part of the canvas.
@@ -57,17 +56,20 @@ class Preprocessor:
         """The image at the side verification compares queries at."""
         return decode(data, verification.QUERY_SIDE, self.limits, self.budget)
 
-    def regions(self, data: bytes) -> np.ndarray:
-        """The canvases of REGIONS, stacked [len(REGIONS), canvas, canvas, 3]."""
+    def regions(self, data: bytes, with_grid: bool) -> tuple[list[Box], np.ndarray]:
+        """The boxes pasted on the picture (media/insets.py), then REGIONS if `with_grid`, and their
+        canvases stacked [boxes, canvas, canvas, 3]."""
         picture = decode(data, self.canvas_size * REGION_DECODE_SCALE, self.limits, self.budget)
+        boxes = insets.boxes(picture) + (REGIONS if with_grid else [])
         width, height = picture.size
         crops = [
             picture.crop(
                 (round(left * width), round(top * height), round((left + w) * width), round((top + h) * height))
             )
-            for left, top, w, h in REGIONS
+            for left, top, w, h in boxes
         ]
-        return np.stack([to_canvas(crop, self.canvas_size) for crop in crops])
+        canvases = [to_canvas(crop, self.canvas_size) for crop in crops]
+        return boxes, np.stack(canvases) if canvases else np.zeros((0, self.canvas_size, self.canvas_size, 3), np.uint8)
 
     def picture(self, data: bytes) -> Image.Image:
         """The image at the side the geometric check works at."""
