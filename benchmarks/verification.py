@@ -1,10 +1,12 @@
-"""What verification costs per pair, and what a record stores for it.
+"""What verification costs per pair, what a record stores for it, and what the region stage's box
+search costs beside it.
 
   python benchmarks/verification.py [--images DIR] [--pairs 150]
 
 For dev images, each checked against its own reference under a few transforms (re-encoded,
 resized, cropped, mirrored) and against another image's: the time of one residual
-(media/verification.py, single-threaded), and the reference's size.
+(media/verification.py, single-threaded), and the reference's size; and the boxes pasted on each
+original looked for (media/insets.py) at the side the region stage decodes (twice the canvas).
 """
 
 import argparse
@@ -21,7 +23,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench import DEFAULT_IMAGES  # noqa: E402
-from service.media import verification  # noqa: E402
+from service.media import insets, verification  # noqa: E402
+from service.media.preprocess import REGION_DECODE_SCALE  # noqa: E402
+from service.triton.contract import canvas_size  # noqa: E402
 
 TRANSFORMS = {
     "re-encoded": lambda image: _jpeg(image, 30),
@@ -45,10 +49,15 @@ def main() -> None:
     cv2.setNumThreads(1)
     files = sorted(arguments.images.glob("*.jpg"))
     rng = random.Random(0)
-    times, sizes, copies, others = [], [], [], []
+    times, sizes, copies, others, box_times = [], [], [], [], []
     for _ in range(arguments.pairs):
         original, other = (Image.open(path).convert("RGB") for path in rng.sample(files, 2))
         original.thumbnail((1024, 1024))
+        decoded = original.copy()
+        decoded.thumbnail((canvas_size(224) * REGION_DECODE_SCALE,) * 2)  # the default input side
+        started = time.perf_counter()
+        insets.boxes(decoded)
+        box_times.append(time.perf_counter() - started)
         reference = verification.reference(original)
         sizes.append(len(reference))
         query = TRANSFORMS[rng.choice(list(TRANSFORMS))](original)
@@ -60,6 +69,11 @@ def main() -> None:
         others.append(verification.residual(other, reference))
     ms = 1000 * np.array(times)
     print(f"residual of one pair: median {np.median(ms):.1f} ms, p90 {np.percentile(ms, 90):.1f} ms (one thread)")
+    box_ms = 1000 * np.array(box_times)
+    print(
+        f"boxes looked for in one picture: median {np.median(box_ms):.1f} ms, p90 {np.percentile(box_ms, 90):.1f} ms"
+        f" ({np.median(box_ms) / np.median(ms):.2f}x a residual)"
+    )
     print(f"reference per record: median {np.median(sizes) / 1024:.1f} KiB, max {max(sizes) / 1024:.1f} KiB")
     known = [value.lightness for value in copies if value is not None]
     unrelated = [value.lightness for value in others if value is not None]

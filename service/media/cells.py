@@ -5,14 +5,14 @@ offset fitted, each query pixel against the best of the candidate's pixels one p
 Per cell of a GRID x GRID grid: the mean of that, and the distance of the cells' mean colours
 (a*b*, not fitted: a recolouring shows). The comparison's residual is its worst cell.
 
-Beside overlays: an overlay (a caption, a sticker) adds structure where the picture had less, and
-the worst cell leaving out up to OVERLAY_CELLS of the worst, where the query shows OVERLAY_STRUCTURE
-times the candidate's structure, is its residual beside them. A look-alike's different part
-(another pose, another emblem) is as busy in both pictures and is counted; where a part moved, it
-also took structure away (the candidate shows OVERLAY_STRUCTURE times the query's) in a cell that
-differs by LOST_RESIDUAL or more, which an overlay does not do: then no cell is left out. A part
-only added (a clock's second hand) cannot be told from an overlay: the Judge forgives overlays
-only where the score already says duplicate.
+Beside overlays: a caption or a sticker adds structure where the picture had less. The residual
+beside overlays leaves out up to OVERLAY_CELLS of the worst cells, as long as the query shows
+OVERLAY_STRUCTURE times the candidate's structure there. A look-alike's different part (another
+pose, another emblem) is as busy in both pictures and stays counted; where a part moved, it also
+took structure away elsewhere (the candidate OVERLAY_STRUCTURE times as busy as the query, in a
+cell differing by LOST_RESIDUAL or more), which an overlay does not do, and then no cell is left
+out. A part only added (another hand on a clock) cannot be told from an overlay: the Judge
+forgives overlays only where the score already says duplicate.
 """
 
 import cv2
@@ -35,7 +35,7 @@ NEAR_SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 OVERLAY_CELLS = 3
 OVERLAY_STRUCTURE = 2.0
 OVERLAY_LEAST = 0.25
-LOST_RESIDUAL = 0.5
+LOST_RESIDUAL = 0.5  # a cell where the query lost the candidate's structure and differs this much
 
 
 def worst(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> tuple[float, float, float] | None:

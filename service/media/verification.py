@@ -7,11 +7,11 @@ least one region that disagrees. The residual: align the query to the candidate'
 reference (a 256 px colour thumbnail, ~10 KB per record) by SIFT matches and a RANSAC similarity
 refined to affine, and by ECC on the trimmed pictures squashed square, each with the query and
 its mirror; fit brightness and contrast on the lightness; the residual is the worst cell of an
-8 x 8 grid of |difference| / the candidate's contrast, for the best alignment (media/cells.py),
-and beside the few cells an overlay explains. Copies (re-encoded,
-cropped, bordered, rotated) score ~0.02-0.1; look-alikes 0.6 and more. docs/quality.md has the
-measurements; the Judge (core/judging.py) uses it as score - weight x min(residual, cap) near
-the threshold, and under it asks for a close match (Residual.is_close).
+8 x 8 grid of |difference| / the candidate's contrast, for the best alignment, and beside the few
+cells an overlay explains (media/cells.py). Copies (re-encoded, cropped, bordered, rotated) score
+~0.02-0.1; look-alikes 0.6 and more. docs/quality.md has the measurements; the Judge
+(core/judging.py) uses the residual beside overlays as score - weight x min(residual, cap) near
+the threshold, and under it asks for a close match everywhere (Residual.is_close).
 
 What makes a low residual trustworthy that far down: the candidate is compared at the query's
 own resolution (a thumbnail or an inset cannot show detail it lost, and is not blamed for it);
