@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from service.core.decision import Candidate, Policy, decide, is_borderline
+from service.core.decision import Candidate, Policy, decide, is_borderline, threshold_of
 from service.core.judging import Judge, Match, Search
 from service.media import geometry
 from service.media.imaging import is_low_information
@@ -129,8 +129,10 @@ class Checker:
         picture: Callable[[], Image.Image],
     ) -> CheckResult:
         """The cascade's second stage: each region embedded and searched; the nearest records of
-        the best regions (from the region threshold, REGION_CANDIDATES of them) are verified
-        against the whole query, and the first confirmed decides."""
+        the best regions (REGION_CANDIDATES of them, scoring at least the region threshold) are
+        verified against the whole query, and the first confirmed decides. A collection with its
+        own threshold asks its regions for as much less than it as the service's region threshold
+        is under the service's threshold."""
         boxes, canvases = await asyncio.to_thread(self.preprocessor.regions, image, self.policy.region_grid)
         if not boxes:
             return whole
@@ -140,13 +142,14 @@ class Checker:
         )
         ranked = sorted(range(len(searches)), key=lambda i: -searches[i].decision.score)
         views, best_score = whole.views + len(canvases), searches[ranked[0]].decision.score
+        policy_of, reach = self.judge.policies(), threshold_of(self.policy) - self.policy.region_threshold
         tried: set[bytes] = set()
         for region in ranked:
             found = searches[region]
-            record = found.nearest[found.deciding][0] if found.nearest else None
-            if found.decision.score < self.policy.region_threshold or len(tried) == REGION_CANDIDATES:
+            if not found.nearest or len(tried) == REGION_CANDIDATES:
                 break
-            if record is None or record.sha256 in tried:
+            record = found.nearest[found.deciding][0]
+            if found.decision.score < threshold_of(policy_of(record.collection)) - reach or record.sha256 in tried:
                 continue
             tried.add(record.sha256)
             confirmed = await asyncio.to_thread(self.judge.confirmed, found, picture)
