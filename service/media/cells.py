@@ -55,17 +55,19 @@ def worst(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> tuple[
     contrast = abs(gain) * max(float(candidate_l[valid].std()), 8.0)
     fitted = gain * candidate_l + offset
     difference = np.min([np.abs(query_l - np.roll(fitted, shift, (0, 1))) for shift in NEAR_SHIFTS], axis=0)
-    lightness = _per_cell(difference / contrast, valid, np.mean)
+    lightness = _per_cell(difference / contrast, valid)
     if not len(lightness):
         return None
-    colour = np.linalg.norm(_per_cell(query[..., 1:] - candidate[..., 1:], valid, np.mean), axis=-1)
+    colour = np.linalg.norm(_per_cell(query[..., 1:] - candidate[..., 1:], valid), axis=-1)
     counted = _beside_overlays(lightness, _structure(query_l, valid), _structure(candidate_l, valid))
     return float(lightness.max()), float(colour.max()), float(lightness[counted].max())
 
 
 def _structure(lightness: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Each cell's lightness std over the whole picture's (at least 8 of 255)."""
-    return _per_cell(lightness, valid, np.std) / max(float(lightness[valid].std()), 8.0)
+    values = lightness.astype(np.float64)
+    spread = np.sqrt(np.maximum(_per_cell(values**2, valid) - _per_cell(values, valid) ** 2, 0.0))
+    return spread / max(float(lightness[valid].std()), 8.0)
 
 
 def _beside_overlays(lightness: np.ndarray, query_structure: np.ndarray, candidate_structure: np.ndarray):
@@ -82,15 +84,20 @@ def _beside_overlays(lightness: np.ndarray, query_structure: np.ndarray, candida
     return counted
 
 
-def _per_cell(values: np.ndarray, valid: np.ndarray, reduce) -> np.ndarray:
-    """`reduce` (np.mean, np.std) of `values` (per pixel, of any depth) over each grid cell's valid
-    pixels, for the cells mostly inside `valid`, row by row."""
+def _per_cell(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The mean of `values` (per pixel, of any depth) over each grid cell's valid pixels, for the
+    cells mostly inside `valid`, row by row."""
     height, width = valid.shape
     rows, columns = np.linspace(0, height, GRID + 1).astype(int), np.linspace(0, width, GRID + 1).astype(int)
-    found = []
-    for i in range(GRID):
-        for j in range(GRID):
-            inside = valid[rows[i] : rows[i + 1], columns[j] : columns[j + 1]]
-            if inside.size and inside.mean() >= 0.7:
-                found.append(reduce(values[rows[i] : rows[i + 1], columns[j] : columns[j + 1]][inside], axis=0))
-    return np.array(found)
+    area = np.outer(np.diff(rows), np.diff(columns))
+    weight = valid.astype(np.float64)
+    count = _sums(weight, rows[:-1], columns[:-1])
+    kept = (area > 0) & (count >= 0.7 * area)  # an empty cell (a side under GRID) is never kept
+    weighted = values * (weight if values.ndim == 2 else weight[..., None])
+    sums = _sums(weighted, rows[:-1], columns[:-1])[kept]
+    return sums / (count[kept] if values.ndim == 2 else count[kept][:, None])
+
+
+def _sums(values: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Sums over the cells starting at `rows` x `columns`."""
+    return np.add.reduceat(np.add.reduceat(values, rows, axis=0), columns, axis=1)
