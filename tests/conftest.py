@@ -15,6 +15,13 @@ def image_bytes(name: str) -> bytes:
     return (IMAGES / name).read_bytes()
 
 
+def picture(name: str):
+    """A committed test image, decoded to RGB."""
+    from PIL import Image
+
+    return Image.open(IMAGES / name).convert("RGB")
+
+
 @pytest.fixture(scope="session")
 def service(tmp_path_factory):
     """One service for the session, with a small request limit so the limit can be tested."""

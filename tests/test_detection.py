@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
-from tests.conftest import RunningService, encode_jpeg, image_bytes, reencoded
+from tests.conftest import RunningService, encode_jpeg, image_bytes, picture, reencoded
 
 PICTURE = "portrait-portraits-monsters-falcon.jpg"
 OTHERS = [
@@ -21,10 +21,6 @@ OTHERS = [
 ]
 HOST = "gnome-truchet.jpg"  # never enrolled
 NOT_ENROLLED = "portrait-portraits-goblins-direwolver.jpg"
-
-
-def picture(name: str) -> Image.Image:
-    return Image.open(io.BytesIO(image_bytes(name))).convert("RGB")
 
 
 def png(image: Image.Image) -> bytes:

@@ -9,15 +9,11 @@ from PIL import Image, ImageOps
 from service.media import insets
 from service.media.imaging import Limits
 from service.media.preprocess import REGIONS, Preprocessor
-from tests.conftest import encode_jpeg, image_bytes
+from tests.conftest import encode_jpeg, picture
 from tests.test_verification import clock
 
 HOST = "gnome-truchet.jpg"
 SHOWN = "stamp-animals-mammals-deer-caribou.jpg"
-
-
-def picture(name: str) -> Image.Image:
-    return Image.open(io.BytesIO(image_bytes(name))).convert("RGB")
 
 
 def pasted(canvas: Image.Image, shown: Image.Image, left: int, top: int, side: int) -> tuple[Image.Image, tuple]:
