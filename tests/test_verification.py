@@ -295,6 +295,29 @@ def test_a_score_within_reach_under_the_threshold_needs_a_close_alignment(store)
     assert not unverified.decision.is_duplicate and unverified.residual is None
 
 
+def test_the_nearer_the_threshold_the_less_closely_a_copy_must_agree(store):
+    """A blurred copy (residual ~0.13: more than --verified-residual, less than the 0.2 allowed at the
+    threshold) is confirmed near the threshold, and just above it where the band's score alone
+    would refuse it, but not far under it; a look-alike is refused everywhere."""
+    from PIL import ImageFilter
+
+    enrolled, other = unit(40), unit(41)
+    enrol(store, "three", enrolled, clock(3))
+    enrol(store, "far", other, clock(7).rotate(90))
+    judge, policy = Judge(store, Policy()), Policy()
+    blurred = clock(3).filter(ImageFilter.GaussianBlur(2.5))
+    found = verification.residual(blurred, verification.reference(clock(3)))
+    assert policy.verified_residual < found.lightness < policy.verified_residual_at_threshold - 0.03
+    for cosine, confirmed in ((0.33, False), (0.46, True), (0.5, True)):
+        query = mixed(enrolled, unit(42), cosine)
+        nearest = neighbours(store, query, ["three", "far"])
+        score = judge.judge(query, nearest, 0.0).decision.score
+        copy = judge.judge(query, nearest, 0.0, lambda: blurred)
+        assert copy.decision.is_duplicate == confirmed, (score, copy.residual)
+        assert not judge.judge(query, nearest, 0.0, lambda: clock(11)).decision.is_duplicate
+    assert score - policy.verification_weight * found.beside_overlays < policy.margin_threshold <= score
+
+
 def test_nothing_enrolled_is_nothing_to_verify(store):
     """An empty index: no candidate, no duplicate, no verification (a Check before any Enroll)."""
     empty = Judge(store, Policy()).judge(unit(30), [], 0.0, lambda: clock(3))

@@ -152,7 +152,7 @@ class Checker:
             if found.decision.score < threshold_of(policy_of(record.collection)) - reach or record.sha256 in tried:
                 continue
             tried.add(record.sha256)
-            confirmed = await asyncio.to_thread(self.judge.confirmed, found, picture)
+            confirmed = await asyncio.to_thread(self.judge.confirmed, found, picture, self.policy.verified_residual)
             if confirmed.decision.is_duplicate:
                 return CheckResult(
                     True, False, confirmed.matches(confirmed.decision.each)[:top_k], confirmed.decision.score,

@@ -76,6 +76,11 @@ class Policy:
         "(0: not verified)",
     )
     verified_residual: float = setting(0.08, "the largest residual of a duplicate found under the threshold")
+    verified_residual_at_threshold: float = setting(
+        0.2,
+        "the largest residual of a close match grows from --verified-residual by one per unit of score up to this "
+        "at the threshold (and in the band above it): the more the descriptors agree, the less the alignment must",
+    )
     verified_colour: float = setting(5.0, "the largest colour difference of a duplicate found under the threshold")
     pair_twin_similarity: float = setting(
         0.8,
@@ -104,6 +109,11 @@ class Policy:
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise ValueError(f"unknown decision rule {self.rule!r}; one of {', '.join(RULES)}")
+
+    def close_residual(self, score: float, threshold: float) -> float:
+        """The largest residual of a close match for a query scoring `score` against a `threshold`."""
+        grown = self.verified_residual_at_threshold - max(threshold - score, 0.0)
+        return max(self.verified_residual, grown)
 
 
 @dataclass(frozen=True)

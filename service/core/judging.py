@@ -100,21 +100,23 @@ class Judge:
         return self._without_dismissed(feature, search)
 
     def _verified(self, search: Search, query: Callable[[], Image.Image | None], policy_of) -> Search:
-        """A duplicate near its threshold must survive its residual; a score within reach under
-        the threshold is confirmed or not."""
+        """A duplicate near its threshold must survive its residual or agree closely; a score within
+        reach under the threshold is confirmed or not (Policy.close_residual: how closely)."""
         if not search.nearest:
             return search
         policy, record = self.policy, search.nearest[search.deciding][0]
         threshold, score = threshold_of(policy_of(record.collection)), search.scores[search.deciding]
         weight, cap = policy.verification_weight, policy.verification_cap
+        close = policy.close_residual(score, threshold)
         if not search.decision.is_duplicate:
-            return self.confirmed(search, query) if score >= threshold - policy.verification_reach else search
+            return self.confirmed(search, query, close) if score >= threshold - policy.verification_reach else search
         if score >= threshold + weight * cap:
             return search  # no residual could take it under the threshold
         found = self._residual(query, record)  # the score says duplicate: an overlay is forgiven
         verified = score - (UNVERIFIABLE_MARGIN if found is None else weight * min(found.beside_overlays, cap))
         each = search.decision.each
-        if verified < threshold:  # not a duplicate in this collection after all
+        agrees = found is not None and found.is_close(close, policy.verified_colour)  # as confirmed under it
+        if verified < threshold and not agrees:  # not a duplicate in this collection after all
             each = [
                 duplicate and other.collection != record.collection
                 for duplicate, (other, _) in zip(each, search.nearest, strict=True)
@@ -122,11 +124,11 @@ class Judge:
         decision = replace(search.decision, is_duplicate=any(each), score=verified, each=each)
         return replace(search, decision=decision, residual=found.beside_overlays if found is not None else None)
 
-    def confirmed(self, search: Search, query: Callable[[], Image.Image | None]) -> Search:
+    def confirmed(self, search: Search, query: Callable[[], Image.Image | None], close: float) -> Search:
         """The nearest candidate and its twins as the duplicates if the query agrees closely
-        (Residual.is_close) with it, whatever the score; failing that, the first of its next
-        CONFIRMED_TWINS twins that does (the nearest may be the picture enrolled small, or a
-        look-alike the descriptor took for a twin) alone; else no duplicate."""
+        (Residual.is_close, a residual up to `close`) with it, whatever the score; failing that, the
+        first of its next CONFIRMED_TWINS twins that does (the nearest may be the picture enrolled
+        small, or a look-alike the descriptor took for a twin) alone; else no duplicate."""
         record, score = search.nearest[search.deciding][0], search.scores[search.deciding]
         covered = [  # it and its twins: the candidates of its collection its score covers
             other.collection == record.collection and own >= score
@@ -136,7 +138,7 @@ class Judge:
         policy, found = self.policy, None
         for position in tried:
             found = self._residual(query, search.nearest[position][0])
-            if found is not None and found.is_close(policy.verified_residual, policy.verified_colour):
+            if found is not None and found.is_close(close, policy.verified_colour):
                 each = covered if position == tried[0] else [other == position for other in range(len(covered))]
                 decision = replace(search.decision, is_duplicate=True, each=each)
                 return replace(search, decision=decision, residual=found.lightness)
