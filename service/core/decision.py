@@ -46,8 +46,9 @@ class Policy:
     """A rule and its parameters. The defaults are the service's, chosen on the catalogue benchmark
     (docs/quality.md): the margin over the nearest other picture, verified (0.47, less 0.15 x the
     residual beside overlays) for precision at catalogue scale and confirmed by a close alignment
-    from 0.15; regions searched where boxes are pasted on the query (1.6 views per Check for 2.7x
-    the insets), the grid off (13 more views)."""
+    from 0.15 (a residual up to 0.08, rising with the score to 0.2 at the threshold); regions
+    searched where boxes are pasted on the query (1.6 views per Check for 2.7x the insets), the
+    grid off (13 more views)."""
 
     rule: str = setting("margin", "the decision rule (docs/quality.md compares them)")
     global_threshold: float = setting(0.75, "global rule: least cosine similarity of the nearest image")
