@@ -9,12 +9,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from service.core import judging
 from service.core.decision import Policy
 from service.core.judging import Judge
-from service.media import alignment, cells, verification
+from service.media import alignment, cells, overlays, verification
 from service.storage.records import Enrolment
 from service.storage.store import Store
 from tests.conftest import IMAGES
@@ -138,7 +138,31 @@ def test_a_sticker_on_a_plain_part_is_left_out_beside_overlays(corner, monkeypat
     assert found.beside_overlays < policy.verified_residual
     assert not found.is_close(policy.verified_residual, policy.verified_colour)
     monkeypatch.setattr(cells, "OVERLAY_CELLS", 0)
+    monkeypatch.setattr(overlays, "MOST_COVERED", 0.0)  # nor by its colours (below)
     assert verification.residual(query, reference).beside_overlays == found.lightness > policy.verified_residual
+
+
+def captioned(image: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
+    """A caption of two lines across the picture, outlined in black, as the benchmark's `text` family."""
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=34)
+    for top, words in ((60, "BREAKING NEWS"), (170, "WOW LOL")):
+        draw.text((12, top), words, font=font, fill=colour, stroke_width=2, stroke_fill=(0, 0, 0))
+    return image
+
+
+def test_a_caption_in_its_own_colours_is_left_out_beside_overlays(monkeypatch):
+    """A caption over busy parts of the picture (the structure rule cannot tell it) is painted in a
+    colour the picture has nowhere: beside those pixels the copy is close. In the picture's own
+    ink (the black of its ticks) it could be a look-alike's different part, and it stays counted."""
+    reference = verification.reference(clock(3))
+    foreign = verification.residual(jpeg(captioned(clock(3), (40, 230, 60)), 85), reference)
+    own_inks = verification.residual(jpeg(captioned(clock(3), (0, 0, 0)), 85), reference)
+    assert foreign.beside_overlays < 0.15 < 0.5 < foreign.lightness
+    assert own_inks.beside_overlays > 0.5
+    monkeypatch.setattr(overlays, "MOST_COVERED", 0.0)
+    assert verification.residual(jpeg(captioned(clock(3), (40, 230, 60)), 85), reference).beside_overlays > 0.5
 
 
 def test_a_plain_query_does_not_align_to_a_drawing():

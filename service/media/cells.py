@@ -11,12 +11,17 @@ OVERLAY_STRUCTURE times the candidate's structure there. A look-alike's differen
 pose, another emblem) is as busy in both pictures and stays counted; where a part moved, it also
 took structure away elsewhere (the candidate OVERLAY_STRUCTURE times as busy as the query, in a
 cell differing by LOST_RESIDUAL or more), which an overlay does not do, and then no cell is left
-out. A part only added (another hand on a clock) cannot be told from an overlay: the Judge
-forgives overlays only where the score already says duplicate.
+out. An overlay over busy parts is recognised by its colours instead (media/overlays.py: colours
+the candidate has nowhere): the residual beside overlays is also taken beside those pixels, with
+gain and offset fitted again without them, and the smaller of the two counts. A part only added
+(another hand on a clock) cannot be told from an overlay: the Judge forgives overlays only where
+the score already says duplicate.
 """
 
 import cv2
 import numpy as np
+
+from service.media import overlays
 
 GRID = 8
 # A picture whose lightness varies less than this (std, of 255) has too little structure to align
@@ -36,6 +41,7 @@ OVERLAY_CELLS = 3
 OVERLAY_STRUCTURE = 2.0
 OVERLAY_LEAST = 0.25
 LOST_RESIDUAL = 0.5  # a cell where the query lost the candidate's structure and differs this much
+FOREIGN_LEAST_CELLS = 20  # cells left beside an overlay's colours for its residual to count
 
 
 def worst(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> tuple[float, float, float] | None:
@@ -48,19 +54,44 @@ def worst(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> tuple[
     query_l, candidate_l = query[..., 0], candidate[..., 0]
     if candidate_l[valid].std() < MIN_STRUCTURE:  # the part compared is plain: anything fits it
         return None
-    design = np.stack([candidate_l[valid], np.ones(int(valid.sum()), np.float32)], 1)
-    (gain, offset), *_ = np.linalg.lstsq(design, query_l[valid], rcond=None)
-    if abs(gain) < MIN_GAIN:
+    fit = _fit(query_l, candidate_l, valid)
+    if fit is None:
         return None
-    contrast = abs(gain) * max(float(candidate_l[valid].std()), 8.0)
-    fitted = gain * candidate_l + offset
-    difference = np.min([np.abs(query_l - np.roll(fitted, shift, (0, 1))) for shift in NEAR_SHIFTS], axis=0)
-    lightness = _per_cell(difference / contrast, valid)
+    lightness = _lightness(query_l, candidate_l, valid, *fit)
     if not len(lightness):
         return None
     colour = np.linalg.norm(_per_cell(query[..., 1:] - candidate[..., 1:], valid), axis=-1)
     counted = _beside_overlays(lightness, _structure(query_l, valid), _structure(candidate_l, valid))
-    return float(lightness.max()), float(colour.max()), float(lightness[counted].max())
+    beside = min(float(lightness[counted].max()), _beside_foreign_colours(query, candidate, valid, fit))
+    return float(lightness.max()), float(colour.max()), beside
+
+
+def _fit(query_l: np.ndarray, candidate_l: np.ndarray, where: np.ndarray) -> tuple[float, float] | None:
+    """The query's lightness as gain x the candidate's + offset over `where`; None under MIN_GAIN."""
+    design = np.stack([candidate_l[where], np.ones(int(where.sum()), np.float32)], 1)
+    (gain, offset), *_ = np.linalg.lstsq(design, query_l[where], rcond=None)
+    return (float(gain), float(offset)) if abs(gain) >= MIN_GAIN else None
+
+
+def _lightness(query_l, candidate_l, where, gain: float, offset: float) -> np.ndarray:
+    """Each cell's mean |query - fitted candidate| / contrast over `where` (cells mostly inside it)."""
+    contrast = abs(gain) * max(float(candidate_l[where].std()), 8.0)
+    fitted = gain * candidate_l + offset
+    difference = np.min([np.abs(query_l - np.roll(fitted, shift, (0, 1))) for shift in NEAR_SHIFTS], axis=0)
+    return _per_cell(difference / contrast, where)
+
+
+def _beside_foreign_colours(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray, fit) -> float:
+    """The worst cell's lightness residual beside the pixels an overlay's own colours cover
+    (media/overlays.py), fitted again without them; inf when none are, or too few cells are left."""
+    query_l, candidate_l = query[..., 0], candidate[..., 0]
+    covered = overlays.covered(query, candidate, fit[0] * candidate_l + fit[1], valid)
+    if covered is None or (valid & ~covered).sum() < 200:
+        return float("inf")
+    kept = valid & ~covered
+    refit = _fit(query_l, candidate_l, kept)
+    lightness = _lightness(query_l, candidate_l, kept, *refit) if refit else []
+    return float(lightness.max()) if len(lightness) >= FOREIGN_LEAST_CELLS else float("inf")
 
 
 def _structure(lightness: np.ndarray, valid: np.ndarray) -> np.ndarray:
