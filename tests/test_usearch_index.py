@@ -85,6 +85,26 @@ def test_nearest_ranks_an_i8_snapshot_and_live_records_by_exact_distances_from_t
     assert [distance for _, distance in nearest] == pytest.approx(exact, abs=1e-6)
 
 
+def test_a_small_snapshot_is_searched_by_every_distance(store, tmp_path, monkeypatch):
+    """Up to EXACT_RECORDS, a snapshot's answers are the exact nearest even where its graph fails
+    (here made to fail: a search expanding one node); above it the graph is searched."""
+    index = following(store)
+    enroll(store, *[f"k{i}" for i in range(600)])
+    build_snapshot(store, tmp_path / "index", "f16", keep=2, progress=False)
+    assert SnapshotLoader(index, tmp_path / "index").load_if_new()
+    index.snapshot.expansion_search = 1
+    with store.read() as view:
+        stored = [(record.key, record.feature.astype(np.float32)) for record in view.records()]
+    queries = [unit(seed) for seed in range(1000, 1020)]
+
+    def exact(query):
+        return [key for key, _ in sorted(stored, key=lambda pair: float(np.linalg.norm(query - pair[1])))[:8]]
+
+    assert all([record.key for record, _ in index.nearest(query, 8)] == exact(query) for query in queries)
+    monkeypatch.setattr("service.storage.usearch_index.EXACT_RECORDS", 100)
+    assert any([record.key for record, _ in index.nearest(query, 8)] != exact(query) for query in queries)
+
+
 def test_deletions_since_the_snapshot_are_filtered_out_without_widening_every_search(store, tmp_path):
     index = following(store)
     enroll(store, *[f"k{i}" for i in range(400)])
@@ -152,7 +172,7 @@ def test_a_search_limited_to_large_collections_asks_the_graph_for_enough(store, 
     """The graph (approximate), asked for more while other collections crowd the answer: k
     records, all of the collections asked for, the copy's original first, in the snapshot and
     in the live part."""
-    monkeypatch.setattr("service.storage.usearch_index.EXACT_FILTER_RECORDS", 0)
+    monkeypatch.setattr("service.storage.usearch_index.EXACT_RECORDS", 0)
     index, vectors, placed = collections_index(store, tmp_path)
     rng = np.random.default_rng(7)
     for wanted in WANTED:

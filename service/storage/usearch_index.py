@@ -32,8 +32,10 @@ EXPANSION_SEARCH = 128
 SNAPSHOT_DTYPE = "i8"
 # A Check ranks this many more neighbours than it needs by their exact distances.
 EXTRA_CANDIDATES = 8
-# A search limited to collections holding at most this many records computes every distance.
-EXACT_FILTER_RECORDS = 5_000
+# A search over at most this many records (the whole snapshot, or the collections a search is
+# limited to) computes every distance: a fraction of a millisecond, and no neighbour the graph
+# fails to reach (two benchmark runs lost a picture enrolled under two keys that way).
+EXACT_RECORDS = 5_000
 
 
 def new_index(dtype: str) -> Index:
@@ -102,15 +104,17 @@ def search_where(
 
 
 def search_without(snapshot: Index, query: np.ndarray, k: int, removed: set[int]) -> list[int]:
-    """The k nearest ids in the snapshot that are not in `removed`."""
-    return search_where(snapshot, query, k, lambda key: key not in removed, k + min(len(removed), k))
+    """The k nearest ids in the snapshot that are not in `removed` (by every distance when it holds
+    at most EXACT_RECORDS)."""
+    first, exact = k + min(len(removed), k), len(snapshot) <= EXACT_RECORDS
+    return search_where(snapshot, query, k, lambda key: key not in removed, first, exact)
 
 
 class UsearchIndex:
     """The snapshot and the live changes since, searched as one (a VectorIndex). Thread-safe.
 
-    A search limited to some collections takes, when they hold at most EXACT_FILTER_RECORDS, the
-    exact distances to each of their vectors (a small collection in a large index would
+    A snapshot of at most EXACT_RECORDS is searched by every distance, and so is a search limited
+    to collections that hold at most that many (a small collection in a large index would
     otherwise need the graph to walk past most of it); larger ones search the graph, asking for
     more while other collections' ids crowd the answer (tests/test_usearch_index.py; recall and
     latency in docs/performance.md)."""
@@ -173,7 +177,7 @@ class UsearchIndex:
             if collections is not None:
                 wanted = self.collections.wanted(collections) if self.collections else np.zeros(0, np.uint16)
                 records_in, total = self._records_in(collections)
-                if records_in <= EXACT_FILTER_RECORDS:
+                if records_in <= EXACT_RECORDS:
                     return self._exact(query, k, self.collections.ids_in(wanted) if len(wanted) else [], removed)
                 # Ask the graph for as many as hold k of these collections' records on average, and a half more.
                 first = int(1.5 * k * total / records_in)
