@@ -86,9 +86,9 @@ def _beside_foreign_colours(query: np.ndarray, candidate: np.ndarray, valid: np.
     (media/overlays.py), fitted again without them; inf when none are, or too few cells are left."""
     query_l, candidate_l = query[..., 0], candidate[..., 0]
     covered = overlays.covered(query, candidate, fit[0] * candidate_l + fit[1], valid)
-    if covered is None or (valid & ~covered).sum() < 200:
+    kept = valid & ~covered if covered is not None else None
+    if kept is None or kept.sum() < 200:
         return float("inf")
-    kept = valid & ~covered
     refit = _fit(query_l, candidate_l, kept)
     lightness = _lightness(query_l, candidate_l, kept, *refit) if refit else []
     return float(lightness.max()) if len(lightness) >= FOREIGN_LEAST_CELLS else float("inf")
