@@ -12,8 +12,9 @@ pose, another emblem) is as busy in both pictures and stays counted; where a par
 took structure away elsewhere (the candidate OVERLAY_STRUCTURE times as busy as the query, in a
 cell differing by LOST_RESIDUAL or more), which an overlay does not do, and then no cell is left
 out. An overlay over busy parts is recognised by its colours instead (media/overlays.py: colours
-the candidate has nowhere): the residual beside overlays is also taken beside those pixels, with
-gain and offset fitted again without them, and the smaller of the two counts. A part only added
+the candidate has nowhere): for the best alignment (media/verification.py), the residual beside
+overlays is also taken beside those pixels, gain and offset fitted without them, and the smaller
+of the two counts. A part only added
 (another hand on a clock) cannot be told from an overlay: the Judge forgives overlays only where
 the score already says duplicate.
 """
@@ -62,8 +63,7 @@ def worst(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> tuple[
         return None
     colour = np.linalg.norm(_per_cell(query[..., 1:] - candidate[..., 1:], valid), axis=-1)
     counted = _beside_overlays(lightness, _structure(query_l, valid), _structure(candidate_l, valid))
-    beside = min(float(lightness[counted].max()), _beside_foreign_colours(query, candidate, valid, fit))
-    return float(lightness.max()), float(colour.max()), beside
+    return float(lightness.max()), float(colour.max()), float(lightness[counted].max())
 
 
 def _fit(query_l: np.ndarray, candidate_l: np.ndarray, where: np.ndarray) -> tuple[float, float] | None:
@@ -81,10 +81,15 @@ def _lightness(query_l, candidate_l, where, gain: float, offset: float) -> np.nd
     return _per_cell(difference / contrast, where)
 
 
-def _beside_foreign_colours(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray, fit) -> float:
-    """The worst cell's lightness residual beside the pixels an overlay's own colours cover
-    (media/overlays.py), fitted again without them; inf when none are, or too few cells are left."""
+def beside_foreign_colours(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> float:
+    """The worst cell's lightness residual of two aligned Lab pictures beside the pixels an
+    overlay's own colours cover (media/overlays.py), gain and offset fitted without them; inf when
+    none are, or too few cells are left."""
+    query, candidate = cv2.GaussianBlur(query, (0, 0), 1.0), cv2.GaussianBlur(candidate, (0, 0), 1.0)
     query_l, candidate_l = query[..., 0], candidate[..., 0]
+    fit = _fit(query_l, candidate_l, valid) if valid.sum() >= 200 else None
+    if fit is None:
+        return float("inf")
     covered = overlays.covered(query, candidate, fit[0] * candidate_l + fit[1], valid)
     kept = valid & ~covered if covered is not None else None
     if kept is None or kept.sum() < 200:

@@ -82,6 +82,7 @@ class Residual:
 
 
 NOT_ALIGNED = Residual(NO_ALIGNMENT, NO_ALIGNMENT)
+Aligned = tuple[np.ndarray, np.ndarray, np.ndarray] | None  # the query warped, the candidate, the valid pixels
 
 
 def reference(picture: Image.Image) -> bytes:
@@ -114,7 +115,11 @@ def residual(query: Image.Image, reference_bytes: bytes) -> Residual | None:
         grey = query_grey[:, ::-1].copy() if mirrored else query_grey
         found.append(_by_keypoints(shown, grey, candidate_grey, candidate_points, candidate_lab))
         found.append(_by_ecc(shown, candidate_lab))
-    return min(found)
+    best, aligned = min(found, key=lambda pair: pair[0])
+    if aligned is None:
+        return best
+    # An overlay's colours are looked for in the best alignment only: the rest are not used.
+    return replace(best, beside_overlays=min(best.beside_overlays, cells.beside_foreign_colours(*aligned)))
 
 
 def _grey(picture: Image.Image, side: int) -> np.ndarray:
@@ -129,11 +134,11 @@ def _lab(picture: Image.Image, side: int) -> np.ndarray:
     return cv2.cvtColor(np.asarray(small), cv2.COLOR_RGB2LAB).astype(np.float32)
 
 
-def _by_keypoints(query, query_grey, candidate_grey, candidate_points, candidate_lab) -> Residual:
+def _by_keypoints(query, query_grey, candidate_grey, candidate_points, candidate_lab) -> tuple[Residual, Aligned]:
     """Aligned by SIFT matches: the query's lightness warped onto the candidate's thumbnail."""
     transform = alignment.fit(alignment.keypoints(query_grey), candidate_points)
     if transform is None:
-        return NOT_ALIGNED
+        return NOT_ALIGNED, None
     height, width = candidate_lab.shape[:2]
     scale = width / candidate_grey.shape[1]
     to_work = (np.diag([scale, scale, 1.0]) @ np.vstack([transform, [0, 0, 1]]))[:2]
@@ -142,11 +147,12 @@ def _by_keypoints(query, query_grey, candidate_grey, candidate_points, candidate
     warped = cv2.warpAffine(query_lab, to_work, (width, height), flags=cv2.INTER_LINEAR)
     inside = np.full(query_lab.shape[:2], 255, np.uint8)
     valid = cv2.warpAffine(inside, to_work, (width, height), flags=cv2.INTER_NEAREST) > 0
-    found = _compared(warped, _at_resolution(candidate_lab, upscale, upscale), _inner(valid))
-    return replace(found, upscale=max(upscale, 1.0), stretch=alignment.stretch(to_work))
+    aligned = (warped, _at_resolution(candidate_lab, upscale, upscale), _inner(valid))
+    found = _compared(*aligned)
+    return replace(found, upscale=max(upscale, 1.0), stretch=alignment.stretch(to_work)), aligned
 
 
-def _by_ecc(query, candidate_lab) -> Residual:
+def _by_ecc(query, candidate_lab) -> tuple[Residual, Aligned]:
     """Aligned by ECC (affine) on both pictures trimmed of plain margins and squashed square."""
     query_lab = _lab(query, REFERENCE_SIDE)
     boxes = [alignment.trimmed(image[..., 0]) for image in (query_lab, candidate_lab)]
@@ -161,7 +167,7 @@ def _by_ecc(query, candidate_lab) -> Residual:
         _, transform = cv2.findTransformECC(squashed[1][..., 0], squashed[0][..., 0], transform,
                                             cv2.MOTION_AFFINE, criteria, None, 3)  # fmt: skip
     if not alignment.plausible(transform):
-        return NOT_ALIGNED
+        return NOT_ALIGNED, None
     inverse = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(squashed[0], transform, (WORK, WORK), flags=inverse)
     inside = np.full((WORK, WORK), 255, np.uint8)
@@ -171,8 +177,9 @@ def _by_ecc(query, candidate_lab) -> Residual:
         np.diag([query_width, query_height]) @ transform[:, :2] @ np.diag([1 / candidate_width, 1 / candidate_height])
     )
     upscale = float(1 / np.sqrt(abs(np.linalg.det(to_query)) + 1e-12))
-    found = _compared(warped, squashed[1], _inner(valid))
-    return replace(found, upscale=max(upscale, 1.0), stretch=alignment.stretch(to_query))
+    aligned = (warped, squashed[1], _inner(valid))
+    found = _compared(*aligned)
+    return replace(found, upscale=max(upscale, 1.0), stretch=alignment.stretch(to_query)), aligned
 
 
 def _at_resolution(lab: np.ndarray, x_upscale: float, y_upscale: float) -> np.ndarray:
