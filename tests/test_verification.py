@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 from service.core import judging
 from service.core.decision import Policy
@@ -83,6 +83,31 @@ def test_a_look_alike_has_a_high_residual(hour):
 def test_a_recolouring_shows_in_colour_not_in_lightness():
     found = verification.residual(recoloured_hand(clock(3)), verification.reference(clock(3)))
     assert found.lightness < 0.5 and found.colour > 10 * Policy().verified_colour
+
+
+def test_a_less_saturated_copy_fits_its_colours_by_one_gain(monkeypatch):
+    """Saturation scales every colour's chroma alike: one fitted gain explains it, while no gain
+    turns the red hand blue. Compared unfitted, the washed-out copy looks recoloured."""
+    reference, policy = verification.reference(clock(3)), Policy()
+    washed_out = jpeg(ImageEnhance.Color(clock(3)).enhance(0.35), 85)
+    assert verification.residual(washed_out, reference).colour < policy.verified_colour
+    assert verification.residual(recoloured_hand(clock(3)), reference).colour > 10 * policy.verified_colour
+    monkeypatch.setattr(cells, "CHROMA_GAINS", (1.0, 1.0))
+    assert verification.residual(washed_out, reference).colour > 3 * policy.verified_colour
+
+
+def test_a_grey_copy_is_compared_with_the_candidate_in_grey(monkeypatch):
+    """A grey copy has lost its colours and its lightness is the original's luma: compared with the
+    candidate made grey the same way it is as close as a re-encoded copy, and a grey look-alike is
+    not. Compared with the candidate in colour, the grey copy differs in colour and lightness."""
+    reference, policy = verification.reference(clock(3)), Policy()
+    grey_copy = jpeg(ImageOps.grayscale(clock(3)).convert("RGB"), 85)
+    assert verification.residual(grey_copy, reference).is_close(policy.verified_residual, policy.verified_colour)
+    grey_look_alike = jpeg(ImageOps.grayscale(clock(11)).convert("RGB"), 85)
+    assert verification.residual(grey_look_alike, reference).lightness > 0.8
+    monkeypatch.setattr(verification, "_has_no_colour", lambda picture: False)
+    in_colour = verification.residual(grey_copy, reference)
+    assert in_colour.colour > 3 * policy.verified_colour and in_colour.lightness > 3 * policy.verified_residual
 
 
 def thumbnail(image: Image.Image, side: int) -> Image.Image:

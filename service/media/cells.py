@@ -3,7 +3,8 @@
 Per pixel: |query lightness - (gain x candidate's + offset)| / the candidate's contrast, gain and
 offset fitted, each query pixel against the best of the candidate's pixels one pixel around it.
 Per cell of a GRID x GRID grid: the mean of that, and the distance of the cells' mean colours
-(a*b*, not fitted: a recolouring shows). The comparison's residual is its worst cell.
+(a*b*; where the hues agree, the candidate's chroma scaled by one fitted gain: a copy made more or
+less saturated fits, another hue shows). The comparison's residual is its worst cell.
 
 Beside overlays: a caption or a sticker adds structure where the picture had less. The residual
 beside overlays leaves out up to OVERLAY_CELLS of the worst cells, as long as the query shows
@@ -43,6 +44,10 @@ OVERLAY_STRUCTURE = 2.0
 OVERLAY_LEAST = 0.25
 LOST_RESIDUAL = 0.5  # a cell where the query lost the candidate's structure and differs this much
 FOREIGN_LEAST_CELLS = 20  # cells left beside an overlay's colours for its residual to count
+# The chroma gain fitted before colours are compared: saturation, brightness and contrast changes
+# scale a picture's a*b* by 0.2-2.4 in the benchmark's `colour` family (docs/quality.md).
+CHROMA_GAINS = (0.25, 2.5)
+SAME_HUES = 0.8  # the least cosine of the two pictures' a*b* vectors for a gain to be fitted
 
 
 def worst(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> tuple[float, float, float] | None:
@@ -61,7 +66,7 @@ def worst(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> tuple[
     lightness = _lightness(query_l, candidate_l, valid, *fit)
     if not len(lightness):
         return None
-    colour = np.linalg.norm(_per_cell(query[..., 1:] - candidate[..., 1:], valid), axis=-1)
+    colour = _colour(query[..., 1:], candidate[..., 1:], valid)
     counted = _beside_overlays(lightness, _structure(query_l, valid), _structure(candidate_l, valid))
     return float(lightness.max()), float(colour.max()), float(lightness[counted].max())
 
@@ -79,6 +84,18 @@ def _lightness(query_l, candidate_l, where, gain: float, offset: float) -> np.nd
     fitted = gain * candidate_l + offset
     difference = np.min([np.abs(query_l - np.roll(fitted, shift, (0, 1))) for shift in NEAR_SHIFTS], axis=0)
     return _per_cell(difference / contrast, where)
+
+
+def _colour(query_ab: np.ndarray, candidate_ab: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Each cell's distance of the mean a*b* colours; where the query has the candidate's hues
+    (their chroma vectors' cosine at least SAME_HUES), the candidate's chroma first scaled by the
+    gain that fits the query's best (within CHROMA_GAINS). A red turned blue is compared as it is."""
+    query_ab, candidate_ab = query_ab - 128.0, candidate_ab - 128.0  # OpenCV's neutral a*b* is 128
+    query_valid, candidate_valid = query_ab[valid], candidate_ab[valid]
+    product, candidate_power = float((query_valid * candidate_valid).sum()), float((candidate_valid**2).sum())
+    cosine = product / max(np.sqrt(candidate_power * float((query_valid**2).sum())), 1e-6)
+    gain = min(max(product / max(candidate_power, 1e-6), CHROMA_GAINS[0]), CHROMA_GAINS[1])
+    return np.linalg.norm(_per_cell(query_ab - (gain if cosine >= SAME_HUES else 1.0) * candidate_ab, valid), axis=-1)
 
 
 def beside_foreign_colours(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> float:

@@ -15,11 +15,14 @@ the threshold, and under it asks for a close match everywhere (Residual.is_close
 
 What makes a low residual trustworthy that far down: the candidate is compared at the query's
 own resolution (a thumbnail or an inset cannot show detail it lost, and is not blamed for it);
-the cells' mean colours are compared, not fitted (a flag of other colours has the same lightness
-structure); the alignment's stretch is kept (a thicker pen or a longer arrow lines up exactly
-once stretched); turned, flattened (fitted gain under MIN_GAIN) or plain comparisons do not align.
-Each pixel is compared with the best of its candidate's pixels one WORK pixel around it (edges a
-fraction of a pixel off are not differences), and a repeating pattern is not judged at all.
+the cells' mean colours are compared, fitted by one chroma gain at most (a flag of other colours
+has the same lightness structure; a less saturated copy has the same hues); a query without colour
+(a grey copy, a black-and-white drawing) is compared with the candidate made grey as such a copy
+is, by luma, which the candidate's L* does not follow across hues; the alignment's stretch is
+kept (a thicker pen or a longer arrow lines up exactly once stretched); turned, flattened
+(fitted gain under MIN_GAIN) or plain comparisons do not align. Each pixel is compared with the
+best of its candidate's pixels one WORK pixel around it (edges a fraction of a pixel off are not
+differences), and a repeating pattern is not judged at all.
 """
 
 import contextlib
@@ -45,6 +48,10 @@ MAX_UPSCALE_ALLOWANCE = 3.0
 # band rule, not confirmed under the threshold).
 CLOSE_STRETCH = 1.1
 FRAME_EDGE = 2  # pixels of the WORK frame's edge left out of the comparison
+# A query whose chroma (a*b* distance from grey, of 255) is under this for 99 % of its pixels has
+# no colour: a grey picture stays under 1 through JPEG, noise in each channel takes it over 3 (the
+# benchmark's `grey` and `noise` families, docs/quality.md).
+GREY_CHROMA = 3.0
 
 
 @dataclass(frozen=True, order=True)
@@ -52,7 +59,7 @@ class Residual:
     """How the aligned query differs from the candidate, in its worst cell (media/cells.py)."""
 
     lightness: float  # mean |difference| / the candidate's contrast, after fitting gain and offset
-    colour: float  # distance of the mean colours (CIELAB a*b*, 0-255 scale), not fitted: recolourings show
+    colour: float  # distance of the mean colours (CIELAB a*b*, 0-255 scale), one chroma gain fitted: hues show
     upscale: float = 1.0  # candidate pixels per query pixel, at least 1: a small query shows less detail
     stretch: float = 1.0  # how much the alignment changes the aspect (1: not at all)
     # The lightness residual leaving out the few cells an overlay (text, a sticker) explains.
@@ -103,6 +110,8 @@ def residual(query: Image.Image, reference_bytes: bytes) -> Residual | None:
     more surely the same picture); None when the reference has too little structure to tell, or
     repeats itself."""
     candidate = picture_of(reference_bytes)
+    if _has_no_colour(query):
+        candidate = ImageOps.grayscale(candidate).convert("RGB")
     candidate_grey = _grey(candidate, REFERENCE_SIDE)
     if candidate_grey.std() < cells.MIN_STRUCTURE or alignment.repeats(candidate_grey, WORK):
         return None
@@ -120,6 +129,11 @@ def residual(query: Image.Image, reference_bytes: bytes) -> Residual | None:
         return best
     # An overlay's colours are looked for in the best alignment only: the rest are not used.
     return replace(best, beside_overlays=min(best.beside_overlays, cells.beside_foreign_colours(*aligned)))
+
+
+def _has_no_colour(picture: Image.Image) -> bool:
+    ab = _lab(picture, WORK)[..., 1:] - 128.0
+    return float(np.percentile(np.hypot(ab[..., 0], ab[..., 1]), 99)) < GREY_CHROMA
 
 
 def _grey(picture: Image.Image, side: int) -> np.ndarray:
