@@ -143,6 +143,27 @@ def test_a_squeezed_copy_is_near_but_not_close():
     assert copy.stretch < 1.05 and copy.is_close(Policy().verified_residual, Policy().verified_colour)
 
 
+def test_a_close_match_is_judged_by_the_best_alignment_that_keeps_the_aspect():
+    """SIFT's similarity and its refinement to affine are both tried. On a small copy's few
+    keypoints the refinement can fit a stretch the copy does not have: the best alignment then says
+    "stretched" while the similarity agrees almost as well, and that one is judged. A squeezed copy
+    has no such alignment (above): only stretched does it line up."""
+    policy = Policy()
+    small = np.asarray(clock(3).resize((120, 120)).convert("L"))
+    similarity, *refined = alignment.fits(
+        alignment.keypoints(small), alignment.keypoints(np.asarray(clock(3).convert("L")))
+    )
+    assert alignment.stretch(similarity) == pytest.approx(1.0) and len(refined) == 1
+    stretched = verification.Residual(0.02, 1.0, stretch=1.4)
+    assert not stretched.is_close(policy.verified_residual, policy.verified_colour)
+    aspect_kept = verification.Residual(0.05, 1.0)
+    assert replace(stretched, unstretched=aspect_kept).is_close(policy.verified_residual, policy.verified_colour)
+    drifted = replace(stretched, unstretched=replace(aspect_kept, lightness=0.5))
+    assert not drifted.is_close(policy.verified_residual, policy.verified_colour)
+    squeezed = verification.residual(clock(3).resize((300, 200)), verification.reference(clock(3)))
+    assert squeezed.unstretched is not None and squeezed.unstretched.lightness > 0.5
+
+
 def stickered(image: Image.Image, left: int, top: int, side: int = 40) -> Image.Image:
     """A smiley sticker pasted on the picture, as the benchmark's `sticker` family does."""
     image = image.copy()

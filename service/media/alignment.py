@@ -1,7 +1,7 @@
-"""Aligning a query to a candidate picture: SIFT matches with a RANSAC similarity refined to
-affine, pictures trimmed of plain margins (for ECC on the two squashed square), what an
-alignment does to the picture (its stretch), and the pictures no alignment can be trusted on
-(repeating patterns). media/verification.py compares what they align."""
+"""Aligning a query to a candidate picture: SIFT matches with a RANSAC similarity and its
+refinement to affine, pictures trimmed of plain margins (for ECC on the two squashed square),
+what an alignment does to the picture (its stretch), and the pictures no alignment can be trusted
+on (repeating patterns). media/verification.py compares what they align."""
 
 import cv2
 import numpy as np
@@ -25,26 +25,26 @@ def keypoints(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array([point.pt for point in found], np.float32), descriptors
 
 
-def fit(query: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
-    """A similarity transform from ratio-tested matches (RANSAC), refined to affine on its inliers."""
+def fits(query: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
+    """A similarity transform from ratio-tested matches (RANSAC), and its refinement to affine on
+    its inliers (none when they are too few or it is implausible). The refinement fits a copy
+    that was stretched; a small copy's few points can also make it stretch one that was not."""
     (query_points, query_descriptors), (candidate_points, candidate_descriptors) = query, candidate
     if len(query_descriptors) < 2 or len(candidate_descriptors) < 2:
-        return None
+        return []
     pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(query_descriptors, candidate_descriptors, k=2)
     good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
     if len(good) < 3:
-        return None
+        return []
     source = query_points[[m.queryIdx for m in good]]
     target = candidate_points[[m.trainIdx for m in good]]
     transform, mask = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=4.0,
                                                   maxIters=2000)  # fmt: skip
-    if transform is None or mask.sum() < MIN_INLIERS:
-        return None
+    if transform is None or mask.sum() < MIN_INLIERS or not plausible(transform):
+        return []
     inliers = mask.ravel().astype(bool)
     refined, _ = cv2.estimateAffine2D(source[inliers], target[inliers], method=cv2.RANSAC, ransacReprojThreshold=4.0)
-    if refined is not None and plausible(refined):
-        transform = refined
-    return transform if plausible(transform) else None
+    return [transform, refined] if refined is not None and plausible(refined) else [transform]
 
 
 def plausible(transform: np.ndarray) -> bool:

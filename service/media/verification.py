@@ -64,6 +64,9 @@ class Residual:
     stretch: float = 1.0  # how much the alignment changes the aspect (1: not at all)
     # The lightness residual leaving out the few cells an overlay (text, a sticker) explains.
     beside_overlays: float = field(default=NO_ALIGNMENT, compare=False)
+    # When this alignment changes the aspect: the best one that does not (a small copy's few
+    # keypoints can fit it a stretch it does not have), which is_close judges instead.
+    unstretched: "Residual | None" = field(default=None, compare=False)
 
     @property
     def for_its_detail(self) -> float:
@@ -81,11 +84,11 @@ class Residual:
         return min(self.upscale, MAX_UPSCALE_ALLOWANCE)
 
     def is_close(self, residual: float, colour: float) -> bool:
-        """Does the query agree closely with the candidate: for its detail, in colour, in shape?
-        (A thinner bar, a longer arrow: stretched, a look-alike drawing lines up exactly.)"""
-        return (
-            self.for_its_detail <= residual and self.colour_for_its_detail <= colour and self.stretch <= CLOSE_STRETCH
-        )
+        """Does the query agree closely with the candidate: for its detail, in colour, in shape, by an
+        alignment that keeps the aspect? (A thinner bar, a longer arrow: stretched, a look-alike
+        drawing lines up exactly.)"""
+        judged = self if self.stretch <= CLOSE_STRETCH else self.unstretched
+        return judged is not None and judged.for_its_detail <= residual and judged.colour_for_its_detail <= colour
 
 
 NOT_ALIGNED = Residual(NO_ALIGNMENT, NO_ALIGNMENT)
@@ -122,11 +125,14 @@ def residual(query: Image.Image, reference_bytes: bytes) -> Residual | None:
     for mirrored in (False, True):
         shown = query.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirrored else query
         grey = query_grey[:, ::-1].copy() if mirrored else query_grey
-        found.append(_by_keypoints(shown, grey, candidate_grey, candidate_points, candidate_lab))
+        found += _by_keypoints(shown, grey, candidate_grey, candidate_points, candidate_lab)
         found.append(_by_ecc(shown, candidate_lab))
     best, aligned = min(found, key=lambda pair: pair[0])
     if aligned is None:
         return best
+    if best.stretch > CLOSE_STRETCH:
+        kept = [other for other, aligned_other in found if aligned_other is not None and other.stretch <= CLOSE_STRETCH]
+        best = replace(best, unstretched=min(kept, default=None))
     # An overlay's colours are looked for in the best alignment only: the rest are not used.
     return replace(best, beside_overlays=min(best.beside_overlays, cells.beside_foreign_colours(*aligned)))
 
@@ -148,14 +154,19 @@ def _lab(picture: Image.Image, side: int) -> np.ndarray:
     return cv2.cvtColor(np.asarray(small), cv2.COLOR_RGB2LAB).astype(np.float32)
 
 
-def _by_keypoints(query, query_grey, candidate_grey, candidate_points, candidate_lab) -> tuple[Residual, Aligned]:
-    """Aligned by SIFT matches: the query's lightness warped onto the candidate's thumbnail."""
-    transform = alignment.fit(alignment.keypoints(query_grey), candidate_points)
-    if transform is None:
-        return NOT_ALIGNED, None
+def _by_keypoints(query, query_grey, candidate_grey, candidate_points, candidate_lab) -> list[tuple[Residual, Aligned]]:
+    """Aligned by SIFT matches (alignment.fits): the query's lightness warped onto the candidate's
+    thumbnail."""
+    scale = candidate_lab.shape[1] / candidate_grey.shape[1]
+    return [
+        _warped(query, (np.diag([scale, scale, 1.0]) @ np.vstack([transform, [0, 0, 1]]))[:2], candidate_lab)
+        for transform in alignment.fits(alignment.keypoints(query_grey), candidate_points)
+    ] or [(NOT_ALIGNED, None)]
+
+
+def _warped(query, to_work: np.ndarray, candidate_lab: np.ndarray) -> tuple[Residual, Aligned]:
+    """The query (at QUERY_SIDE) mapped by `to_work` onto the candidate (at WORK) and compared."""
     height, width = candidate_lab.shape[:2]
-    scale = width / candidate_grey.shape[1]
-    to_work = (np.diag([scale, scale, 1.0]) @ np.vstack([transform, [0, 0, 1]]))[:2]
     upscale = float(np.sqrt(abs(np.linalg.det(to_work[:, :2]))))  # candidate pixels per query pixel
     query_lab, to_work = alignment.shrunk_for(_lab(query, QUERY_SIDE), to_work, upscale)
     warped = cv2.warpAffine(query_lab, to_work, (width, height), flags=cv2.INTER_LINEAR)
