@@ -4,9 +4,9 @@ A global descriptor puts another pose of a stick figure, a locked padlock for an
 flag with another emblem as close to a drawing as a cropped copy is. After aligning the two
 pictures, though, a copy agrees with its original almost everywhere, while a look-alike leaves at
 least one region that disagrees. The residual: align the query to the candidate's stored
-reference (a 256 px colour thumbnail, ~10 KB per record) by SIFT matches and a RANSAC similarity
-refined to affine, and by ECC on the trimmed pictures squashed square, each with the query and
-its mirror; fit brightness and contrast on the lightness; the residual is the worst cell of an
+reference (a 256 px colour thumbnail, ~10 KB per record) by SIFT matches (a RANSAC similarity,
+and its refinement to affine), and by ECC on the trimmed pictures squashed square, each with the
+query and its mirror; fit brightness and contrast on the lightness; the residual is the worst cell of an
 8 x 8 grid of |difference| / the candidate's contrast, for the best alignment, and beside the few
 cells an overlay explains (media/cells.py). Copies (re-encoded, cropped, bordered, rotated) score
 ~0.02-0.1; look-alikes 0.6 and more. docs/quality.md has the measurements; the Judge
