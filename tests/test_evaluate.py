@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tools.evaluation.dataset import Query, add_same_pictures
+
 ROOT = Path(__file__).parent.parent
 FLAGS = "--enroll-views 1 --check-views 1 --decision margin"
 
@@ -79,3 +81,18 @@ def test_a_catalogue_and_twins_are_enrolled_and_reported_apart(tmp_path):
     assert {"inset", "thumbnail"} <= set(decision["families"])
     for part in ("enrolled_once", "enrolled_more_than_once", "dev", "catalogue"):
         assert 0 <= decision[part]["recall"] <= 1 and decision[part]["positives"] > 0, part
+
+
+def test_an_insets_host_that_shows_an_enrolled_picture_is_a_right_answer():
+    """An inset's host is never enrolled itself, but it can be the same picture as an enrolled one
+    (a dev stamp drawn from a clipart drawing): the query shows that picture too, whichever picture
+    is pasted on it."""
+    enrol = {"catalogue/house.jpg": b"", "a.jpg": b""}
+    inset = Query("inset", "a.jpg", frozenset({"a.jpg"}), "dev", host="stamp-house.jpg")
+    on_the_house = Query("inset", "b.jpg", frozenset(), "dev", host="stamp-house.jpg")
+    elsewhere = Query("inset", "c.jpg", frozenset(), "dev", host="stamp-tree.jpg")
+    changed = add_same_pictures([inset, on_the_house, elsewhere], enrol, [["catalogue/house.jpg", "stamp-house.jpg"]])
+    assert changed == 2
+    assert inset.expected == {"a.jpg", "catalogue/house.jpg"} and inset.copies == 2
+    assert on_the_house.expected == {"catalogue/house.jpg"} and on_the_house.copies == 1
+    assert elsewhere.expected == frozenset()

@@ -13,7 +13,8 @@ them (1: enrolled once, 2 or more: enrolled twice or more). The manifests' group
 pictures a person calls the same (a drawing recoloured, mirrored or re-rendered under another
 name, and dev stamps that are catalogue drawings): same_pictures.json lists such pairs, found by
 looking at every pair of different groups that SSCD puts close (docs/quality.md says how), and
-they count as the same picture too.
+they count as the same picture too. An `inset` query also shows its host picture, a dev
+distractor: when that is the same picture as an enrolled one, its keys are right answers too.
 """
 
 import io
@@ -45,6 +46,7 @@ class Query:
     data: bytes = b""
     copies: int = 0  # enrolled keys showing this picture
     answer: dict = field(default_factory=dict)
+    host: str = ""  # the picture an `inset` is shown in, as its key would be
 
     @property
     def positive(self) -> bool:
@@ -157,8 +159,8 @@ def pictures(pairs: list[list[str]]) -> Callable[[str], str]:
 
 
 def add_same_pictures(queries: list[Query], enrol: dict, pairs: list[list[str]]) -> int:
-    """Adds to each query's right answers the enrolled keys that show the same picture by the
-    listed pairs (transitively, twins included); returns how many queries changed."""
+    """Adds to each query's right answers the enrolled keys that show the same picture (or its
+    host's) by the listed pairs (transitively, twins included); returns how many queries changed."""
     picture = pictures(pairs)
     members: dict[str, set[str]] = {}
     for key in enrol:
@@ -166,7 +168,7 @@ def add_same_pictures(queries: list[Query], enrol: dict, pairs: list[list[str]])
     changed = 0
     for query in queries:
         keys = set(query.expected)
-        for key in {query.source, *query.expected}:
+        for key in {query.source, *query.expected, *filter(None, [query.host])}:
             keys |= members.get(picture(key), set())
         if keys != query.expected:
             query.expected, query.copies, changed = frozenset(keys), len(keys), changed + 1
@@ -223,8 +225,10 @@ def transformed(
         host = None
         if family == "inset":
             candidates = [h for h in hosts if h != path]
-            host = Image.open(rng.choice(candidates)).convert("RGB") if candidates else None
-        queries.append(Query(family, source, keys, origin, apply(family, image, rng, host), len(keys)))
+            host = rng.choice(candidates) if candidates else None
+        shown_in = Image.open(host).convert("RGB") if host else None
+        data = apply(family, image, rng, shown_in)
+        queries.append(Query(family, source, keys, origin, data, len(keys), host=host.name if host else ""))
     return queries
 
 
