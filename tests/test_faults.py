@@ -63,14 +63,10 @@ def test_a_damaged_store_is_refused_at_start_with_what_to_do(tmp_path, start_ser
 FILE_SIZE_LIMIT = 2 << 20
 
 
-def limit_file_size():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, resource.RLIM_INFINITY))
-
-
 def test_a_full_disk_mid_enroll_is_resource_exhausted_and_loses_nothing_acknowledged(tmp_path, start_service):
     """The service may write files of at most 2 MB; 7.5 kB of metadata per record fills that."""
     data_dir = tmp_path / "data"
-    service = start_service(*FAST, "--enroll-batch", "4", data_dir=data_dir, preexec_fn=limit_file_size)
+    service = start_service(*FAST, "--enroll-batch", "4", data_dir=data_dir, file_size_limit=FILE_SIZE_LIMIT)
     image = mosaic(7)
     requests = [pb.EnrollRequest(key=f"full/{i}", image=image, metadata={"pad": f"{i:>5}" * 1_500}) for i in range(400)]
     acknowledged = []
