@@ -109,6 +109,18 @@ def test_bundled_triton_is_restarted_after_it_dies_and_stopped_with_the_service(
     assert "stopped" in service.output()
 
 
+def test_bundled_triton_dies_with_a_killed_service(tmp_path):
+    """SIGKILL leaves the service no time to stop Triton: the kernel does (PR_SET_PDEATHSIG, set by the
+    launcher that then becomes tritonserver), so no server is left holding its ports."""
+    service = RunningService(tmp_path / "data")
+    service.wait_serving()
+    [triton_pid] = [pid for pid in children_of(service.process.pid) if process_name(pid) == "tritonserver"]
+    service.process.kill()
+    service.process.wait(timeout=30)
+    wait_for(lambda: not pid_exists(triton_pid), 30, "tritonserver to die with the service")
+    service.stop()
+
+
 def test_several_tritons_share_the_work_and_a_dead_one_is_skipped_until_it_is_back(tmp_path):
     tritons = []
     for name in ("a", "b"):

@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
@@ -40,10 +39,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it if the service dies, even by SIGKILL."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+# Asks the kernel to SIGTERM the process when the service dies, even by SIGKILL (PR_SET_PDEATHSIG),
+# then becomes tritonserver (same pid). Not Popen's preexec_fn: to run one, Python forks rather than
+# vforks, and gRPC's fork handlers in the service can abort the child before it execs
+# (grpc/grpc#43055: "Epoll1Poller ... epoll_wait error: Bad file descriptor").
+DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys; ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def kill_process_group(server: subprocess.Popen) -> None:
@@ -148,12 +151,11 @@ class BundledTriton:
         """Starts the server process, unwatched (tools and tests that stop and restart it themselves),
         as the leader of its own process group, which its python stubs inherit: see kill_process_group."""
         return subprocess.Popen(
-            self.command(),
+            [sys.executable, "-c", DIE_WITH_PARENT, *self.command()],
             env=self.environment(),
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=output,
-            preexec_fn=_die_with_parent,
             start_new_session=True,
         )
 
