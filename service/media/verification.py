@@ -157,18 +157,21 @@ def _lab(picture: Image.Image, side: int) -> np.ndarray:
 def _by_keypoints(query, query_grey, candidate_grey, candidate_points, candidate_lab) -> list[tuple[Residual, Aligned]]:
     """Aligned by SIFT matches (alignment.fits): the query's lightness warped onto the candidate's
     thumbnail."""
-    scale = candidate_lab.shape[1] / candidate_grey.shape[1]
+    transforms = alignment.fits(alignment.keypoints(query_grey), candidate_points)
+    if not transforms:
+        return [(NOT_ALIGNED, None)]
+    scale, query_lab = candidate_lab.shape[1] / candidate_grey.shape[1], _lab(query, QUERY_SIDE)
     return [
-        _warped(query, (np.diag([scale, scale, 1.0]) @ np.vstack([transform, [0, 0, 1]]))[:2], candidate_lab)
-        for transform in alignment.fits(alignment.keypoints(query_grey), candidate_points)
-    ] or [(NOT_ALIGNED, None)]
+        _warped(query_lab, (np.diag([scale, scale, 1.0]) @ np.vstack([transform, [0, 0, 1]]))[:2], candidate_lab)
+        for transform in transforms
+    ]
 
 
-def _warped(query, to_work: np.ndarray, candidate_lab: np.ndarray) -> tuple[Residual, Aligned]:
-    """The query (at QUERY_SIDE) mapped by `to_work` onto the candidate (at WORK) and compared."""
+def _warped(query_lab: np.ndarray, to_work: np.ndarray, candidate_lab: np.ndarray) -> tuple[Residual, Aligned]:
+    """The query's Lab (at QUERY_SIDE) mapped by `to_work` onto the candidate's (at WORK) and compared."""
     height, width = candidate_lab.shape[:2]
     upscale = float(np.sqrt(abs(np.linalg.det(to_work[:, :2]))))  # candidate pixels per query pixel
-    query_lab, to_work = alignment.shrunk_for(_lab(query, QUERY_SIDE), to_work, upscale)
+    query_lab, to_work = alignment.shrunk_for(query_lab, to_work, upscale)
     warped = cv2.warpAffine(query_lab, to_work, (width, height), flags=cv2.INTER_LINEAR)
     inside = np.full(query_lab.shape[:2], 255, np.uint8)
     valid = cv2.warpAffine(inside, to_work, (width, height), flags=cv2.INTER_NEAREST) > 0
