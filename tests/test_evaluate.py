@@ -96,3 +96,16 @@ def test_an_insets_host_that_shows_an_enrolled_picture_is_a_right_answer():
     assert inset.expected == {"a.jpg", "catalogue/house.jpg"} and inset.copies == 2
     assert on_the_house.expected == {"catalogue/house.jpg"} and on_the_house.copies == 1
     assert elsewhere.expected == frozenset()
+
+
+def test_a_picture_shown_inside_another_is_a_right_answer_for_the_larger_one_only():
+    """A sign that holds another sign whole shows it (a copy inside a larger picture), while the
+    smaller sign does not show the larger one."""
+    enrol = {"catalogue/bus.jpg": b"", "catalogue/transport.jpg": b""}
+    larger = Query("flip", "catalogue/transport2.jpg", frozenset(), "catalogue")
+    smaller = Query("crop30", "catalogue/bus2.jpg", frozenset(), "catalogue")
+    same = [["catalogue/transport.jpg", "catalogue/transport2.jpg"], ["catalogue/bus.jpg", "catalogue/bus2.jpg"]]
+    changed = add_same_pictures([larger, smaller], enrol, same, [["catalogue/transport.jpg", "catalogue/bus.jpg"]])
+    assert changed == 2
+    assert larger.expected == {"catalogue/transport.jpg", "catalogue/bus.jpg"} and larger.copies == 2
+    assert smaller.expected == {"catalogue/bus.jpg"}

@@ -14,7 +14,9 @@ pictures a person calls the same (a drawing recoloured, mirrored or re-rendered 
 name, and dev stamps that are catalogue drawings): same_pictures.json lists such pairs, found by
 looking at every pair of different groups that SSCD puts close (docs/quality.md says how), and
 they count as the same picture too. An `inset` query also shows its host picture, a dev
-distractor: when that is the same picture as an enrolled one, its keys are right answers too.
+distractor: when that is the same picture as an enrolled one, its keys are right answers too; and
+a drawing that shows another inside it (shown_inside.json: a sign that holds another sign whole)
+has that one's keys as right answers, not the other way round.
 """
 
 import io
@@ -35,6 +37,7 @@ CATALOGUE_PREFIX = "catalogue/"
 EXCLUDED_CATEGORIES = ("shapes/stars",)
 NEGATIVE_FAMILIES_PER_DRAWING = 2
 SAME_PICTURES = Path(__file__).with_name("same_pictures.json")
+SHOWN_INSIDE = Path(__file__).with_name("shown_inside.json")  # [the larger picture, the picture inside it]
 
 
 @dataclass
@@ -133,7 +136,8 @@ def build(
     links = group_links(groups, "") + json.loads(SAME_PICTURES.read_text())
     if catalogue is not None:
         links += group_links(grouped(read_manifest(catalogue)), CATALOGUE_PREFIX)
-    counts["queries_relabelled"] = add_same_pictures(queries, enrol, links)
+    inside = json.loads(SHOWN_INSIDE.read_text())
+    counts["queries_relabelled"] = add_same_pictures(queries, enrol, links, inside)
     return Benchmark(enrol, background, queries, counts)
 
 
@@ -158,18 +162,21 @@ def pictures(pairs: list[list[str]]) -> Callable[[str], str]:
     return picture
 
 
-def add_same_pictures(queries: list[Query], enrol: dict, pairs: list[list[str]]) -> int:
+def add_same_pictures(queries: list[Query], enrol: dict, pairs: list[list[str]], inside: list[list[str]] = ()) -> int:
     """Adds to each query's right answers the enrolled keys that show the same picture (or its
-    host's) by the listed pairs (transitively, twins included); returns how many queries changed."""
+    host's, or one `inside` says its picture shows) by the listed pairs (transitively, twins
+    included); returns how many queries changed."""
     picture = pictures(pairs)
     members: dict[str, set[str]] = {}
     for key in enrol:
         members.setdefault(picture(key), set()).add(key)
+    shown = {picture(larger): picture(smaller) for larger, smaller in inside}  # one picture inside each, so far
     changed = 0
     for query in queries:
         keys = set(query.expected)
-        for key in {query.source, *query.expected, *filter(None, [query.host])}:
-            keys |= members.get(picture(key), set())
+        shows = {picture(key) for key in {query.source, *query.expected, *filter(None, [query.host])}}
+        for each in shows | {shown[one] for one in shows if one in shown}:
+            keys |= members.get(each, set())
         if keys != query.expected:
             query.expected, query.copies, changed = frozenset(keys), len(keys), changed + 1
     return changed
