@@ -83,6 +83,11 @@ class Policy:
         "at the threshold (and in the band above it): the more the descriptors agree, the less the alignment must",
     )
     verified_colour: float = setting(5.0, "the largest colour difference of a duplicate found under the threshold")
+    overlay_reach: float = setting(
+        0.22,
+        "a score this far under the threshold is also a duplicate when the aligned pictures agree that closely beside "
+        "an overlay painted in colours the candidate has nowhere (a caption, a sticker; 0: never)",
+    )
     pair_twin_similarity: float = setting(
         0.8,
         "enrolled images at least this similar to the nearest (and under --twin-similarity) are its twins when "

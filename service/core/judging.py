@@ -4,9 +4,9 @@ In order: each collection's candidates are decided by its own rule (decision.py)
 "other picture" skipping the nearest one's twins (at cosine >= --twin-similarity, or from
 --pair-twin-similarity verified the same picture); a duplicate not far above its threshold is
 verified against the candidate's stored reference (media/verification.py), and a score within
-reach under it is confirmed by a close match or not; then the caller's "not a duplicate" memory
-overrides what it covers. Check (checking.py) and FindDuplicates (grouping.py) judge this way.
-"""
+reach under it is confirmed by a close match (nearer, beside an overlay's own colours) or not;
+then the caller's "not a duplicate" memory overrides what it covers. Check (checking.py) and
+FindDuplicates (grouping.py) judge this way."""
 
 import collections
 import threading
@@ -55,11 +55,10 @@ class Search:
     residual: float | None = None  # verification's, when it ran
 
     def matches(self, each: list[bool], inliers: int = -1) -> list[Match]:
+        rows = zip(self.nearest, each, self.to_nearest, strict=True)
         return [
             Match(record, distance, duplicate, inliers if position == 0 else -1, similarity, position in self.dismissed)
-            for position, ((record, distance), duplicate, similarity) in enumerate(
-                zip(self.nearest, each, self.to_nearest, strict=True)
-            )
+            for position, ((record, distance), duplicate, similarity) in enumerate(rows)
         ]
 
 
@@ -92,9 +91,8 @@ class Judge:
     ) -> Search:
         """`query()` gives the query's picture for verification (None: not verified)."""
         policy_of = self.policies()
-        search = decided(
-            nearest, policy_of, background_similarity, self._twins if self.policy.verification_weight else None
-        )
+        twins = self._twins if self.policy.verification_weight else None
+        search = decided(nearest, policy_of, background_similarity, twins)
         if query is not None and self.policy.verification_weight:
             search = self._verified(search, query, policy_of)
         return self._without_dismissed(feature, search)
@@ -109,7 +107,8 @@ class Judge:
         weight, cap = policy.verification_weight, policy.verification_cap
         close = policy.close_residual(score, threshold)
         if not search.decision.is_duplicate:
-            return self.confirmed(search, query, close) if score >= threshold - policy.verification_reach else search
+            near = score >= threshold - policy.verification_reach
+            return self.confirmed(search, query, close, score >= threshold - policy.overlay_reach) if near else search
         if score >= threshold + weight * cap:
             return search  # no residual could take it under the threshold
         found = self._residual(query, record)  # the score says duplicate: an overlay is forgiven
@@ -124,11 +123,12 @@ class Judge:
         decision = replace(search.decision, is_duplicate=any(each), score=verified, each=each)
         return replace(search, decision=decision, residual=found.beside_overlays if found is not None else None)
 
-    def confirmed(self, search: Search, query: Callable[[], Image.Image | None], close: float) -> Search:
-        """The nearest candidate and its twins as the duplicates if the query agrees closely
-        (Residual.is_close, a residual up to `close`) with it, whatever the score; failing that, the
-        first of its next CONFIRMED_TWINS twins that does (the nearest may be the picture enrolled
-        small, or a look-alike the descriptor took for a twin) alone; else no duplicate."""
+    def confirmed(self, search: Search, query: Callable[[], Image.Image | None], close: float, overlay=False) -> Search:
+        """The nearest candidate and its twins as the duplicates if the query agrees closely with it
+        (Residual.is_close: a residual up to `close`, or, an `overlay` forgiven, --verified-residual
+        beside its own colours), whatever the score; failing that, the first of its next
+        CONFIRMED_TWINS twins that does (the nearest may be the picture enrolled small, or a
+        look-alike the descriptor took for a twin) alone; else no duplicate."""
         record, score = search.nearest[search.deciding][0], search.scores[search.deciding]
         covered = [  # it and its twins: the candidates of its collection its score covers
             other.collection == record.collection and own >= score
@@ -138,7 +138,10 @@ class Judge:
         policy, found = self.policy, None
         for position in tried:
             found = self._residual(query, search.nearest[position][0])
-            if found is not None and found.is_close(close, policy.verified_colour):
+            if found is not None and (
+                found.is_close(close, policy.verified_colour)
+                or (overlay and found.is_close(policy.verified_residual, policy.verified_colour, beside_foreign=True))
+            ):
                 each = covered if position == tried[0] else [other == position for other in range(len(covered))]
                 decision = replace(search.decision, is_duplicate=True, each=each)
                 return replace(search, decision=decision, residual=found.lightness)

@@ -16,8 +16,8 @@ out. An overlay over busy parts is recognised by its colours instead (media/over
 the candidate has nowhere): for the best alignment (media/verification.py), the residual beside
 overlays is also taken beside those pixels, gain and offset fitted without them, and the smaller
 of the two counts. A part only added
-(another hand on a clock) cannot be told from an overlay: the Judge forgives overlays only where
-the score already says duplicate.
+(another hand on a clock) cannot be told from an overlay: the Judge forgives overlays where the
+score already says duplicate, and a little under it only those in colours of their own.
 """
 
 import cv2
@@ -98,22 +98,25 @@ def _colour(query_ab: np.ndarray, candidate_ab: np.ndarray, valid: np.ndarray) -
     return np.linalg.norm(_per_cell(query_ab - (gain if cosine >= SAME_HUES else 1.0) * candidate_ab, valid), axis=-1)
 
 
-def beside_foreign_colours(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> float:
-    """The worst cell's lightness residual of two aligned Lab pictures beside the pixels an
-    overlay's own colours cover (media/overlays.py), gain and offset fitted without them; inf when
-    none are, or too few cells are left."""
+def beside_foreign_colours(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
+    """The worst cell's lightness and colour residuals of two aligned Lab pictures beside the pixels
+    an overlay's own colours cover (media/overlays.py), gain and offset fitted without them; inf
+    when none are, or too few cells are left."""
+    nothing = (float("inf"), float("inf"))
     query, candidate = cv2.GaussianBlur(query, (0, 0), 1.0), cv2.GaussianBlur(candidate, (0, 0), 1.0)
     query_l, candidate_l = query[..., 0], candidate[..., 0]
     fit = _fit(query_l, candidate_l, valid) if valid.sum() >= 200 else None
     if fit is None:
-        return float("inf")
+        return nothing
     covered = overlays.covered(query, candidate, fit[0] * candidate_l + fit[1], valid)
     kept = valid & ~covered if covered is not None else None
     if kept is None or kept.sum() < 200:
-        return float("inf")
+        return nothing
     refit = _fit(query_l, candidate_l, kept)
     lightness = _lightness(query_l, candidate_l, kept, *refit) if refit else []
-    return float(lightness.max()) if len(lightness) >= FOREIGN_LEAST_CELLS else float("inf")
+    if len(lightness) < FOREIGN_LEAST_CELLS:
+        return nothing
+    return float(lightness.max()), float(_colour(query[..., 1:], candidate[..., 1:], kept).max())
 
 
 def _structure(lightness: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ query and its mirror; fit brightness and contrast on the lightness; the residual
 cells an overlay explains (media/cells.py). Copies (re-encoded, cropped, bordered, rotated) score
 ~0.02-0.1; look-alikes 0.6 and more. docs/quality.md has the measurements; the Judge
 (core/judging.py) uses the residual beside overlays as score - weight x min(residual, cap) near
-the threshold, and under it asks for a close match everywhere (Residual.is_close).
+the threshold, and under it asks for a close match everywhere, or, nearer the threshold, beside
+an overlay's own colours (Residual.is_close).
 
 What makes a low residual trustworthy that far down: the candidate is compared at the query's
 own resolution (a thumbnail or an inset cannot show detail it lost, and is not blamed for it);
@@ -64,6 +65,9 @@ class Residual:
     stretch: float = 1.0  # how much the alignment changes the aspect (1: not at all)
     # The lightness residual leaving out the few cells an overlay (text, a sticker) explains.
     beside_overlays: float = field(default=NO_ALIGNMENT, compare=False)
+    # The lightness and colour residuals beside the pixels in colours the candidate has nowhere (an
+    # overlay painted in its own colours; for the best alignment only): inf when there are none.
+    beside_foreign: tuple[float, float] = field(default=(float("inf"), float("inf")), compare=False)
     # When this alignment changes the aspect: the best one that does not (a small copy's few
     # keypoints can fit it a stretch it does not have), which is_close judges instead.
     unstretched: "Residual | None" = field(default=None, compare=False)
@@ -71,24 +75,23 @@ class Residual:
     @property
     def for_its_detail(self) -> float:
         """The lightness residual over the detail the query could show: enlarged k times to be
-        compared, a copy differs about k times as much (measured on thumbnails; k counted up to 3)."""
+        compared, a copy differs about k times as much (measured on thumbnails; k counted up to 3).
+        The colour distance likewise: a small JPEG's colours are smeared over twice its pixels."""
         return self.lightness / self._allowance
-
-    @property
-    def colour_for_its_detail(self) -> float:
-        """The colour distance likewise: a small JPEG's colours are smeared over twice its pixels."""
-        return self.colour / self._allowance
 
     @property
     def _allowance(self) -> float:
         return min(self.upscale, MAX_UPSCALE_ALLOWANCE)
 
-    def is_close(self, residual: float, colour: float) -> bool:
-        """Does the query agree closely with the candidate: for its detail, in colour, in shape, by an
-        alignment that keeps the aspect? (A thinner bar, a longer arrow: stretched, a look-alike
-        drawing lines up exactly.)"""
+    def is_close(self, residual: float, colour: float, beside_foreign: bool = False) -> bool:
+        """Does the query agree closely with the candidate (everywhere, or beside an overlay's own
+        colours): for its detail, in colour, in shape, by an alignment that keeps the aspect? (A
+        thinner bar, a longer arrow: stretched, a look-alike drawing lines up exactly.)"""
         judged = self if self.stretch <= CLOSE_STRETCH else self.unstretched
-        return judged is not None and judged.for_its_detail <= residual and judged.colour_for_its_detail <= colour
+        if judged is None:
+            return False
+        lightness, colours = judged.beside_foreign if beside_foreign else (judged.lightness, judged.colour)
+        return lightness / judged._allowance <= residual and colours / judged._allowance <= colour
 
 
 NOT_ALIGNED = Residual(NO_ALIGNMENT, NO_ALIGNMENT)
@@ -134,7 +137,8 @@ def residual(query: Image.Image, reference_bytes: bytes) -> Residual | None:
         kept = [other for other, aligned_other in found if aligned_other is not None and other.stretch <= CLOSE_STRETCH]
         best = replace(best, unstretched=min(kept, default=None))
     # An overlay's colours are looked for in the best alignment only: the rest are not used.
-    return replace(best, beside_overlays=min(best.beside_overlays, cells.beside_foreign_colours(*aligned)))
+    foreign = cells.beside_foreign_colours(*aligned)
+    return replace(best, beside_overlays=min(best.beside_overlays, foreign[0]), beside_foreign=foreign)
 
 
 def _has_no_colour(picture: Image.Image) -> bool:
