@@ -3,9 +3,10 @@ answered correctly; memory stays bounded; an idle Enroll stream is closed."""
 
 import threading
 import time
-from statistics import median
+import urllib.request
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from tests.conftest import image_bytes, mosaic, reencoded
@@ -14,30 +15,36 @@ from tools.service_process import resident_mb
 FAST = ("--enroll-views", "1", "--check-views", "1")
 
 
-def burst(calls: list, timeout: float = 60) -> list[tuple[grpc.StatusCode, float, object]]:
-    """Starts every call at once (futures); returns (status, seconds from its start to its answer,
-    response) each. Each call is timed from its own start: starting dozens takes a client long
-    enough that the last started would otherwise look slow."""
-    started = [0.0] * len(calls)
+def burst(calls: list, timeout: float = 60) -> list[tuple[grpc.StatusCode, object]]:
+    """Starts every call at once (futures); returns (status, response) each."""
     answered: list = [None] * len(calls)
     done = threading.Event()
     left = [len(calls)]
     lock = threading.Lock()
 
     def finish(index: int, future) -> None:
-        elapsed = time.monotonic() - started[index]
         error = future.exception()
-        answered[index] = (error.code() if error else grpc.StatusCode.OK, elapsed, None if error else future.result())
+        answered[index] = (error.code(), None) if error else (grpc.StatusCode.OK, future.result())
         with lock:
             left[0] -= 1
             if not left[0]:
                 done.set()
 
     for index, call in enumerate(calls):
-        started[index] = time.monotonic()
         call().add_done_callback(lambda future, index=index: finish(index, future))
     assert done.wait(timeout)
     return answered
+
+
+def views_sent(service) -> float:
+    """Images the service has sent to Triton, by its metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=10).read().decode()
+    return next(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "neardup_triton_batch_images_sum"
+    )
 
 
 def test_calls_past_the_limit_are_refused_at_once_and_the_admitted_ones_answered_right(start_service):
@@ -47,19 +54,19 @@ def test_calls_past_the_limit_are_refused_at_once_and_the_admitted_ones_answered
     queries = [(key, reencoded(image)) for key, image in images.items()] * 15
     memory_before = resident_mb(service.process.pid)
     for _ in range(3):
+        views_before = views_sent(service)
         answers = burst(
             [lambda q=q: service.stub.Check.future(pb.CheckRequest(image=q[1]), timeout=30) for q in queries]
         )
-        refused = [elapsed for code, elapsed, _ in answers if code == grpc.StatusCode.RESOURCE_EXHAUSTED]
-        admitted = [
-            (key, response) for (key, _), (code, _, response) in zip(queries, answers, strict=True) if code.name == "OK"
-        ]
+        refused = [code for code, _ in answers if code == grpc.StatusCode.RESOURCE_EXHAUSTED]
+        answered = zip(queries, answers, strict=True)
+        admitted = [(key, response) for (key, _), (code, response) in answered if code == grpc.StatusCode.OK]
         assert len(refused) + len(admitted) == len(queries)
         assert refused and admitted
-        # At once: a refused call does not wait for the admitted calls' work. Side by side in the
-        # same burst (an absolute bound failed on a busy machine: 0.11 s against 0.1).
-        admitted_seconds = [elapsed for code, elapsed, _ in answers if code == grpc.StatusCode.OK]
-        assert median(refused) < median(admitted_seconds), (sorted(refused), sorted(admitted_seconds))
+        # At once: a refused call does no work (each admitted one is one view, the refused none),
+        # and does not wait for room, or it would have been admitted. Counted, not timed: timings
+        # side by side failed on a busy machine, as did the order of the first answers.
+        assert views_sent(service) - views_before == len(admitted)
         assert all(response.is_duplicate and response.matches[0].key == key for key, response in admitted)
     assert resident_mb(service.process.pid) - memory_before < 100
     assert "overloaded" in service.output()
@@ -69,7 +76,7 @@ def test_views_past_the_triton_queue_are_refused_but_enroll_waits(start_service)
     service = start_service(*FAST, "--max-triton-queue", "10")
     jpeg = image_bytes("gnome-wood.jpg")
     answers = burst([lambda: service.stub.Hash.future(pb.HashRequest(image=jpeg, views=10), timeout=60)] * 8)
-    codes = [code for code, _, _ in answers]
+    codes = [code for code, _ in answers]
     assert grpc.StatusCode.OK in codes and grpc.StatusCode.RESOURCE_EXHAUSTED in codes
     assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
     # An Enroll stream of 40 items (3 batches over the queue's 10 views) waits for room instead.
