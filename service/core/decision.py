@@ -46,7 +46,8 @@ class Policy:
     """A rule and its parameters. The defaults are the service's, chosen on the catalogue benchmark
     (docs/quality.md): the margin over the nearest other picture, verified (0.47, less 0.15 x the
     residual beside overlays) for precision at catalogue scale and confirmed by a close alignment
-    from 0.15 (a residual up to 0.08, rising with the score to 0.2 at the threshold); regions
+    from 0.15 (a residual up to 0.08, rising with the score to 0.2 at the threshold; from 0.25 also
+    beside an overlay's own colours); regions
     searched where boxes are pasted on the query (1.6 views per Check for 2.7x the insets), the
     grid off (13 more views)."""
 

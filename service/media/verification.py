@@ -72,16 +72,11 @@ class Residual:
     # keypoints can fit it a stretch it does not have), which is_close judges instead.
     unstretched: "Residual | None" = field(default=None, compare=False)
 
-    @property
-    def for_its_detail(self) -> float:
-        """The lightness residual over the detail the query could show: enlarged k times to be
-        compared, a copy differs about k times as much (measured on thumbnails; k counted up to 3).
-        The colour distance likewise: a small JPEG's colours are smeared over twice its pixels."""
-        return self.lightness / self._allowance
-
-    @property
-    def _allowance(self) -> float:
-        return min(self.upscale, MAX_UPSCALE_ALLOWANCE)
+    def for_its_detail(self, difference: float) -> float:
+        """A lightness residual or colour distance over the detail the query could show: enlarged k
+        times to be compared, a copy differs about k times as much (measured on thumbnails; k counted
+        up to 3), and a small JPEG's colours are smeared over twice its pixels."""
+        return difference / min(self.upscale, MAX_UPSCALE_ALLOWANCE)
 
     def is_close(self, residual: float, colour: float, beside_foreign: bool = False) -> bool:
         """Does the query agree closely with the candidate (everywhere, or beside an overlay's own
@@ -91,7 +86,7 @@ class Residual:
         if judged is None:
             return False
         lightness, colours = judged.beside_foreign if beside_foreign else (judged.lightness, judged.colour)
-        return lightness / judged._allowance <= residual and colours / judged._allowance <= colour
+        return judged.for_its_detail(lightness) <= residual and judged.for_its_detail(colours) <= colour
 
 
 NOT_ALIGNED = Residual(NO_ALIGNMENT, NO_ALIGNMENT)
