@@ -59,10 +59,10 @@ def test_a_picture_enrolled_under_two_keys_is_found_by_its_cropped_copy_with_bot
     assert reply.matches[2].key in OTHERS and reply.matches[2].nearest_similarity < 0.9
 
 
-def inside_host(name: str) -> bytes:
-    host = ImageOps.fit(picture(HOST), (600, 600))
+def inside_host(name: str, side: int = 240, host_name: str = HOST) -> bytes:
+    host = ImageOps.fit(picture(host_name), (600, 600))
     shown = picture(name)
-    shown.thumbnail((240, 240))
+    shown.thumbnail((side, side))
     host.paste(shown, (330, 40))
     return encode_jpeg(host)
 
@@ -75,6 +75,15 @@ def test_a_copy_shown_inside_a_larger_picture_is_found_in_its_region(stub):
     assert reply.HasField("region") and reply.region.left >= 0.3 and reply.region.top <= 0.3
     assert reply.views > 1 and reply.region_score >= reply.score
     assert reply.residual < 0.1  # verified against the whole query: the copy aligns closely
+
+
+def test_a_small_copy_the_whole_query_does_not_align_is_confirmed_by_its_region_alone(stub):
+    """140 px of 600 on a striped host: aligned in the whole query it is not a close match, but the
+    box it was found in, verified alone, is."""
+    reply = check(stub, inside_host(PICTURE, 140, "mate-Stripes.jpg"))
+    assert reply.is_duplicate and reply.matches[0].key.startswith("falcon/")
+    assert reply.HasField("region") and reply.region.left >= 0.5 and reply.region.width < 0.3
+    assert reply.residual < 0.08
 
 
 def test_a_picture_not_enrolled_inside_the_same_host_is_not_a_duplicate(stub):

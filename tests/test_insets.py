@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from service.media import insets
-from service.media.imaging import Limits
+from service.media.imaging import Limits, decode
 from service.media.preprocess import REGIONS, Preprocessor
 from tests.conftest import encode_jpeg, picture
 from tests.test_verification import clock
@@ -58,9 +58,14 @@ def test_the_region_stage_cuts_the_boxes_and_the_grid_when_asked():
     query, truth = pasted(LAYOUTS["on a picture"](), picture(SHOWN), 300, 40, 180)
     data = encode_jpeg(query)
     preprocessor = Preprocessor(224, Limits(min_side=32), None, keypoints=False)
-    boxes, canvases = preprocessor.regions(data, with_grid=False)
+    boxes, canvases, crops = preprocessor.regions(data, with_grid=False)
     assert boxes and canvases.shape == (len(boxes), 224, 224, 3) and canvases.dtype == np.uint8
-    with_grid, canvases = preprocessor.regions(data, with_grid=True)
-    assert with_grid == boxes + REGIONS and len(canvases) == len(boxes) + len(REGIONS)
-    plain, canvases = preprocessor.regions(encode_jpeg(clock(3)), with_grid=False)
-    assert plain == [] and canvases.shape == (0, 224, 224, 3)
+    width, height = decode(data, 448, Limits(min_side=32)).size  # the picture cut: at least twice the canvas
+    sides = [
+        (round((x + w) * width) - round(x * width), round((y + h) * height) - round(y * height)) for x, y, w, h in boxes
+    ]
+    assert [crop.size for crop in crops] == sides
+    with_grid, canvases, crops = preprocessor.regions(data, with_grid=True)
+    assert with_grid == boxes + REGIONS and len(canvases) == len(crops) == len(boxes) + len(REGIONS)
+    plain, canvases, crops = preprocessor.regions(encode_jpeg(clock(3)), with_grid=False)
+    assert plain == [] == crops and canvases.shape == (0, 224, 224, 3)

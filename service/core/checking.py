@@ -7,7 +7,7 @@ memory), with the geometric check overriding borderline scores when it is on.
 A query that is not a duplicate as a whole is searched again by regions (a cascade: the extra
 views are paid only when the whole image found nothing), so that a copy shown inside a larger
 picture is found: the boxes pasted on it (media/insets.py), and a grid of 13 with --region-grid;
-a region needs its own, higher score, and a close alignment of the whole query.
+a region needs its own, higher score, and a close alignment of the whole query or of the region.
 """
 
 import asyncio
@@ -130,10 +130,11 @@ class Checker:
     ) -> CheckResult:
         """The cascade's second stage: each region embedded and searched; the nearest records of
         the best regions (REGION_CANDIDATES of them, scoring at least the region threshold) are
-        verified against the whole query, and the first confirmed decides. A collection with its
+        verified against the whole query, then against the region alone, and the first confirmed
+        decides. A collection with its
         own threshold asks its regions for as much less than it as the service's region threshold
         is under the service's threshold."""
-        boxes, canvases = await asyncio.to_thread(self.preprocessor.regions, image, self.policy.region_grid)
+        boxes, canvases, crops = await asyncio.to_thread(self.preprocessor.regions, image, self.policy.region_grid)
         if not boxes:
             return whole
         descriptors = await self.hasher.hash(canvases, [1] * len(canvases), timeout_s())
@@ -153,6 +154,9 @@ class Checker:
                 continue
             tried.add(record.sha256)
             confirmed = await asyncio.to_thread(self.judge.confirmed, found, picture, self.policy.verified_residual)
+            if not confirmed.decision.is_duplicate:  # the box alone: the copy may be too small in the whole
+                alone = functools.partial(lambda crop: crop, crops[region])
+                confirmed = await asyncio.to_thread(self.judge.confirmed, found, alone, self.policy.verified_residual)
             if confirmed.decision.is_duplicate:
                 return CheckResult(
                     True, False, confirmed.matches(confirmed.decision.each)[:top_k], confirmed.decision.score,

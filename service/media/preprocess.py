@@ -56,9 +56,9 @@ class Preprocessor:
         """The image at the side verification compares queries at."""
         return decode(data, verification.QUERY_SIDE, self.limits, self.budget)
 
-    def regions(self, data: bytes, with_grid: bool) -> tuple[list[Box], np.ndarray]:
-        """The boxes pasted on the picture (media/insets.py), then REGIONS if `with_grid`, and their
-        canvases stacked [boxes, canvas, canvas, 3]."""
+    def regions(self, data: bytes, with_grid: bool) -> tuple[list[Box], np.ndarray, list[Image.Image]]:
+        """The boxes pasted on the picture (media/insets.py), then REGIONS if `with_grid`, their
+        canvases stacked [boxes, canvas, canvas, 3], and the crops they were made from."""
         picture = decode(data, self.canvas_size * REGION_DECODE_SCALE, self.limits, self.budget)
         boxes = insets.boxes(picture) + (REGIONS if with_grid else [])
         width, height = picture.size
@@ -69,7 +69,8 @@ class Preprocessor:
             for left, top, w, h in boxes
         ]
         canvases = [to_canvas(crop, self.canvas_size) for crop in crops]
-        return boxes, np.stack(canvases) if canvases else np.zeros((0, self.canvas_size, self.canvas_size, 3), np.uint8)
+        stacked = np.stack(canvases) if canvases else np.zeros((0, self.canvas_size, self.canvas_size, 3), np.uint8)
+        return boxes, stacked, crops
 
     def picture(self, data: bytes) -> Image.Image:
         """The image at the side the geometric check works at."""
