@@ -130,8 +130,8 @@ class Checker:
     ) -> CheckResult:
         """The cascade's second stage: each region embedded and searched; the nearest records of
         the best regions (REGION_CANDIDATES of them, scoring at least the region threshold) are
-        verified against the whole query, then against the region alone, and the first confirmed
-        decides. A collection with its
+        verified against the whole query, then, from --region-alone, against the region alone, and
+        the first confirmed decides. A collection with its
         own threshold asks its regions for as much less than it as the service's region threshold
         is under the service's threshold."""
         boxes, canvases, crops = await asyncio.to_thread(self.preprocessor.regions, image, self.policy.region_grid)
@@ -143,20 +143,23 @@ class Checker:
         )
         ranked = sorted(range(len(searches)), key=lambda i: -searches[i].decision.score)
         views, best_score = whole.views + len(canvases), searches[ranked[0]].decision.score
-        policy_of, reach = self.judge.policies(), threshold_of(self.policy) - self.policy.region_threshold
+        policy, policy_of = self.policy, self.judge.policies()
+        reach, alone_reach = (threshold_of(policy) - least for least in (policy.region_threshold, policy.region_alone))
         tried: set[bytes] = set()
         for region in ranked:
             found = searches[region]
             if not found.nearest or len(tried) == REGION_CANDIDATES:
                 break
             record = found.nearest[found.deciding][0]
-            if found.decision.score < threshold_of(policy_of(record.collection)) - reach or record.sha256 in tried:
+            threshold = threshold_of(policy_of(record.collection))
+            if found.decision.score < threshold - reach or record.sha256 in tried:
                 continue
             tried.add(record.sha256)
-            confirmed = await asyncio.to_thread(self.judge.confirmed, found, picture, self.policy.verified_residual)
-            if not confirmed.decision.is_duplicate:  # the box alone: the copy may be too small in the whole
-                alone = functools.partial(lambda crop: crop, crops[region])
-                confirmed = await asyncio.to_thread(self.judge.confirmed, found, alone, self.policy.verified_residual)
+            confirmed = await asyncio.to_thread(self.judge.confirmed, found, picture, policy.verified_residual)
+            by_itself = policy.region_alone > 0 and found.decision.score >= threshold - alone_reach
+            if by_itself and not confirmed.decision.is_duplicate:  # the copy may be too small in the whole
+                cut_out = functools.partial(lambda crop: crop, crops[region])
+                confirmed = await asyncio.to_thread(self.judge.confirmed, found, cut_out, policy.verified_residual)
             if confirmed.decision.is_duplicate:
                 return CheckResult(
                     True, False, confirmed.matches(confirmed.decision.each)[:top_k], confirmed.decision.score,

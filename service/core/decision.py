@@ -48,8 +48,8 @@ class Policy:
     residual beside overlays) for precision at catalogue scale and confirmed by a close alignment
     from 0.15 (a residual up to 0.08, rising with the score to 0.2 at the threshold; from 0.25 also
     beside an overlay's own colours); regions
-    searched where boxes are pasted on the query (1.6 views per Check for 2.7x the insets), the
-    grid off (13 more views)."""
+    searched where boxes are pasted on the query (1.6 views per Check for 2.7x the insets; from 0.3
+    a region verified alone too), the grid off (13 more views)."""
 
     rule: str = setting("margin", "the decision rule (docs/quality.md compares them)")
     global_threshold: float = setting(0.75, "global rule: least cosine similarity of the nearest image")
@@ -99,6 +99,11 @@ class Policy:
         0.2,
         "least score of the best region of a query that matched nothing as a whole, among the boxes pasted on it "
         "(and --region-grid's): copies inside larger pictures (0: regions are not searched)",
+    )
+    region_alone: float = setting(
+        0.3,
+        "least score of a region whose candidates the whole query does not confirm to be verified against the "
+        "region alone, cut out (a small copy inside a larger picture; 0: never)",
     )
     region_grid: bool = setting(False, "also search 13 regions on a grid (13 more views per Check that found nothing)")
     dismissal_similarity: float = setting(
