@@ -131,9 +131,9 @@ class Checker:
         """The cascade's second stage: each region embedded and searched; the nearest records of
         the best regions (REGION_CANDIDATES of them, scoring at least the region threshold) are
         verified against the whole query, then, from --region-alone, against the region alone, and
-        the first confirmed decides. A collection with its
-        own threshold asks its regions for as much less than it as the service's region threshold
-        is under the service's threshold."""
+        the first confirmed decides. A collection with its own threshold asks its regions for as
+        much less than it as the service's region threshold (and region-alone score) is under the
+        service's threshold."""
         boxes, canvases, crops = await asyncio.to_thread(self.preprocessor.regions, image, self.policy.region_grid)
         if not boxes:
             return whole
