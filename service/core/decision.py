@@ -47,9 +47,9 @@ class Policy:
     (docs/quality.md): the margin over the nearest other picture, verified (0.47, less 0.15 x the
     residual beside overlays) for precision at catalogue scale and confirmed by a close alignment
     from 0.15 (a residual up to 0.08, rising with the score to 0.2 at the threshold; from 0.25 also
-    beside an overlay's own colours); regions
-    searched where boxes are pasted on the query (1.6 views per Check for 2.7x the insets; from 0.3
-    a region verified alone too), the grid off (13 more views)."""
+    beside an overlay's own colours); regions searched where boxes are pasted on the query (1.6
+    views per Check for 2.7x the insets; from 0.3 a region verified alone too), the grid off (13
+    more views)."""
 
     rule: str = setting("margin", "the decision rule (docs/quality.md compares them)")
     global_threshold: float = setting(0.75, "global rule: least cosine similarity of the nearest image")
