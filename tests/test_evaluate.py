@@ -1,11 +1,15 @@
-"""tools/evaluate.py end to end on the committed images: it runs, its numbers are sane and reproducible."""
+"""tools/evaluate.py end to end on the committed images: it runs, its numbers are sane and reproducible;
+and tools/twin_recall.py's pairing of two runs."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tools.evaluation.dataset import Query, add_same_pictures
+from tools.twin_recall import paired
 
 ROOT = Path(__file__).parent.parent
 FLAGS = "--enroll-views 1 --check-views 1 --decision margin"
@@ -109,3 +113,24 @@ def test_a_picture_shown_inside_another_is_a_right_answer_for_the_larger_one_onl
     assert changed == 2
     assert larger.expected == {"catalogue/transport.jpg", "catalogue/bus.jpg"} and larger.copies == 2
     assert smaller.expected == {"catalogue/bus.jpg"}
+
+
+def test_twin_recall_compares_each_twinned_pictures_copies_with_themselves():
+    """tools/twin_recall.py: the same queries in a run without twins and one with them, split by
+    whether the second run enrolled the query's reference twice; queries that differ are refused."""
+
+    def row(source: str, expected: list[str], declared: str | None) -> dict:
+        return {"source": source, "family": "jpeg", "expected": expected, "is_duplicate": bool(declared),
+                "declared": declared}  # fmt: skip
+
+    once = [row("a.jpg", ["a.jpg"], "a.jpg"), row("b.jpg", ["b.jpg"], None), row("n.jpg", [], None)]
+    twice = [
+        row("a.jpg", ["a.jpg", "twin/a.jpg"], "twin/a.jpg"),
+        row("b.jpg", ["b.jpg", "twin/b.jpg"], "b.jpg"),
+        row("n.jpg", [], "a.jpg"),
+    ]
+    result = paired(once, twice)
+    assert result["twinned"] == {"queries": 2, "recall_once": 0.5, "recall_twice": 1.0}
+    assert result["not twinned"]["queries"] == 0
+    with pytest.raises(ValueError, match="same queries"):
+        paired(once, list(reversed(twice)))
