@@ -7,6 +7,7 @@ import io
 import pytest
 from PIL import Image, ImageOps
 
+from service.core.decision import Policy
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from tests.conftest import RunningService, encode_jpeg, image_bytes, picture, reencoded
 
@@ -97,6 +98,17 @@ def test_a_20_px_thumbnail_is_answered(stub):
     small.thumbnail((20, 20))
     reply = check(stub, png(small))
     assert max(small.size) == 20 and reply.matches and reply.matches[0].key.startswith("falcon/")
+
+
+def test_a_16_px_thumbnail_scoring_under_the_reach_is_found_by_its_close_match(stub):
+    """Its descriptor is far from its original's (a margin score under the verification's reach),
+    but a query under --small-query-side is verified whatever its score, and it aligns closely."""
+    name, policy = "portrait-portraits-drakes-blademaster.jpg", Policy()
+    small = picture(name)
+    small.thumbnail((16, 16))
+    reply = check(stub, png(small))
+    assert max(small.size) == 16 and reply.score < policy.margin_threshold - policy.verification_reach
+    assert reply.is_duplicate and reply.matches[0].key == name and reply.residual < policy.verified_residual
 
 
 def test_near_blank_images_are_flagged_and_not_duplicates_of_each_other(stub):

@@ -22,7 +22,7 @@ from PIL import Image
 from service.core.decision import Candidate, Policy, decide, is_borderline, threshold_of
 from service.core.judging import Judge, Match, Search
 from service.media import geometry
-from service.media.imaging import is_low_information
+from service.media.imaging import is_low_information, longest_side
 from service.media.preprocess import Box, Preprocessor
 from service.storage.background import Background
 from service.storage.records import Record
@@ -101,7 +101,10 @@ class Checker:
         background_similarity = self.background.similarity(descriptor.feature)
         search = functools.partial(self._search, collections=collections)
         picture = functools.cache(lambda: self.preprocessor.verification_picture(image))
-        whole = await asyncio.to_thread(search, descriptor.feature, top_k, background_similarity, query=picture)
+        side = longest_side(image)
+        whole = await asyncio.to_thread(
+            search, descriptor.feature, top_k, background_similarity, query=picture, query_side=side
+        )
         result = CheckResult(
             False, False, [], whole.decision.score, background_similarity, generation, views=self.views,
             rule=whole.rule, residual=whole.residual,
@@ -175,9 +178,10 @@ class Checker:
         background_similarity: float,
         collections: frozenset[str] | None = None,
         query: Callable[[], Image.Image] | None = None,
+        query_side: int = 0,
     ) -> Search:
         nearest = self.index.nearest(feature, max(top_k, NEIGHBOURS), collections)
-        return self.judge.judge(feature, nearest, background_similarity, query)
+        return self.judge.judge(feature, nearest, background_similarity, query, query_side)
 
     def _inliers(self, image: bytes, record: Record) -> int:
         with self.store.read() as view:

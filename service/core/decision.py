@@ -46,10 +46,10 @@ class Policy:
     """A rule and its parameters. The defaults are the service's, chosen on the catalogue benchmark
     (docs/quality.md): the margin over the nearest other picture, verified (0.47, less 0.15 x the
     residual beside overlays) for precision at catalogue scale and confirmed by a close alignment
-    from 0.15 (a residual up to 0.08, rising with the score to 0.2 at the threshold; from 0.25 also
-    beside an overlay's own colours); regions searched where boxes are pasted on the query (1.6
-    views per Check for 2.7x the insets; from 0.3 a region verified alone too), the grid off (13
-    more views)."""
+    from 0.15 (a residual up to 0.08, rising with the score to 0.2 at the threshold, and colours up
+    to 8 apart; from 0.25 also beside an overlay's own colours; a query under 64 px at any score);
+    regions searched where boxes are pasted on the query (1.6 views per Check for 2.7x the insets;
+    from 0.3 a region verified alone too), the grid off (13 more views)."""
 
     rule: str = setting("margin", "the decision rule (docs/quality.md compares them)")
     global_threshold: float = setting(0.75, "global rule: least cosine similarity of the nearest image")
@@ -83,11 +83,18 @@ class Policy:
         "the largest residual of a close match grows from --verified-residual by one per unit of score up to this "
         "at the threshold (and in the band above it): the more the descriptors agree, the less the alignment must",
     )
-    verified_colour: float = setting(5.0, "the largest colour difference of a duplicate found under the threshold")
+    verified_colour: float = setting(
+        8.0, "the largest colour difference (for the detail the query shows) of a duplicate found under the threshold"
+    )
     overlay_reach: float = setting(
         0.22,
         "a score this far under the threshold is also a duplicate when the aligned pictures agree that closely beside "
         "an overlay painted in colours the candidate has nowhere (a caption, a sticker; 0: never)",
+    )
+    small_query_side: int = setting(
+        64,
+        "a query whose longest side is under this many pixels is verified whatever its score, and is a duplicate when "
+        "the aligned pictures agree closely (a thumbnail's descriptor is far from its original's; 0: never)",
     )
     pair_twin_similarity: float = setting(
         0.8,
@@ -121,6 +128,11 @@ class Policy:
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise ValueError(f"unknown decision rule {self.rule!r}; one of {', '.join(RULES)}")
+
+    def verified_under(self, score: float, threshold: float, query_side: int = 0) -> bool:
+        """Is a score under the threshold verified: within reach of it, or any score of a query whose
+        longest side (in pixels; 0: not known) is small?"""
+        return score >= threshold - self.verification_reach or 0 < query_side < self.small_query_side
 
     def close_residual(self, score: float, threshold: float) -> float:
         """The largest residual of a close match for a query scoring `score` against a `threshold`."""

@@ -3,10 +3,9 @@
 In order: each collection's candidates are decided by its own rule (decision.py), the margin's
 "other picture" skipping the nearest one's twins (at cosine >= --twin-similarity, or from
 --pair-twin-similarity verified the same picture); a duplicate not far above its threshold is
-verified against the candidate's stored reference (media/verification.py), and a score within
-reach under it is confirmed by a close match (nearer, beside an overlay's own colours) or not;
-then the caller's "not a duplicate" memory overrides what it covers. Check (checking.py) and
-FindDuplicates (grouping.py) judge this way."""
+verified against the candidate's stored reference (media/verification.py), a score within reach
+under it (any, for a thumbnail) confirmed by a close match or not; then the caller's "not a
+duplicate" memory overrides. Check (checking.py) and FindDuplicates (grouping.py) judge this way."""
 
 import collections
 import threading
@@ -88,18 +87,19 @@ class Judge:
         nearest: list[tuple[Record, float]],
         background_similarity: float,
         query: Callable[[], Image.Image | None] | None = None,
+        query_side: int = 0,
     ) -> Search:
-        """`query()` gives the query's picture for verification (None: not verified)."""
+        """`query()` gives the query's picture for verification (None: not verified), `query_side` its size."""
         policy_of = self.policies()
         twins = self._twins if self.policy.verification_weight else None
         search = decided(nearest, policy_of, background_similarity, twins)
         if query is not None and self.policy.verification_weight:
-            search = self._verified(search, query, policy_of)
+            search = self._verified(search, query, policy_of, query_side)
         return self._without_dismissed(feature, search)
 
-    def _verified(self, search: Search, query: Callable[[], Image.Image | None], policy_of) -> Search:
-        """A duplicate near its threshold must survive its residual or agree closely; a score within
-        reach under the threshold is confirmed or not (Policy.close_residual: how closely)."""
+    def _verified(self, search: Search, query: Callable[[], Image.Image | None], policy_of, query_side: int) -> Search:
+        """A duplicate near its threshold must survive its residual or agree closely; a score under it
+        that Policy.verified_under is confirmed or not (Policy.close_residual: how closely)."""
         if not search.nearest:
             return search
         policy, record = self.policy, search.nearest[search.deciding][0]
@@ -107,7 +107,7 @@ class Judge:
         weight, cap = policy.verification_weight, policy.verification_cap
         close = policy.close_residual(score, threshold)
         if not search.decision.is_duplicate:
-            near = score >= threshold - policy.verification_reach
+            near = policy.verified_under(score, threshold, query_side)
             return self.confirmed(search, query, close, score >= threshold - policy.overlay_reach) if near else search
         if score >= threshold + weight * cap:
             return search  # no residual could take it under the threshold

@@ -75,6 +75,12 @@ def is_low_information(canvas: np.ndarray) -> bool:
     return float(canvas.mean(axis=2).std()) < LOW_INFORMATION_STD
 
 
+def longest_side(data: bytes) -> int:
+    """The longest side of an image that decoded, read from its header."""
+    with Image.open(io.BytesIO(data)) as image:
+        return max(image.size)
+
+
 def to_canvas(rgb: Image.Image, size: int) -> np.ndarray:
     return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR))
 
