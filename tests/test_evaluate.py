@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.evaluation.dataset import Query, add_same_pictures
+from tools.evaluation.dataset import Query, add_same_pictures, build
 from tools.twin_recall import paired
 
 ROOT = Path(__file__).parent.parent
@@ -115,9 +115,23 @@ def test_a_picture_shown_inside_another_is_a_right_answer_for_the_larger_one_onl
     assert smaller.expected == {"catalogue/bus.jpg"}
 
 
+def test_a_catalogue_enrolled_once_sends_the_same_queries_with_fewer_right_keys():
+    """--catalogue-once enrols only the queried file of each catalogue group: the queries do not
+    change, so tools/twin_recall.py can pair them with a run that enrols every file."""
+    images = ROOT / "tests" / "images"
+    every, once = (build(images, 0, 0.7, 0.1, 0.0, images, 12, 12, 0, only) for only in (False, True))
+    assert [(q.family, q.source, q.data) for q in every.queries] == [(q.family, q.source, q.data) for q in once.queries]
+    assert every.counts["catalogue_groups_enrolled_more_than_once"] > 0
+    assert once.counts["catalogue_groups_enrolled_more_than_once"] == 0
+    assert len(once.enrol) == len(every.enrol) - every.counts["catalogue_files"] + once.counts["catalogue_files"]
+    fewer = [a.source for a, b in zip(every.queries, once.queries, strict=True) if len(b.expected) < len(a.expected)]
+    assert fewer and all(source.startswith("catalogue/") for source in fewer)
+
+
 def test_twin_recall_compares_each_twinned_pictures_copies_with_themselves():
     """tools/twin_recall.py: the same queries in a run without twins and one with them, split by
-    whether the second run enrolled the query's reference twice; queries that differ are refused."""
+    whether the second run enrolled the query's picture under more keys; queries that differ are
+    refused."""
 
     def row(source: str, expected: list[str], declared: str | None) -> dict:
         return {"source": source, "family": "jpeg", "expected": expected, "is_duplicate": bool(declared),
@@ -130,7 +144,7 @@ def test_twin_recall_compares_each_twinned_pictures_copies_with_themselves():
         row("n.jpg", [], "a.jpg"),
     ]
     result = paired(once, twice)
-    assert result["twinned"] == {"queries": 2, "recall_once": 0.5, "recall_twice": 1.0}
-    assert result["not twinned"]["queries"] == 0
+    assert result["more keys"] == {"queries": 2, "recall_once": 0.5, "recall_twice": 1.0}
+    assert result["as many keys"]["queries"] == 0
     with pytest.raises(ValueError, match="same queries"):
         paired(once, list(reversed(twice)))

@@ -256,6 +256,8 @@ def main() -> None:
                         help="enrolled catalogue pictures queried under every family")  # fmt: skip
     parser.add_argument("--catalogue-negatives", type=int, default=600,
                         help="unenrolled catalogue drawings queried (as they are and under two families)")  # fmt: skip
+    parser.add_argument("--catalogue-once", action="store_true",
+                        help="enrol only the queried file of each catalogue group (tools/twin_recall.py)")  # fmt: skip
     parser.add_argument("--sample", type=int, default=0, help="check at most this many queries (0: all)")
     parser.add_argument("--service-flags", default="", help="extra flags for `neardup serve`")
     parser.add_argument("--workers", type=int, default=4, help="concurrent Check calls")
@@ -269,7 +271,7 @@ def main() -> None:
     benchmark = build(
         arguments.images, arguments.seed, arguments.reference_share, arguments.background_share,
         arguments.twin_share, arguments.catalogue, arguments.catalogue_groups, arguments.catalogue_queries,
-        arguments.catalogue_negatives,
+        arguments.catalogue_negatives, arguments.catalogue_once,
     )  # fmt: skip
     queries = benchmark.queries
     if arguments.sample and arguments.sample < len(queries):

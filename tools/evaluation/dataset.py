@@ -94,6 +94,7 @@ def build(
     catalogue_groups: int = 0,
     catalogue_queries: int = 0,
     catalogue_negatives: int = 0,
+    catalogue_once: bool = False,
 ) -> Benchmark:
     groups = grouped(read_manifest(images))
     names = shuffled_names(groups, seed)
@@ -131,8 +132,9 @@ def build(
     counts |= {"background": len(background), "distractors": len(distractors)}
     if catalogue is not None:
         queries += add_catalogue(
-            catalogue, seed, catalogue_groups, catalogue_queries, catalogue_negatives, enrol, hosts, counts
-        )
+            catalogue, seed, catalogue_groups, catalogue_queries, catalogue_negatives, enrol, hosts, counts,
+            catalogue_once,
+        )  # fmt: skip
     links = group_links(groups, "") + json.loads(SAME_PICTURES.read_text())
     if catalogue is not None:
         links += group_links(grouped(read_manifest(catalogue)), CATALOGUE_PREFIX)
@@ -191,12 +193,16 @@ def add_catalogue(
     enrol: dict,
     hosts: list[Path],
     counts: dict,
+    once: bool = False,
 ) -> list[Query]:
-    """Enrols `enrolled_groups` of the catalogue (each with all its files); returns positive queries
-    from `positive_groups` of them (every family) and negatives from `negative_drawings` of the
-    others (the drawing itself and two random families)."""
+    """Enrols `enrolled_groups` of the catalogue (each with all its files, or `once`: with the one
+    its queries are made from); returns positive queries from `positive_groups` of them (every
+    family) and negatives from `negative_drawings` of the others (the drawing itself and two random
+    families)."""
     entries = [e for e in read_manifest(folder) if e.get("category") not in EXCLUDED_CATEGORIES]
     groups = grouped(entries)
+    if once:
+        groups = {name: sorted(members, key=lambda member: member["file"])[:1] for name, members in groups.items()}
     names = shuffled_names(groups, f"{seed} catalogue")
     enrolled, others = names[:enrolled_groups], names[enrolled_groups:]
     for name in enrolled:
