@@ -60,9 +60,9 @@ def test_a_picture_enrolled_under_two_keys_is_found_by_its_cropped_copy_with_bot
     assert reply.matches[2].key in OTHERS and reply.matches[2].nearest_similarity < 0.9
 
 
-def inside_host(name: str, side: int = 240, host_name: str = HOST) -> bytes:
+def inside_host(name: str, side: int = 240, host_name: str = HOST, shown: Image.Image | None = None) -> bytes:
     host = ImageOps.fit(picture(host_name), (600, 600))
-    shown = picture(name)
+    shown = shown or picture(name)
     shown.thumbnail((side, side))
     host.paste(shown, (330, 40))
     return encode_jpeg(host)
@@ -85,6 +85,18 @@ def test_a_small_copy_the_whole_query_does_not_align_is_confirmed_by_its_region_
     assert reply.is_duplicate and reply.matches[0].key.startswith("falcon/")
     assert reply.HasField("region") and reply.region.left >= 0.5 and reply.region.width < 0.3
     assert reply.residual < 0.08
+
+
+def test_a_region_scoring_over_the_threshold_is_confirmed_as_closely_as_a_whole_query_would_be(stub):
+    """A cropped copy at 160 px of 600: its region scores over the threshold, and the copy aligns
+    less closely than --verified-residual (its cut edge, its size) but within what a whole query
+    scoring that much is allowed."""
+    falcon = picture(PICTURE)
+    cropped = falcon.crop((falcon.width * 15 // 100, falcon.height * 15 // 100, falcon.width, falcon.height))
+    reply, policy = check(stub, inside_host(PICTURE, 160, shown=cropped)), Policy()
+    assert reply.is_duplicate and reply.matches[0].key.startswith("falcon/") and reply.HasField("region")
+    assert reply.region_score > policy.margin_threshold
+    assert policy.verified_residual < reply.residual < policy.verified_residual_at_threshold
 
 
 def test_a_picture_not_enrolled_inside_the_same_host_is_not_a_duplicate(stub):

@@ -133,8 +133,10 @@ class Checker:
     ) -> CheckResult:
         """The cascade's second stage: each region embedded and searched; the nearest records of
         the best regions (REGION_CANDIDATES of them, scoring at least the region threshold) are
-        verified against the whole query, then, from --region-alone, against the region alone, and
-        the first confirmed decides. A collection with its own threshold asks its regions for as
+        verified against the whole query, then, from --region-alone, against the region alone (a
+        residual up to --verified-residual, or from the threshold up what a duplicate in the band
+        agrees by: under it, regions of drawings find look-alike drawings), and the first
+        confirmed decides. A collection with its own threshold asks its regions for as
         much less than it as the service's region threshold (and region-alone score) is under the
         service's threshold."""
         boxes, canvases, crops = await asyncio.to_thread(self.preprocessor.regions, image, self.policy.region_grid)
@@ -158,11 +160,13 @@ class Checker:
             if found.decision.score < threshold - reach or record.sha256 in tried:
                 continue
             tried.add(record.sha256)
-            confirmed = await asyncio.to_thread(self.judge.confirmed, found, picture, policy.verified_residual)
+            at_threshold = found.decision.score >= threshold  # held as closely as a whole query there
+            close = policy.close_residual(found.decision.score, threshold) if at_threshold else policy.verified_residual
+            confirmed = await asyncio.to_thread(self.judge.confirmed, found, picture, close)
             by_itself = policy.region_alone > 0 and found.decision.score >= threshold - alone_reach
             if by_itself and not confirmed.decision.is_duplicate:  # the copy may be too small in the whole
                 cut_out = functools.partial(lambda crop: crop, crops[region])
-                confirmed = await asyncio.to_thread(self.judge.confirmed, found, cut_out, policy.verified_residual)
+                confirmed = await asyncio.to_thread(self.judge.confirmed, found, cut_out, close)
             if confirmed.decision.is_duplicate:
                 return CheckResult(
                     True, False, confirmed.matches(confirmed.decision.each)[:top_k], confirmed.decision.score,
