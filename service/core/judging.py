@@ -89,7 +89,7 @@ class Judge:
         query: Callable[[], Image.Image | None] | None = None,
         query_side: int = 0,
     ) -> Search:
-        """`query()` gives the query's picture for verification (None: not verified), `query_side` its size."""
+        """`query()` gives the picture to verify (None: not verified), `query_side` its longest side (0: unknown)."""
         policy_of = self.policies()
         twins = self._twins if self.policy.verification_weight else None
         search = decided(nearest, policy_of, background_similarity, twins)
