@@ -39,7 +39,13 @@ from service.storage.snapshots import rebuild  # noqa: E402
 from tools.build_background import build_background  # noqa: E402
 from tools.evaluation.baselines import HASHES, HammingIndex  # noqa: E402
 from tools.evaluation.dataset import Benchmark, Query, build  # noqa: E402
-from tools.evaluation.metrics import average_precision, pr_curve, precision_recall_of, recall_at_precision  # noqa: E402
+from tools.evaluation.metrics import (  # noqa: E402
+    average_precision,
+    decided_key,
+    pr_curve,
+    precision_recall_of,
+    recall_at_precision,
+)
 from tools.evaluation.report import plot, write_failures  # noqa: E402
 from tools.service_process import RunningService  # noqa: E402
 
@@ -173,12 +179,6 @@ def enrol_and_check(benchmark: Benchmark, queries: list[Query], flags: list[str]
             "workers": workers,
         },
     }
-
-
-def decided_key(answer: dict) -> str | None:
-    """The key a decision is about: the first match it declares a duplicate (the nearest may be a
-    look-alike that verification refused, with its twin confirmed), else the nearest."""
-    return answer.get("declared") or (answer["keys"][0] if answer["keys"] else None)
 
 
 def image_data(source: Path | bytes) -> bytes:

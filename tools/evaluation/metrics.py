@@ -59,3 +59,9 @@ def precision_recall_of(decisions: np.ndarray, correct: np.ndarray, positives: i
     said_yes = int(decisions.sum())
     right = int((decisions & correct).sum())
     return (right / said_yes if said_yes else 1.0), (right / positives if positives else 0.0)
+
+
+def decided_key(answer: dict) -> str | None:
+    """The key a Check's decision is about: the first match it declares a duplicate (the nearest may
+    be a look-alike that verification refused, with its twin confirmed), else the nearest."""
+    return answer.get("declared") or (answer["keys"][0] if answer["keys"] else None)
