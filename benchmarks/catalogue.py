@@ -29,7 +29,7 @@ from benchmarks.bench import DEFAULT_IMAGES, features, load_images, percentile, 
 from service.config import Settings  # noqa: E402
 from service.core.decision import Policy  # noqa: E402
 from service.core.grouping import Group, find_groups  # noqa: E402
-from service.core.judging import decided  # noqa: E402
+from service.core.searches import decided  # noqa: E402
 from service.storage.records import Enrolment  # noqa: E402
 from service.storage.snapshots import SnapshotLoader, build_snapshot  # noqa: E402
 from service.storage.store import Store  # noqa: E402

@@ -442,6 +442,32 @@ def test_a_thumbnail_is_verified_whatever_its_score(store):
     assert not look_alike.decision.is_duplicate and look_alike.residual > policy.verified_residual
 
 
+def test_a_thumbnail_is_confirmed_against_a_neighbour_further_than_the_nearest(store):
+    """A thumbnail's descriptor ranks its original near, not first: a 40 px thumbnail whose nearest
+    record is a look-alike is the duplicate of its second, alone. Not a query of unknown size, nor
+    one that is not enlarged --thumbnail-enlargement times to be compared (a 60 px one: about 2.1x),
+    nor with the rule off, nor a thumbnail of neither picture."""
+    look_alike, original, far = unit(70), unit(71), unit(72)
+    enrol(store, "eleven", look_alike, clock(11))
+    enrol(store, "three", original, clock(3))
+    enrol(store, "far", far, clock(7).rotate(90))
+    query = 0.35 * look_alike + 0.2 * original + 0.9 * unit(73)
+    query /= np.linalg.norm(query)
+    nearest = neighbours(store, query, ["eleven", "three", "far"])
+    assert [record.key for record, _ in nearest] == ["eleven", "three", "far"]
+    judge, policy = Judge(store, Policy()), Policy()
+    found = judge.judge(query, nearest, 0.0, lambda: thumbnail(clock(3), 40), query_side=40)
+    assert found.decision.each == [False, True, False] and found.residual < policy.verified_residual
+    assert not judge.judge(query, nearest, 0.0, lambda: thumbnail(clock(3), 40)).decision.is_duplicate
+    assert not judge.judge(query, nearest, 0.0, lambda: thumbnail(clock(5), 40), query_side=40).decision.is_duplicate
+    enlarged_less = judge.judge(query, nearest, 0.0, lambda: thumbnail(clock(3), 60), query_side=60)
+    assert not enlarged_less.decision.is_duplicate
+    less = Judge(store, replace(policy, thumbnail_enlargement=2.0))
+    assert less.judge(query, nearest, 0.0, lambda: thumbnail(clock(3), 60), query_side=60).decision.each[1]
+    off = Judge(store, replace(policy, thumbnail_enlargement=0.0))
+    assert not off.judge(query, nearest, 0.0, lambda: thumbnail(clock(3), 40), query_side=40).decision.is_duplicate
+
+
 def test_nothing_enrolled_is_nothing_to_verify(store):
     """An empty index: no candidate, no duplicate, no verification (a Check before any Enroll)."""
     empty = Judge(store, Policy()).judge(unit(30), [], 0.0, lambda: clock(3))

@@ -13,7 +13,7 @@ from service.api.errors import KeyNotFound, RequestError, grpc_errors
 from service.core.decision import settable_rules, with_rule
 from service.core.enrollment import key_problem, shown
 from service.core.grouping import Progress, find_groups
-from service.core.judging import Search
+from service.core.searches import Search
 from service.media import verification
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.storage.collections import CollectionSettings, name_problem

@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image
 
 from service.core.decision import Candidate, Policy, decide, is_borderline, threshold_of
-from service.core.judging import Judge, Match, Search
+from service.core.judging import Judge
+from service.core.searches import Match, Search
 from service.media import geometry
 from service.media.imaging import is_low_information, longest_side
 from service.media.preprocess import Box, Preprocessor

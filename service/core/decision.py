@@ -47,7 +47,8 @@ class Policy:
     (docs/quality.md): the margin over the nearest other picture, verified (0.47, less 0.15 x the
     residual beside overlays) for precision at catalogue scale and confirmed by a close alignment
     from 0.15 (a residual up to 0.08, rising with the score to 0.2 at the threshold, and colours up
-    to 8 apart; from 0.25 also beside an overlay's own colours; a query under 64 px at any score);
+    to 8 apart; from 0.25 also beside an overlay's own colours; a query under 64 px at any score, and
+    against each of its neighbours when enlarged 2.5x);
     regions searched where boxes are pasted on the query (1.6 views per Check for 2.7x the insets;
     from 0.3 a region verified alone too), the grid off (13 more views)."""
 
@@ -95,6 +96,12 @@ class Policy:
         64,
         "a query whose longest side is under this many pixels is verified whatever its score, and is a duplicate when "
         "the aligned pictures agree closely (a thumbnail's descriptor is far from its original's; 0: never)",
+    )
+    thumbnail_enlargement: float = setting(
+        2.5,
+        "a query under --small-query-side that its nearest record does not confirm is compared with its other "
+        "neighbours in turn, and is a duplicate of the first that agrees within --verified-residual once enlarged at "
+        "least this much to be compared (a thumbnail's descriptor ranks its original near, not first; 0: never)",
     )
     pair_twin_similarity: float = setting(
         0.8,

@@ -1,21 +1,23 @@
 """Judging a feature's nearest records: which of them is the query a near-duplicate of?
 
-In order: each collection's candidates are decided by its own rule (decision.py), the margin's
+In order: each collection's candidates are decided by its own rule (searches.py), the margin's
 "other picture" skipping the nearest one's twins (at cosine >= --twin-similarity, or from
 --pair-twin-similarity verified the same picture); a duplicate not far above its threshold is
 verified against the candidate's stored reference (media/verification.py), a score within reach
-under it (any, for a thumbnail) confirmed by a close match or not; then the caller's "not a
-duplicate" memory overrides. Check (checking.py) and FindDuplicates (grouping.py) judge this way."""
+under it (any, for a thumbnail, against any of its neighbours) confirmed by a close match or
+not; then the caller's "not a duplicate" memory overrides. Check (checking.py) and FindDuplicates
+(grouping.py) judge this way."""
 
 import collections
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
 
-from service.core.decision import Candidate, Decision, Policy, decide, similarities_to_first, threshold_of, with_rule
+from service.core.decision import Policy, threshold_of, with_rule
+from service.core.searches import Search, decided
 from service.media import verification
 from service.storage.collections import settings as collection_settings
 from service.storage.dismissals import Dismissals
@@ -28,37 +30,6 @@ from service.storage.store import Store
 UNVERIFIABLE_MARGIN = 0.08
 PAIR_CACHE = 50_000  # enrolled pairs whose twin verdict is remembered
 CONFIRMED_TWINS = 2  # twins of the nearest verified when the nearest itself is not a close match
-
-
-@dataclass(frozen=True)
-class Match:
-    record: Record
-    distance: float  # Euclidean between unit features
-    is_duplicate: bool
-    inliers: int = -1  # geometric check inliers; -1 when it did not run
-    nearest_similarity: float = 1.0  # cosine of its enrolled feature to the nearest match's
-    dismissed: bool = False  # a duplicate by the rule, but the caller said this picture is not one of it
-
-
-@dataclass(frozen=True)
-class Search:
-    """One feature's neighbours and the judgement on them."""
-
-    nearest: list[tuple[Record, float]]
-    to_nearest: list[float]  # each neighbour's similarity to the nearest one of its collection
-    decision: Decision
-    rule: str = ""  # the rule of the collection whose decision this is
-    dismissed: frozenset[int] = frozenset()  # positions of duplicates the memory overrode
-    scores: list[float] = field(default_factory=list)  # per neighbour: its collection's rule's score of it
-    deciding: int = 0  # the position of the deciding collection's nearest
-    residual: float | None = None  # verification's, when it ran
-
-    def matches(self, each: list[bool], inliers: int = -1) -> list[Match]:
-        rows = zip(self.nearest, each, self.to_nearest, strict=True)
-        return [
-            Match(record, distance, duplicate, inliers if position == 0 else -1, similarity, position in self.dismissed)
-            for position, ((record, distance), duplicate, similarity) in enumerate(rows)
-        ]
 
 
 class Judge:
@@ -107,8 +78,10 @@ class Judge:
         weight, cap = policy.verification_weight, policy.verification_cap
         close = policy.close_residual(score, threshold)
         if not search.decision.is_duplicate:
-            near = policy.verified_under(score, threshold, query_side)
-            return self.confirmed(search, query, close, score >= threshold - policy.overlay_reach) if near else search
+            if not policy.verified_under(score, threshold, query_side):
+                return search
+            overlay, small = score >= threshold - policy.overlay_reach, 0 < query_side < policy.small_query_side
+            return self.confirmed(search, query, close, overlay, small)
         if score >= threshold + weight * cap:
             return search  # no residual could take it under the threshold
         found = self._residual(query, record)  # the score says duplicate: an overlay is forgiven
@@ -123,12 +96,16 @@ class Judge:
         decision = replace(search.decision, is_duplicate=any(each), score=verified, each=each)
         return replace(search, decision=decision, residual=found.beside_overlays if found is not None else None)
 
-    def confirmed(self, search: Search, query: Callable[[], Image.Image | None], close: float, overlay=False) -> Search:
+    def confirmed(
+        self, search: Search, query: Callable[[], Image.Image | None], close: float, overlay=False, small=False
+    ) -> Search:
         """The nearest candidate and its twins as the duplicates if the query agrees closely with it
         (Residual.is_close: a residual up to `close`, or, an `overlay` forgiven, --verified-residual
         beside its own colours), whatever the score; failing that, the first of its next
         CONFIRMED_TWINS twins that does (the nearest may be the picture enrolled small, or a
-        look-alike the descriptor took for a twin) alone; else no duplicate."""
+        look-alike the descriptor took for a twin) alone; for a `small` query, then the first of
+        the other neighbours it agrees with within --verified-residual, enlarged at least
+        --thumbnail-enlargement to be compared, alone; else no duplicate."""
         record, score = search.nearest[search.deciding][0], search.scores[search.deciding]
         covered = [  # it and its twins: the candidates of its collection its score covers
             other.collection == record.collection and own >= score
@@ -143,8 +120,16 @@ class Judge:
                 or (overlay and found.is_close(policy.verified_residual, policy.verified_colour, beside_foreign=True))
             ):
                 each = covered if position == tried[0] else [other == position for other in range(len(covered))]
-                decision = replace(search.decision, is_duplicate=True, each=each)
-                return replace(search, decision=decision, residual=found.lightness)
+                return _declared(search, each, found)
+        others = [position for position in range(len(covered)) if position not in tried]
+        for position in others if small and policy.thumbnail_enlargement else []:
+            other = self._residual(query, search.nearest[position][0])
+            if (
+                other is not None
+                and other.is_close(policy.verified_residual, policy.verified_colour)
+                and other.judged.upscale >= policy.thumbnail_enlargement  # judged: is_close found one
+            ):
+                return _declared(search, [each == position for each in range(len(covered))], other)
         decision = replace(search.decision, is_duplicate=False, each=[False] * len(covered))
         return replace(search, decision=decision, residual=found.lightness if found is not None else None)
 
@@ -200,51 +185,6 @@ class Judge:
         return replace(search, decision=decision, dismissed=dismissed)
 
 
-def decided(
-    nearest: list[tuple[Record, float]],
-    policy_of: Callable[[str], Policy],
-    background_similarity: float,
-    twins: Callable[[Record, Record], bool] | None = None,
-) -> Search:
-    """Each collection's candidates decided by its own policy, as if it had been checked alone;
-    the search's decision is that of the nearest collection that found a duplicate (else of the
-    nearest one). `twins(nearest, other)` verifies the margin's candidates for "other picture"
-    from --pair-twin-similarity on, until one is not a twin."""
-    positions: dict[str, list[int]] = {}
-    for position, (record, _) in enumerate(nearest):
-        positions.setdefault(record.collection, []).append(position)
-    each, to_nearest, scores = [False] * len(nearest), [1.0] * len(nearest), [float("-inf")] * len(nearest)
-    decisions = []  # (decision, rule, first position) per collection, the nearest collection first
-    for collection, members in positions.items():
-        policy = policy_of(collection)
-        similarities = similarities_to_first([nearest[p][0].feature for p in members])
-        verified = _verified_twins(policy, [nearest[p][0] for p in members], similarities, twins)
-        candidates = [
-            Candidate(nearest[p][1], nearest[p][0].threshold, similarity, twin)
-            for p, similarity, twin in zip(members, similarities, verified, strict=True)
-        ]
-        decision = decide(policy, candidates, background_similarity)
-        for p, similarity, duplicate, score in zip(
-            members, similarities, decision.each, decision.each_score, strict=True
-        ):
-            each[p], to_nearest[p], scores[p] = duplicate, similarity, score
-        decisions.append((decision, policy.rule, members[0]))
-    if not decisions:
-        return Search(nearest, to_nearest, decide(policy_of(""), []), policy_of("").rule)
-    deciding, rule, first = next((found for found in decisions if found[0].is_duplicate), decisions[0])
-    decision = Decision(deciding.is_duplicate, deciding.score, each)
-    return Search(nearest, to_nearest, decision, rule, scores=scores, deciding=first)
-
-
-def _verified_twins(policy: Policy, records: list[Record], similarities: list[float], twins) -> list[bool]:
-    flags = [False] * len(records)
-    if twins is None or policy.rule != "margin":
-        return flags
-    for position in range(1, len(records)):
-        similarity = similarities[position]
-        if similarity >= policy.twin_similarity:
-            continue  # a twin by its cosine
-        if similarity < policy.pair_twin_similarity or not twins(records[0], records[position]):
-            break  # the margin's other picture: the rest do not change the score
-        flags[position] = True
-    return flags
+def _declared(search: Search, each: list[bool], found: verification.Residual) -> Search:
+    """The search with `each` its duplicates, confirmed by `found`."""
+    return replace(search, decision=replace(search.decision, is_duplicate=True, each=each), residual=found.lightness)

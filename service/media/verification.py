@@ -78,11 +78,17 @@ class Residual:
         up to 3), and a small JPEG's colours are smeared over twice its pixels."""
         return difference / min(self.upscale, MAX_UPSCALE_ALLOWANCE)
 
+    @property
+    def judged(self) -> "Residual | None":
+        """The alignment a close match is judged by: this one, or when it changes the aspect the
+        best one that does not (None: there is none)."""
+        return self if self.stretch <= CLOSE_STRETCH else self.unstretched
+
     def is_close(self, residual: float, colour: float, beside_foreign: bool = False) -> bool:
         """Does the query agree closely with the candidate (everywhere, or beside an overlay's own
         colours): for its detail, in colour, in shape, by an alignment that keeps the aspect? (A
         thinner bar, a longer arrow: stretched, a look-alike drawing lines up exactly.)"""
-        judged = self if self.stretch <= CLOSE_STRETCH else self.unstretched
+        judged = self.judged
         if judged is None:
             return False
         lightness, colours = judged.beside_foreign if beside_foreign else (judged.lightness, judged.colour)
