@@ -119,17 +119,16 @@ class Judge:
                 found.is_close(close, policy.verified_colour)
                 or (overlay and found.is_close(policy.verified_residual, policy.verified_colour, beside_foreign=True))
             ):
-                each = covered if position == tried[0] else [other == position for other in range(len(covered))]
-                return _declared(search, each, found)
+                return _declared(search, covered if position == tried[0] else _only(position, covered), found)
         others = [position for position in range(len(covered)) if position not in tried]
         for position in others if small and policy.thumbnail_enlargement else []:
-            other = self._residual(query, search.nearest[position][0])
+            neighbour = self._residual(query, search.nearest[position][0])
             if (
-                other is not None
-                and other.is_close(policy.verified_residual, policy.verified_colour)
-                and other.judged.upscale >= policy.thumbnail_enlargement  # judged: is_close found one
+                neighbour is not None
+                and neighbour.is_close(policy.verified_residual, policy.verified_colour)
+                and neighbour.judged.upscale >= policy.thumbnail_enlargement  # judged: is_close found one
             ):
-                return _declared(search, [each == position for each in range(len(covered))], other)
+                return _declared(search, _only(position, covered), neighbour)
         decision = replace(search.decision, is_duplicate=False, each=[False] * len(covered))
         return replace(search, decision=decision, residual=found.lightness if found is not None else None)
 
@@ -183,6 +182,10 @@ class Judge:
         each = [duplicate and position not in dismissed for position, duplicate in enumerate(search.decision.each)]
         decision = replace(search.decision, is_duplicate=any(each), each=each)
         return replace(search, decision=decision, dismissed=dismissed)
+
+
+def _only(position: int, candidates: list) -> list[bool]:
+    return [other == position for other in range(len(candidates))]
 
 
 def _declared(search: Search, each: list[bool], found: verification.Residual) -> Search:

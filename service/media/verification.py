@@ -44,7 +44,7 @@ NO_ALIGNMENT = 9.0  # the residual when nothing aligns
 # A candidate is compared at the query's resolution when the query is upscaled more than this.
 RESOLUTION_SLACK = 1.25
 # A query enlarged k times to be compared is allowed a k times larger residual, k up to this.
-MAX_UPSCALE_ALLOWANCE = 3.0
+MAX_UPSCALE_ALLOWANCE = 4.0
 # A close match changes the aspect at most this much (the aspect family's copies are kept by the
 # band rule, not confirmed under the threshold).
 CLOSE_STRETCH = 1.1
@@ -75,7 +75,7 @@ class Residual:
     def for_its_detail(self, difference: float) -> float:
         """A lightness residual or colour distance over the detail the query could show: enlarged k
         times to be compared, a copy differs about k times as much (measured on thumbnails; k counted
-        up to 3), and a small JPEG's colours are smeared over twice its pixels."""
+        up to 4), and a small JPEG's colours are smeared over twice its pixels."""
         return difference / min(self.upscale, MAX_UPSCALE_ALLOWANCE)
 
     @property
