@@ -139,7 +139,11 @@ class Policy:
     def verified_under(self, score: float, threshold: float, query_side: int = 0) -> bool:
         """Is a score under the threshold verified: within reach of it, or any score of a query whose
         longest side (in pixels; 0: not known) is small?"""
-        return score >= threshold - self.verification_reach or 0 < query_side < self.small_query_side
+        return score >= threshold - self.verification_reach or self.is_small(query_side)
+
+    def is_small(self, query_side: int) -> bool:
+        """Is a query whose longest side is `query_side` pixels (0: not known) a thumbnail?"""
+        return 0 < query_side < self.small_query_side
 
     def close_residual(self, score: float, threshold: float) -> float:
         """The largest residual of a close match for a query scoring `score` against a `threshold`."""

@@ -80,8 +80,8 @@ class Judge:
         if not search.decision.is_duplicate:
             if not policy.verified_under(score, threshold, query_side):
                 return search
-            overlay, small = score >= threshold - policy.overlay_reach, 0 < query_side < policy.small_query_side
-            return self.confirmed(search, query, close, overlay, small)
+            overlay = score >= threshold - policy.overlay_reach
+            return self.confirmed(search, query, close, overlay, policy.is_small(query_side))
         if score >= threshold + weight * cap:
             return search  # no residual could take it under the threshold
         found = self._residual(query, record)  # the score says duplicate: an overlay is forgiven
