@@ -103,15 +103,17 @@ def test_an_insets_host_that_shows_an_enrolled_picture_is_a_right_answer():
 
 
 def test_a_picture_shown_inside_another_is_a_right_answer_for_the_larger_one_only():
-    """A sign that holds another sign whole shows it (a copy inside a larger picture), while the
-    smaller sign does not show the larger one."""
-    enrol = {"catalogue/bus.jpg": b"", "catalogue/transport.jpg": b""}
+    """A sign that holds other signs whole shows each of them (a copy inside a larger picture),
+    while a smaller sign does not show the larger one."""
+    enrol = {"catalogue/bus.jpg": b"", "catalogue/taxi.jpg": b"", "catalogue/transport.jpg": b""}
     larger = Query("flip", "catalogue/transport2.jpg", frozenset(), "catalogue")
     smaller = Query("crop30", "catalogue/bus2.jpg", frozenset(), "catalogue")
     same = [["catalogue/transport.jpg", "catalogue/transport2.jpg"], ["catalogue/bus.jpg", "catalogue/bus2.jpg"]]
-    changed = add_same_pictures([larger, smaller], enrol, same, [["catalogue/transport.jpg", "catalogue/bus.jpg"]])
+    inside = [["catalogue/transport.jpg", "catalogue/bus.jpg"], ["catalogue/transport.jpg", "catalogue/taxi.jpg"]]
+    changed = add_same_pictures([larger, smaller], enrol, same, inside)
     assert changed == 2
-    assert larger.expected == {"catalogue/transport.jpg", "catalogue/bus.jpg"} and larger.copies == 2
+    assert larger.expected == {"catalogue/transport.jpg", "catalogue/bus.jpg", "catalogue/taxi.jpg"}
+    assert larger.copies == 3
     assert smaller.expected == {"catalogue/bus.jpg"}
 
 

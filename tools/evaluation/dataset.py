@@ -15,8 +15,9 @@ name, and dev stamps that are catalogue drawings): same_pictures.json lists such
 looking at every pair of different groups that SSCD puts close (docs/quality.md says how), and
 they count as the same picture too. An `inset` query also shows its host picture, a dev
 distractor: when that is the same picture as an enrolled one, its keys are right answers too; and
-a drawing that shows another inside it (shown_inside.json: a sign that holds another sign whole)
-has that one's keys as right answers, not the other way round.
+a drawing that shows others inside it (shown_inside.json: a sign that holds other signs whole, a
+card with a frame or ornaments drawn around the plain deck's card) has their keys as right
+answers, not the other way round.
 """
 
 import io
@@ -172,12 +173,14 @@ def add_same_pictures(queries: list[Query], enrol: dict, pairs: list[list[str]],
     members: dict[str, set[str]] = {}
     for key in enrol:
         members.setdefault(picture(key), set()).add(key)
-    shown = {picture(larger): picture(smaller) for larger, smaller in inside}  # one picture inside each, so far
+    shown: dict[str, set[str]] = {}
+    for larger, smaller in inside:
+        shown.setdefault(picture(larger), set()).add(picture(smaller))
     changed = 0
     for query in queries:
         keys = set(query.expected)
         shows = {picture(key) for key in {query.source, *query.expected, *filter(None, [query.host])}}
-        for each in shows | {shown[one] for one in shows if one in shown}:
+        for each in shows.union(*(shown.get(one, ()) for one in shows)):
             keys |= members.get(each, set())
         if keys != query.expected:
             query.expected, query.copies, changed = frozenset(keys), len(keys), changed + 1
