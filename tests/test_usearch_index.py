@@ -1,9 +1,11 @@
 """The usearch index: a snapshot plus the live changes that every store commit brings to it."""
 
+import functools
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from usearch.index import Index
 
 from service.storage import change_log
 from service.storage.snapshots import SnapshotLoader, build_snapshot
@@ -171,8 +173,10 @@ def test_a_search_limited_to_small_collections_takes_their_exact_nearest(store, 
 def test_a_search_limited_to_large_collections_asks_the_graph_for_enough(store, tmp_path, monkeypatch):
     """The graph (approximate), asked for more while other collections crowd the answer: k
     records, all of the collections asked for, the copy's original first, in the snapshot and
-    in the live part."""
+    in the live part. The graph is built on one thread: built on several it differs from run to run,
+    and once in a CI run one original of the 60 was not reached."""
     monkeypatch.setattr("service.storage.usearch_index.EXACT_RECORDS", 0)
+    monkeypatch.setattr(Index, "add", functools.partialmethod(Index.add, threads=1))
     index, vectors, placed = collections_index(store, tmp_path)
     rng = np.random.default_rng(7)
     for wanted in WANTED:
