@@ -85,6 +85,8 @@ def test_a_catalogue_and_twins_are_enrolled_and_reported_apart(tmp_path):
     assert {"inset", "thumbnail"} <= set(decision["families"])
     for part in ("enrolled_once", "enrolled_more_than_once", "dev", "catalogue"):
         assert 0 <= decision[part]["recall"] <= 1 and decision[part]["positives"] > 0, part
+    # Every copy not found is counted once where it was lost.
+    assert sum(decision["missed"].values()) == round(decision["positives"] * (1 - decision["recall"]))
 
 
 def test_an_insets_host_that_shows_an_enrolled_picture_is_a_right_answer():

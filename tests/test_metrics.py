@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from tools.evaluation.metrics import average_precision, pr_curve, precision_recall_of, recall_at_precision
+from tools.evaluation.metrics import (
+    average_precision,
+    pr_curve,
+    precision_recall_of,
+    recall_at_precision,
+    where_missed,
+)
 
 
 def test_a_perfect_ranking():
@@ -49,3 +55,16 @@ def test_fixed_decisions():
 def test_empty_input():
     curve = pr_curve([], [], positives=0)
     assert average_precision(curve) == 0.0 and recall_at_precision(curve, 0.9) == (0.0, float("inf"))
+
+
+def test_a_missed_copy_is_said_to_be_lost_where_it_was():
+    right = frozenset({"a.jpg", "twin/a.jpg"})
+    refused = {"is_duplicate": False, "keys": ["twin/a.jpg", "b.jpg"]}
+    further = {"is_duplicate": False, "keys": ["b.jpg", "a.jpg"]}
+    not_searched_out = {"is_duplicate": False, "keys": ["b.jpg", "c.jpg"]}
+    wrong = {"is_duplicate": True, "keys": ["a.jpg", "b.jpg"], "declared": "b.jpg"}
+    assert where_missed(right, refused) == "refused with the right record nearest"
+    assert where_missed(right, further) == "the right record among the neighbours"
+    assert where_missed(right, not_searched_out) == where_missed(right, {"is_duplicate": False, "keys": []})
+    assert where_missed(right, not_searched_out) == "the right record not among them"
+    assert where_missed(right, wrong) == "declared another picture"

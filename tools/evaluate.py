@@ -24,6 +24,7 @@ import random
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -45,6 +46,7 @@ from tools.evaluation.metrics import (  # noqa: E402
     pr_curve,
     precision_recall_of,
     recall_at_precision,
+    where_missed,
 )
 from tools.evaluation.report import plot, write_failures  # noqa: E402
 from tools.service_process import RunningService  # noqa: E402
@@ -217,12 +219,16 @@ def decision_report(queries: list[Query], correct: list[bool], rule: str) -> dic
     report["found_by_region"] = {
         "right": int((by_region & correct).sum()), "wrong": int((by_region & ~correct).sum())
     }  # fmt: skip
+    found = decided & correct
+    missed = [q for q, hit in zip(queries, found, strict=True) if q.positive and not hit]
+    report["missed"] = dict(Counter(where_missed(q.expected, q.answer) for q in missed))
     print(f"service decision ({rule}): precision {report['precision']:.4f}, recall {report['recall']:.4f}, "
           f"{report['false_alarms']} false alarms; recall enrolled once {report['enrolled_once']['recall']:.3f}, "
           f"more than once {report['enrolled_more_than_once']['recall']:.3f}")  # fmt: skip
     print(f"  cost: {report['cost']['views_per_check']:.2f} Triton views per Check, "
           f"{report['cost']['verified_share']:.1%} of Checks verified; found by a region: "
           f"{report['found_by_region']['right']} right, {report['found_by_region']['wrong']} wrong")  # fmt: skip
+    print("  missed: " + ", ".join(f"{count} {where}" for where, count in sorted(report["missed"].items())))
     for origin in sorted({q.origin for q in queries}):
         part = report[origin]
         print(f"  {origin}: precision {part['precision']:.4f}, recall {part['recall']:.4f}, "

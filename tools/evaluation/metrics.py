@@ -65,3 +65,17 @@ def decided_key(answer: dict) -> str | None:
     """The key a Check's decision is about: the first match it declares a duplicate (the nearest may
     be a look-alike that verification refused, with its twin confirmed), else the nearest."""
     return answer.get("declared") or (answer["keys"][0] if answer["keys"] else None)
+
+
+def where_missed(expected: frozenset[str], answer: dict) -> str:
+    """Where a copy the decision did not find was lost: declared a duplicate of another picture; or
+    its right record was the nearest (the decision refused it), among the other neighbours of the
+    whole query, or not among them (the search did not bring it)."""
+    keys = answer.get("keys", [])
+    if answer.get("is_duplicate"):
+        return "declared another picture"
+    if keys and keys[0] in expected:
+        return "refused with the right record nearest"
+    if any(key in expected for key in keys):
+        return "the right record among the neighbours"
+    return "the right record not among them"
