@@ -71,8 +71,8 @@ def where_missed(expected: frozenset[str], answer: dict) -> str:
     """Where a copy the decision did not find was lost: declared a duplicate of another picture; or
     its right record was the nearest (the decision refused it), among the other neighbours of the
     whole query, or not among them (the search did not bring it)."""
-    keys = answer.get("keys", [])
-    if answer.get("is_duplicate"):
+    keys = answer["keys"]
+    if answer["is_duplicate"]:
         return "declared another picture"
     if keys and keys[0] in expected:
         return "refused with the right record nearest"
