@@ -1,14 +1,17 @@
 """tools/evaluate.py end to end on the committed images: it runs, its numbers are sane and reproducible;
-and tools/twin_recall.py's pairing of two runs."""
+tools/twin_recall.py's pairing of two runs; tools/thumbnail_views.py's ranks through a real service."""
 
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tools.evaluation.dataset import Query, add_same_pictures, build
+from tools.thumbnail_views import SEARCHES, SMALL_SIDE, measure, small_view
 from tools.twin_recall import paired
 
 ROOT = Path(__file__).parent.parent
@@ -152,3 +155,24 @@ def test_twin_recall_compares_each_twinned_pictures_copies_with_themselves():
     assert result["as many keys"]["queries"] == 0
     with pytest.raises(ValueError, match="same queries"):
         paired(once, list(reversed(twice)))
+
+
+def test_thumbnail_views_ranks_each_thumbnail_under_each_search(stub):
+    """tools/thumbnail_views.py: every thumbnail of an enrolled picture is counted once, in the band
+    of its side, and ranked under each search; the smallest rank their picture first among the
+    small views. (Hash only: nothing is enrolled in the session's service.)"""
+    wide = io.BytesIO()
+    Image.new("RGB", (300, 20), "red").save(wide, "PNG")
+    assert Image.open(io.BytesIO(small_view(wide.getvalue()))).size == (SMALL_SIDE, 8)  # no side under 8 px
+
+    benchmark = build(ROOT / "tests" / "images", 0)
+    thumbnails = [query for query in benchmark.queries if query.family == "thumbnail"]
+    result = measure(benchmark, stub, workers=2)
+    bands = result["bands"]
+    assert sum(band["positives"] for band in bands.values()) == sum(query.positive for query in thumbnails)
+    assert 0 < result["negatives"] <= sum(not query.positive for query in thumbnails)
+    for band in bands.values():
+        for name in SEARCHES:
+            assert band[name]["first"] <= band[name]["within"] <= band["positives"] - band["refused"]
+    smallest = bands["16-23 px"]
+    assert smallest["positives"] > 0 and smallest["small"]["first"] == smallest["positives"]

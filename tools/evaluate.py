@@ -246,8 +246,8 @@ def baselines(benchmark: Benchmark, queries: list[Query], results: dict, score) 
         results[name] = score(name, [-distance for _, distance in nearest], correct)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that say which benchmark to build (tools/evaluation/dataset.py)."""
     parser.add_argument(
         "--images", type=Path, default=DEFAULT_IMAGES if DEFAULT_IMAGES.exists() else ROOT / "tests/images"
     )
@@ -264,6 +264,19 @@ def main() -> None:
                         help="unenrolled catalogue drawings queried (as they are and under two families)")  # fmt: skip
     parser.add_argument("--catalogue-once", action="store_true",
                         help="enrol only the queried file of each catalogue group (tools/twin_recall.py)")  # fmt: skip
+
+
+def benchmark_of(arguments: argparse.Namespace) -> Benchmark:
+    return build(
+        arguments.images, arguments.seed, arguments.reference_share, arguments.background_share,
+        arguments.twin_share, arguments.catalogue, arguments.catalogue_groups, arguments.catalogue_queries,
+        arguments.catalogue_negatives, arguments.catalogue_once,
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_benchmark_arguments(parser)
     parser.add_argument("--sample", type=int, default=0, help="check at most this many queries (0: all)")
     parser.add_argument("--service-flags", default="", help="extra flags for `neardup serve`")
     parser.add_argument("--workers", type=int, default=4, help="concurrent Check calls")
@@ -274,11 +287,7 @@ def main() -> None:
     out = arguments.out
     out.mkdir(parents=True, exist_ok=True)
 
-    benchmark = build(
-        arguments.images, arguments.seed, arguments.reference_share, arguments.background_share,
-        arguments.twin_share, arguments.catalogue, arguments.catalogue_groups, arguments.catalogue_queries,
-        arguments.catalogue_negatives, arguments.catalogue_once,
-    )  # fmt: skip
+    benchmark = benchmark_of(arguments)
     queries = benchmark.queries
     if arguments.sample and arguments.sample < len(queries):
         queries = random.Random(arguments.seed).sample(queries, arguments.sample)

@@ -1,0 +1,144 @@
+"""Would thumbnails find their pictures if every enrolled picture were also searched as a small view?
+
+  python tools/thumbnail_views.py --seed 0 --catalogue ../shared/data/clipart --twin-share 0.3
+
+A 16-32 px thumbnail, enlarged to the model's canvas, is a blur whose descriptor is far from its
+sharp original's: the search ranks the original first for about half of them, and no verification
+can confirm a picture the search did not bring. This measures the remedy before it is built: the
+benchmark of tools/evaluate.py (same arguments) is built, a service is started (only Hash is
+called: nothing is enrolled), and every enrolled picture is embedded as it is and as a small view
+(shrunk to SMALL_SIDE px on its longest side, as a thumbnail is), and every `thumbnail` query as
+it is. Per band of the query's longest side it prints how often the query's picture ranks first,
+and within the NEIGHBOURS a Check verifies, among the enrolled pictures as they are ("plain"), as
+small views ("small") and by the better of the two ("either"); and for the unenrolled thumbnails,
+the median of their best similarity (how close a look-alike comes). docs/quality.md has the figures.
+"""
+
+import argparse
+import concurrent.futures
+import io
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import grpc
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from service.core.checking import NEIGHBOURS  # noqa: E402
+from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
+from tools.evaluate import add_benchmark_arguments, benchmark_of, image_data  # noqa: E402
+from tools.evaluation.dataset import Benchmark  # noqa: E402
+from tools.service_process import RunningService  # noqa: E402
+
+SMALL_SIDE = 24  # the longest side of a small view, in pixels
+LEAST_SIDE = 8  # the service refuses images with a side under this
+SIDE_BANDS = ((16, 24), (24, 32), (32, 48), (48, 65))  # a thumbnail's longest side: 16-64 px
+SEARCHES = ("plain", "small", "either")
+
+
+def small_view(data: bytes) -> bytes:
+    """The picture shrunk to SMALL_SIDE px on its longest side (each side at least LEAST_SIDE), as a PNG."""
+    picture = Image.open(io.BytesIO(data)).convert("RGB")
+    scale = SMALL_SIDE / max(picture.size)
+    size = (max(LEAST_SIDE, round(picture.width * scale)), max(LEAST_SIDE, round(picture.height * scale)))
+    out = io.BytesIO()
+    picture.resize(size, Image.Resampling.LANCZOS).save(out, "PNG")
+    return out.getvalue()
+
+
+def embedded(stub, images: list[bytes], workers: int) -> list[np.ndarray | None]:
+    """Each image's feature from the service's Hash (None: refused as too small)."""
+
+    def feature(data: bytes) -> np.ndarray | None:
+        try:
+            return np.array(stub.Hash(pb.HashRequest(image=data), timeout=120).feature, np.float32)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            return None
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(feature, images))
+
+
+def measure(benchmark: Benchmark, stub, workers: int = 4) -> dict:
+    """Ranks of the thumbnails' pictures under each search, by band of the query's longest side."""
+    keys = list(benchmark.enrol)
+    sources = [image_data(benchmark.enrol[key]) for key in keys]
+    plain = np.stack(embedded(stub, sources, workers))
+    small = np.stack(embedded(stub, [small_view(data) for data in sources], workers))
+    queries = [query for query in benchmark.queries if query.family == "thumbnail"]
+    features = embedded(stub, [query.data for query in queries], workers)
+    bands = {f"{low}-{high - 1} px": {"positives": 0, "refused": 0} | {name: [0, 0] for name in SEARCHES}
+             for low, high in SIDE_BANDS}  # fmt: skip
+    best_negative: dict[str, list[float]] = {name: [] for name in SEARCHES}
+    for query, feature in zip(queries, features, strict=True):
+        similarities = {"plain": plain @ feature, "small": small @ feature} if feature is not None else {}
+        if similarities:
+            similarities["either"] = np.maximum(similarities["plain"], similarities["small"])
+        if not query.positive:
+            for name, values in similarities.items():
+                best_negative[name].append(float(values.max()))
+            continue
+        side = max(Image.open(io.BytesIO(query.data)).size)
+        band = bands[next(f"{low}-{high - 1} px" for low, high in SIDE_BANDS if low <= side < high)]
+        band["positives"] += 1
+        band["refused"] += feature is None
+        right = np.array([key in query.expected for key in keys])
+        for name, values in similarities.items():
+            rank = int((values > values[right].max()).sum())  # pictures ranked above its best key
+            band[name][0] += rank == 0
+            band[name][1] += rank < NEIGHBOURS
+    return {
+        "bands": {
+            label: {"positives": band["positives"], "refused": band["refused"]}
+            | {name: {"first": band[name][0], "within": band[name][1]} for name in SEARCHES}
+            for label, band in bands.items()
+        },
+        "negatives": len(best_negative["plain"]),
+        "negatives_best_similarity": {
+            name: float(np.median(values)) if values else None for name, values in best_negative.items()
+        },
+    }
+
+
+def report(result: dict) -> str:
+    lines = [f"thumbnail queries ranking their picture first / within {NEIGHBOURS} neighbours:"]
+    for label, band in result["bands"].items():
+        count = max(band["positives"], 1)
+        shares = ", ".join(
+            f"{name} {band[name]['first'] / count:.2f} / {band[name]['within'] / count:.2f}" for name in SEARCHES
+        )
+        lines.append(f"  {label:9s} {band['positives']:4d} queries ({band['refused']} refused): {shares}")
+    medians = result["negatives_best_similarity"]
+    lines.append(
+        f"unenrolled thumbnails ({result['negatives']}), median best similarity: "
+        + ", ".join(f"{name} {value:.2f}" if value is not None else f"{name} -" for name, value in medians.items())
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_benchmark_arguments(parser)
+    parser.add_argument("--workers", type=int, default=4, help="concurrent Hash calls")
+    parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
+    arguments = parser.parse_args()
+    benchmark = benchmark_of(arguments)
+    with tempfile.TemporaryDirectory() as data_dir:
+        service = RunningService(Path(data_dir) / "data").wait_serving()
+        try:
+            result = measure(benchmark, service.stub, arguments.workers)
+        finally:
+            service.stop()
+    print(report(result))
+    if arguments.out:
+        arguments.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
