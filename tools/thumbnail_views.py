@@ -10,12 +10,15 @@ called: nothing is enrolled), and every enrolled picture is embedded as it is an
 (shrunk to SMALL_SIDE px on its longest side, as a thumbnail is), and every `thumbnail` query as
 it is. Per band of the query's longest side it prints how often the query's picture ranks first,
 and within the NEIGHBOURS a Check verifies, among the enrolled pictures as they are ("plain"), as
-small views ("small") and by the better of the two ("either"); and for the unenrolled thumbnails,
-the median of their best similarity (how close a look-alike comes). docs/quality.md has the figures.
+small views ("small") and by the better of the two ("either"); for the unenrolled thumbnails, the
+median of their best similarity (how close a look-alike comes); and, searched "plain" and
+"either", how many thumbnails a small query's confirmation (`confirmed`) declares a duplicate of
+their picture and of another. docs/quality.md has the figures.
 """
 
 import argparse
 import concurrent.futures
+import functools
 import io
 import json
 import sys
@@ -29,6 +32,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.core.checking import NEIGHBOURS  # noqa: E402
+from service.core.decision import Policy  # noqa: E402
+from service.media import verification  # noqa: E402
+from service.media.imaging import Limits, decode  # noqa: E402
 from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
 from tools.evaluate import add_benchmark_arguments, benchmark_of, image_data  # noqa: E402
 from tools.evaluation.dataset import Benchmark  # noqa: E402
@@ -38,6 +44,7 @@ SMALL_SIDE = 24  # the longest side of a small view, in pixels
 LEAST_SIDE = 8  # the service refuses images with a side under this
 SIDE_BANDS = ((16, 24), (24, 32), (32, 48), (48, 65))  # a thumbnail's longest side: 16-64 px
 SEARCHES = ("plain", "small", "either")
+CONFIRMED_SEARCHES = ("plain", "either")
 
 
 def small_view(data: bytes) -> bytes:
@@ -65,6 +72,20 @@ def embedded(stub, images: list[bytes], workers: int) -> list[np.ndarray | None]
         return list(pool.map(feature, images))
 
 
+def confirmed(picture: Image.Image, neighbours: list[str], reference, policy: Policy) -> str | None:
+    """The first neighbour (nearest first) a small query agrees with closely, as core/judging.py
+    confirms one, simplified: the nearest within --verified-residual whatever its score (the service
+    allows more near the threshold), each other one also enlarged at least --thumbnail-enlargement;
+    None when none does. `reference(key)` is a neighbour's verification reference."""
+    for position, key in enumerate(neighbours):
+        found = verification.residual(picture, reference(key))
+        if found is None or not found.is_close(policy.verified_residual, policy.verified_colour):
+            continue
+        if position == 0 or found.judged.upscale >= policy.thumbnail_enlargement:
+            return key
+    return None
+
+
 def measure(benchmark: Benchmark, stub, workers: int = 4) -> dict:
     """Ranks of the thumbnails' pictures under each search, by band of the query's longest side."""
     keys = list(benchmark.enrol)
@@ -76,10 +97,21 @@ def measure(benchmark: Benchmark, stub, workers: int = 4) -> dict:
     bands = {f"{low}-{high - 1} px": {"positives": 0, "refused": 0} | {name: [0, 0] for name in SEARCHES}
              for low, high in SIDE_BANDS}  # fmt: skip
     best_negative: dict[str, list[float]] = {name: [] for name in SEARCHES}
+    declared = {name: {"copies": 0, "wrong": 0} for name in CONFIRMED_SEARCHES}
+    policy, limits = Policy(), Limits()
+    references = functools.cache(
+        lambda key: verification.reference(decode(sources[keys.index(key)], verification.QUERY_SIDE, limits))
+    )
     for query, feature in zip(queries, features, strict=True):
         similarities = {"plain": plain @ feature, "small": small @ feature} if feature is not None else {}
         if similarities:
             similarities["either"] = np.maximum(similarities["plain"], similarities["small"])
+            picture = decode(query.data, verification.QUERY_SIDE, limits)
+        for name in CONFIRMED_SEARCHES if similarities else ():
+            neighbours = [keys[at] for at in np.argsort(-similarities[name])[:NEIGHBOURS]]
+            key = confirmed(picture, neighbours, references, policy)
+            declared[name]["copies"] += key in query.expected
+            declared[name]["wrong"] += key is not None and key not in query.expected
         if not query.positive:
             for name, values in similarities.items():
                 best_negative[name].append(float(values.max()))
@@ -100,6 +132,7 @@ def measure(benchmark: Benchmark, stub, workers: int = 4) -> dict:
             for label, band in bands.items()
         },
         "negatives": len(best_negative["plain"]),
+        "declared": declared,
         "negatives_best_similarity": {
             name: float(np.median(values)) if values else None for name, values in best_negative.items()
         },
@@ -118,6 +151,10 @@ def report(result: dict) -> str:
     lines.append(
         f"unenrolled thumbnails ({result['negatives']}), median best similarity: "
         + ", ".join(f"{name} {value:.2f}" if value is not None else f"{name} -" for name, value in medians.items())
+    )
+    lines.append(
+        "confirmed as a small query is (simplified), copies of their picture / wrong: "
+        + ", ".join(f"{name} {counts['copies']} / {counts['wrong']}" for name, counts in result["declared"].items())
     )
     return "\n".join(lines)
 
