@@ -87,7 +87,8 @@ def confirmed(picture: Image.Image, neighbours: list[str], reference, policy: Po
 
 
 def measure(benchmark: Benchmark, stub, workers: int = 4) -> dict:
-    """Ranks of the thumbnails' pictures under each search, by band of the query's longest side."""
+    """Ranks of the thumbnails' pictures under each search, by band of the query's longest side;
+    the unenrolled thumbnails' best similarities; what confirmation declares under two searches."""
     keys = list(benchmark.enrol)
     sources = [image_data(benchmark.enrol[key]) for key in keys]
     plain = np.stack(embedded(stub, sources, workers))
@@ -99,19 +100,21 @@ def measure(benchmark: Benchmark, stub, workers: int = 4) -> dict:
     best_negative: dict[str, list[float]] = {name: [] for name in SEARCHES}
     declared = {name: {"copies": 0, "wrong": 0} for name in CONFIRMED_SEARCHES}
     policy, limits = Policy(), Limits()
+    source_of = dict(zip(keys, sources, strict=True))
     references = functools.cache(
-        lambda key: verification.reference(decode(sources[keys.index(key)], verification.QUERY_SIDE, limits))
+        lambda key: verification.reference(decode(source_of[key], verification.QUERY_SIDE, limits))
     )
     for query, feature in zip(queries, features, strict=True):
-        similarities = {"plain": plain @ feature, "small": small @ feature} if feature is not None else {}
-        if similarities:
+        similarities = {}
+        if feature is not None:  # else refused: a side under LEAST_SIDE
+            similarities = {"plain": plain @ feature, "small": small @ feature}
             similarities["either"] = np.maximum(similarities["plain"], similarities["small"])
             picture = decode(query.data, verification.QUERY_SIDE, limits)
-        for name in CONFIRMED_SEARCHES if similarities else ():
-            neighbours = [keys[at] for at in np.argsort(-similarities[name])[:NEIGHBOURS]]
-            key = confirmed(picture, neighbours, references, policy)
-            declared[name]["copies"] += key in query.expected
-            declared[name]["wrong"] += key is not None and key not in query.expected
+            for name in CONFIRMED_SEARCHES:
+                neighbours = [keys[at] for at in np.argsort(-similarities[name])[:NEIGHBOURS]]
+                key = confirmed(picture, neighbours, references, policy)
+                declared[name]["copies"] += key in query.expected
+                declared[name]["wrong"] += key is not None and key not in query.expected
         if not query.positive:
             for name, values in similarities.items():
                 best_negative[name].append(float(values.max()))
