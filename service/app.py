@@ -31,6 +31,7 @@ from service.storage.background import Background
 from service.storage.dismissals import Dismissals
 from service.storage.milvus_index import MilvusUnavailable, keep_pushing, open_milvus, push_while_serving
 from service.storage.ownership import DataDirInUse, DataDirLock
+from service.storage.small_views import SmallViews
 from service.storage.snapshots import SnapshotError, SnapshotLoader
 from service.storage.store import Store
 from service.storage.usearch_index import UsearchIndex
@@ -51,6 +52,7 @@ class Storage:
     store: Store
     index: VectorIndex
     loader: SnapshotLoader | None  # None on the milvus backend: it has no snapshots
+    small_views: SmallViews | None  # None while small views are off (Policy.searches_small_views)
 
     def close(self) -> None:
         self.store.close()
@@ -93,6 +95,7 @@ def open_storage(settings: Settings) -> Storage:
     try:
         index, loader = open_index(settings, store)
         index.apply_changes()
+        small_views = SmallViews.following(store) if settings.decision.searches_small_views() else None
     except (lmdb.Error, MilvusUnavailable, OSError) as error:
         store.close()
         if lock:
@@ -106,13 +109,14 @@ def open_storage(settings: Settings) -> Storage:
         store.subscribe(index.apply_changes)
     stats = index.stats()
     log.info(
-        "store %s: %d records, index generation %d, %d records not in it",
+        "store %s: %d records, index generation %d, %d records not in it, %d small views",
         store.path,
         stats.snapshot_size + stats.unindexed,
         stats.generation,
         stats.unindexed,
+        len(small_views) if small_views else 0,
     )
-    return Storage(lock, store, index, loader)
+    return Storage(lock, store, index, loader, small_views)
 
 
 def open_index(settings: Settings, store: Store) -> tuple[VectorIndex, SnapshotLoader | None]:
@@ -138,12 +142,13 @@ def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readine
         DecodeBudget(limits.decode_budget_bytes, wait_s=DECODE_WAIT_S),
         keypoints=bool(policy.geometric_band),
         references=bool(policy.verification_weight),
+        small_view_side=policy.small_view_side if policy.searches_small_views() else 0,
     )
     background = Background.load(settings.server.data_dir, settings.model_identity, settings.index.background_k)
     dismissals = Dismissals(storage.store)
     checker = Checker(
         hasher, storage.store, storage.index, preprocessor, background, policy, settings.model_identity,
-        triton.check_views, Judge(storage.store, policy, dismissals),
+        triton.check_views, Judge(storage.store, policy, dismissals), storage.small_views,
     )  # fmt: skip
     enroller = Enroller(
         hasher, storage.store, preprocessor.describe, settings.model_identity, triton.enroll_views,
@@ -155,7 +160,7 @@ def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readine
 
 
 def serve_metrics(host: str, port: int, storage: Storage) -> None:
-    metrics.watch_state(storage.index, storage.store, storage.loader)
+    metrics.watch_state(storage.index, storage.store, storage.loader, storage.small_views)
     try:
         metrics.serve_metrics(host, port)
     except OSError as error:
@@ -211,13 +216,8 @@ async def serve(settings: Settings) -> None:
     )  # fmt: skip
     add_services(server, build_servicer(settings, storage, hasher, readiness), health_servicer)
     await server.start()
-    log.info(
-        "neardup listening on %s (%s; Triton %s, model %s)",
-        address,
-        security.describe(),
-        triton_url,
-        settings.triton.model,
-    )
+    model = settings.triton.model
+    log.info("neardup listening on %s (%s; Triton %s, model %s)", address, security.describe(), triton_url, model)
     reload_now = asyncio.Event()
     tasks = [
         asyncio.create_task(supervise("readiness", readiness.run)),

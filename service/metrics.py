@@ -65,8 +65,8 @@ class StateCollector(Collector):
             yield GaugeMetricFamily(name, meaning, value=read())
 
 
-def watch_state(index, store, loader) -> None:
-    """Registers the index and store gauges (once per process)."""
+def watch_state(index, store, loader, small_views) -> None:
+    """Registers the index, small views' and store gauges (once per process)."""
 
     def age() -> float:
         return time.time() - loader.manifest.created_at if loader and loader.manifest else float("nan")
@@ -85,6 +85,10 @@ def watch_state(index, store, loader) -> None:
                     lambda: index.stats().removed,
                 ),
                 "neardup_index_snapshot_age_seconds": ("seconds since the snapshot in use was built", age),
+                "neardup_small_views": (
+                    "enrolled pictures' small views in memory, searched for thumbnails",
+                    lambda: len(small_views) if small_views is not None else 0,
+                ),
                 "neardup_store_records": ("records in the store", store.count),
                 "neardup_store_bytes": ("bytes of the store's files", store.bytes_on_disk),
                 "neardup_store_map_used_ratio": ("share of the LMDB map in use (it grows when full)", store.map_use),

@@ -76,17 +76,18 @@ def test_metrics_count_what_happened(observed):
     assert value("neardup_enroll_results_total", status="ENROLLED") == 6
     assert value("neardup_enroll_results_total", status="INVALID") == 1
     assert sum(r.status == pb.EnrollResult.ENROLLED for r in results) == 6
-    # Triton: the 6 good enrolments (in as many batches as the stream's timing made), and the
-    # views each of the 7 Checks that were not byte-identical reports: its own, and when it matched
-    # nothing as a whole, its regions' in one more request.
+    # Triton: the 6 good enrolments, each picture and its small view (in as many batches as the
+    # stream's timing made), and the views each of the 7 Checks that were not byte-identical
+    # reports: its own, and when it matched nothing as a whole, its regions' in one more request.
     embedded = checks + [new]
     views, region_stages = sum(c.views for c in embedded), sum(c.views > 1 for c in embedded)
     assert all(c.views >= 1 for c in embedded) and identical.views == 0
     triton_requests = value("neardup_triton_request_duration_seconds_count")
     assert triton_requests == value("neardup_triton_batch_images_count")
     assert 1 + 7 + region_stages <= triton_requests <= 6 + 7 + region_stages
-    assert value("neardup_triton_batch_images_sum") == 6 + views
+    assert value("neardup_triton_batch_images_sum") == 2 * 6 + views
     assert value("neardup_store_records") == 6 and value("neardup_store_writable") == 1
+    assert value("neardup_small_views") == 6
     assert value("neardup_index_generation") == 0 and value("neardup_index_live_added_records") == 6
     assert 0 < value("neardup_store_map_used_ratio") < 1 and value("neardup_store_bytes") > 0
 

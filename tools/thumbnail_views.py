@@ -1,19 +1,21 @@
-"""Would thumbnails find their pictures if every enrolled picture were also searched as a small view?
+"""How thumbnails rank their pictures among the enrolled pictures as they are and as small views.
 
   python tools/thumbnail_views.py --seed 0 --catalogue ../shared/data/clipart --twin-share 0.3
 
 A 16-32 px thumbnail, enlarged to the model's canvas, is a blur whose descriptor is far from its
 sharp original's: the search ranks the original first for about half of them, and no verification
-can confirm a picture the search did not bring. This measures the remedy before it is built: the
+can confirm a picture the search did not bring. The service therefore also enrols each picture as
+a small view (storage/small_views.py). This measures, search by search, what that brings: the
 benchmark of tools/evaluate.py (same arguments) is built, a service is started (only Hash is
 called: nothing is enrolled), and every enrolled picture is embedded as it is and as a small view
-(shrunk to SMALL_SIDE px on its longest side, as a thumbnail is), and every `thumbnail` query as
-it is. Per band of the query's longest side it prints how often the query's picture ranks first,
-and within the NEIGHBOURS a Check verifies, among the enrolled pictures as they are ("plain"), as
-small views ("small") and by the better of the two ("either"); for the unenrolled thumbnails, the
-median of their best similarity (how close a look-alike comes); and, searched "plain" and
-"either", how many thumbnails a small query's confirmation (`confirmed`) declares a duplicate of
-their picture and of another. docs/quality.md has the figures.
+(shrunk to --small-view-side px on its longest side, as enrolment does), and every `thumbnail`
+query as it is. Per band of the query's longest side it prints how often the query's picture ranks
+first, and within the NEIGHBOURS a Check verifies, among the enrolled pictures as they are
+("plain"), as small views ("small") and by the better of the two ("either"); for the unenrolled
+thumbnails, the median of their best similarity (how close a look-alike comes); and, searched
+"plain" and "either", how many thumbnails a small query's confirmation (`confirmed`, simplified
+from core/judging.py) declares a duplicate of their picture and of another. docs/quality.md has
+the figures; tools/evaluate.py measures the service's own decision.
 """
 
 import argparse
@@ -35,25 +37,22 @@ from service.core.checking import NEIGHBOURS  # noqa: E402
 from service.core.decision import Policy  # noqa: E402
 from service.media import verification  # noqa: E402
 from service.media.imaging import Limits, decode  # noqa: E402
+from service.media.preprocess import shrunk  # noqa: E402
 from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
 from tools.evaluate import add_benchmark_arguments, benchmark_of, image_data  # noqa: E402
 from tools.evaluation.dataset import Benchmark  # noqa: E402
 from tools.service_process import RunningService  # noqa: E402
 
-SMALL_SIDE = 24  # the longest side of a small view, in pixels
-LEAST_SIDE = 8  # the service refuses images with a side under this
+SMALL_SIDE = Policy().small_view_side  # the longest side of a small view, in pixels
 SIDE_BANDS = ((16, 24), (24, 32), (32, 48), (48, 65))  # a thumbnail's longest side: 16-64 px
 SEARCHES = ("plain", "small", "either")
 CONFIRMED_SEARCHES = ("plain", "either")
 
 
 def small_view(data: bytes) -> bytes:
-    """The picture shrunk to SMALL_SIDE px on its longest side (each side at least LEAST_SIDE), as a PNG."""
-    picture = Image.open(io.BytesIO(data)).convert("RGB")
-    scale = SMALL_SIDE / max(picture.size)
-    size = (max(LEAST_SIDE, round(picture.width * scale)), max(LEAST_SIDE, round(picture.height * scale)))
+    """The picture as enrolment shrinks it for its small view, as a PNG."""
     out = io.BytesIO()
-    picture.resize(size, Image.Resampling.LANCZOS).save(out, "PNG")
+    shrunk(decode(data, max(Image.open(io.BytesIO(data)).size), Limits()), SMALL_SIDE).save(out, "PNG")
     return out.getvalue()
 
 
@@ -106,7 +105,7 @@ def measure(benchmark: Benchmark, stub, workers: int = 4) -> dict:
     )
     for query, feature in zip(queries, features, strict=True):
         similarities = {}
-        if feature is not None:  # else refused: a side under LEAST_SIDE
+        if feature is not None:  # else refused: a side under --min-image-side
             similarities = {"plain": plain @ feature, "small": small @ feature}
             similarities["either"] = np.maximum(similarities["plain"], similarities["small"])
             picture = decode(query.data, verification.QUERY_SIDE, limits)

@@ -146,6 +146,7 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
             region_score=result.region_score if searched_regions else None,
             residual=result.residual,
             views=result.views,
+            small_view=result.small_view,
         )
 
     @grpc_errors

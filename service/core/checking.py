@@ -27,6 +27,7 @@ from service.media.imaging import is_low_information, longest_side
 from service.media.preprocess import Box, Preprocessor
 from service.storage.background import Background
 from service.storage.records import Record
+from service.storage.small_views import SmallViews
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex
 from service.triton.client import Descriptor, Hasher
@@ -52,6 +53,7 @@ class CheckResult:
     views: int = 0  # views embedded by Triton for this Check
     rule: str = ""  # the deciding collection's rule ("": the service's)
     residual: float | None = None  # verification's, when it ran
+    small_view: bool = False  # the matches were found among small views (distances to those)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Checker:
     model_identity: str
     views: int  # per Check
     judge: Judge
+    small_views: SmallViews | None = None  # searched for thumbnails (None: not enrolled)
 
     async def embed(self, image: bytes, views: int, timeout_s: float) -> Descriptor:
         return (await self._canvas_and_descriptor(image, views, timeout_s))[1]
@@ -80,6 +83,8 @@ class Checker:
         there is nothing new)."""
         self.store.check_model(self.model_identity)
         self.index.apply_changes()
+        if self.small_views is not None:
+            self.small_views.catch_up()
 
     async def check(
         self,
@@ -118,6 +123,15 @@ class Checker:
             if inliers >= geometry.MIN_INLIERS:
                 each = [True, *each[1:]]
         result = replace(result, matches=whole.matches(each, inliers)[:top_k], is_duplicate=any(each))
+        if not result.is_duplicate and self.small_views is not None and self.policy.is_small(side):
+            small = await asyncio.to_thread(
+                self._search_small_views, descriptor.feature, top_k, background_similarity, collections, picture
+            )
+            if small.decision.is_duplicate:
+                return replace(
+                    result, is_duplicate=True, matches=small.matches(small.decision.each)[:top_k],
+                    score=small.decision.score, rule=small.rule, residual=small.residual, small_view=True,
+                )  # fmt: skip
         searches_regions = self.policy.region_threshold and self.policy.verification_weight  # regions are confirmed
         if result.is_duplicate or not searches_regions or not whole.nearest:
             return result
@@ -187,6 +201,21 @@ class Checker:
     ) -> Search:
         nearest = self.index.nearest(feature, max(top_k, NEIGHBOURS), collections)
         return self.judge.judge(feature, nearest, background_similarity, query, query_side)
+
+    def _search_small_views(
+        self,
+        feature: np.ndarray,
+        top_k: int,
+        background_similarity: float,
+        collections: frozenset[str] | None,
+        query: Callable[[], Image.Image],
+    ) -> Search:
+        ids = self.small_views.nearest_ids(feature, max(top_k, NEIGHBOURS), collections)
+        with self.store.read() as view:
+            pairs = [(record, view.small_view(id_)) for id_ in ids if (record := view.by_id(id_)) is not None]
+        query_feature = np.asarray(feature, np.float32)
+        nearest = [(record, float(np.linalg.norm(query_feature - small.astype(np.float32)))) for record, small in pairs]
+        return self.judge.through_small_views(feature, nearest, background_similarity, query)
 
     def _inliers(self, image: bytes, record: Record) -> int:
         with self.store.read() as view:

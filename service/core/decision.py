@@ -47,8 +47,8 @@ class Policy:
     (docs/quality.md): the margin over the nearest other picture, verified (0.47, less 0.15 x the
     residual beside overlays) for precision at catalogue scale and confirmed by a close alignment
     from 0.15 (a residual up to 0.08, rising with the score to 0.2 at the threshold, and colours up
-    to 8 apart; from 0.25 also beside an overlay's own colours; a query under 64 px at any score, and
-    against each of its neighbours when enlarged 2.5x);
+    to 8 apart; from 0.25 also beside an overlay's own colours; a query under 64 px at any score,
+    against each of its neighbours when enlarged 2.5x, then among the pictures' 24 px small views);
     regions searched where boxes are pasted on the query (1.6 views per Check for 2.7x the insets;
     from 0.3 a region verified alone too), the grid off (13 more views)."""
 
@@ -74,9 +74,8 @@ class Policy:
     verification_cap: float = setting(1.33, "the largest residual verification counts")
     verification_reach: float = setting(
         0.32,
-        "a score this far under the threshold is verified too, and is a duplicate only when the aligned pictures "
-        "agree closely: residual at most --verified-residual and colour difference at most --verified-colour "
-        "(0: not verified)",
+        "a score this far under the threshold is verified too, and is a duplicate only when the aligned pictures agree "
+        "closely: residual at most --verified-residual and colour difference at most --verified-colour (0: never)",
     )
     verified_residual: float = setting(0.08, "the largest residual of a duplicate found under the threshold")
     verified_residual_at_threshold: float = setting(
@@ -103,6 +102,11 @@ class Policy:
         "neighbours in turn, and is a duplicate of the first that agrees within --verified-residual once enlarged at "
         "least this much to be compared (a thumbnail's descriptor ranks its original near, not first; 0: never)",
     )
+    small_view_side: int = setting(
+        24,
+        "enrolment also embeds each picture shrunk to this side (px), searched for a query under --small-query-side "
+        "its nearest do not confirm, and confirmed as they are (twice the model's work per Enroll; 0: no small views)",
+    )
     pair_twin_similarity: float = setting(
         0.8,
         "enrolled images at least this similar to the nearest (and under --twin-similarity) are its twins when "
@@ -127,9 +131,7 @@ class Policy:
     normalization_beta: float = setting(1.0, "normalized rule: weight of the background similarity")
     normalized_threshold: float = setting(0.5, "normalized rule: least normalised similarity")
     geometric_band: float = setting(
-        0.0,
-        "scores this far under the threshold get the ORB + RANSAC check (0: never; "
-        "keypoints are stored at enrolment only while it is on)",
+        0.0, "scores this far under the threshold get the ORB + RANSAC check (0: never; keypoints stored while on)"
     )
 
     def __post_init__(self) -> None:
@@ -144,6 +146,9 @@ class Policy:
     def is_small(self, query_side: int) -> bool:
         """Is a query whose longest side is `query_side` pixels (0: not known) a thumbnail?"""
         return 0 < query_side < self.small_query_side
+
+    def searches_small_views(self) -> bool:  # enrolled and searched (only a confirmation declares what they find)
+        return bool(self.small_view_side and self.small_query_side and self.verification_weight)
 
     def close_residual(self, score: float, threshold: float) -> float:
         """The largest residual of a close match for a query scoring `score` against a `threshold`."""

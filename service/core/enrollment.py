@@ -61,6 +61,7 @@ class Item:
     canvas: np.ndarray | None = None
     keypoints: bytes = b""
     reference: bytes = b""
+    small_canvas: np.ndarray | None = None
     result: EnrollOutcome | None = None
 
 
@@ -181,10 +182,16 @@ class Enroller:
         pending = await asyncio.to_thread(self._skip_unchanged, items, uncommitted)
         await asyncio.gather(*(self._decode(item) for item in pending))
         to_hash = [item for item in pending if item.result is None]
-        descriptors = []
+        descriptors, small_views = [], [None] * len(to_hash)
         if to_hash:
-            canvases = np.stack([item.canvas for item in to_hash])
-            descriptors = await self.hasher.hash(canvases, [self.views] * len(to_hash), timeout_s, wait=True)
+            small = [item for item in to_hash if item.small_canvas is not None]
+            canvases = np.stack([item.canvas for item in to_hash] + [item.small_canvas for item in small])
+            views = [self.views] * len(canvases)
+            descriptors = await self.hasher.hash(canvases, views, timeout_s, wait=True)
+            descriptors, small_descriptors = descriptors[: len(to_hash)], iter(descriptors[len(to_hash) :])
+            small_views = [
+                next(small_descriptors).feature if item.small_canvas is not None else None for item in to_hash
+            ]
         if after is not None:
             await after
         if to_hash:
@@ -199,8 +206,9 @@ class Enroller:
                     d.runtime,
                     item.request.collection,
                     item.reference,
+                    small_view,
                 )
-                for item, d in zip(to_hash, descriptors, strict=True)
+                for item, d, small_view in zip(to_hash, descriptors, small_views, strict=True)
             ]
             written = await asyncio.to_thread(self.store.enroll, self.model_identity, enrolments)
             for item, outcome in zip(to_hash, written, strict=True):
@@ -230,6 +238,7 @@ class Enroller:
         try:
             described = await asyncio.to_thread(self.describe, item.request.image)
             item.canvas, item.keypoints, item.reference = described.canvas, described.keypoints, described.reference
+            item.small_canvas = described.small_canvas
         except ImageError as error:
             item.result = self._invalid(item, str(error))
 

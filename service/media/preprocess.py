@@ -24,6 +24,15 @@ REGIONS: list[Box] = grid(0.5, 3) + grid(0.7, 2)
 # Regions are cut from the picture decoded at this multiple of the canvas, so that a region
 # keeps its own pixels instead of an upscaled part of the canvas.
 REGION_DECODE_SCALE = 2
+MIN_SMALL_SIDE = 8  # a small view's shortest side: the smallest image a Check accepts (--min-image-side)
+
+
+def shrunk(picture: Image.Image, side: int) -> Image.Image:
+    """The picture shrunk to `side` px on its longest side (each side at least MIN_SMALL_SIDE): how
+    a thumbnail of it looks (storage/small_views.py)."""
+    scale = side / max(picture.size)
+    size = (max(MIN_SMALL_SIDE, round(picture.width * scale)), max(MIN_SMALL_SIDE, round(picture.height * scale)))
+    return picture.resize(size, Image.Resampling.LANCZOS)
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,7 @@ class Described:
     canvas: np.ndarray
     keypoints: bytes  # packed ORB keypoints, or b""
     reference: bytes  # the verification reference (media/verification.py), or b""
+    small_canvas: np.ndarray | None = None  # the canvas of its small view, when small views are on
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class Preprocessor:
     budget: DecodeBudget | None
     keypoints: bool  # enrolment stores ORB keypoints (the geometric check is on)
     references: bool = False  # enrolment stores a verification reference (verification is on)
+    small_view_side: int = 0  # enrolment also embeds the picture shrunk to this side (0: not)
 
     def canvas(self, data: bytes) -> np.ndarray:
         """The image as a canvas_size x canvas_size RGB uint8 array."""
@@ -47,10 +58,11 @@ class Preprocessor:
 
     def describe(self, data: bytes) -> "Described":
         """The canvas, and what enrolment stores beside the feature when it is on."""
-        canvas = self.canvas(data)
+        picture = decode(data, self.canvas_size, self.limits, self.budget)
         keypoints = geometry.keypoints(self.picture(data)) if self.keypoints else b""
         reference = verification.reference(self.verification_picture(data)) if self.references else b""
-        return Described(canvas, keypoints, reference)
+        small = to_canvas(shrunk(picture, self.small_view_side), self.canvas_size) if self.small_view_side else None
+        return Described(to_canvas(picture, self.canvas_size), keypoints, reference, small)
 
     def verification_picture(self, data: bytes) -> Image.Image:
         """The image at the side verification compares queries at."""

@@ -3,7 +3,9 @@
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from service.storage.records import Change, Record, from_u64, split_name, stored_name, u64
+import numpy as np
+
+from service.storage.records import FEATURE_DTYPE, Change, Record, from_u64, split_name, stored_name, u64
 
 if TYPE_CHECKING:
     from service.storage.store import Store
@@ -43,6 +45,15 @@ class ReadView:
 
     def reference(self, id_: int) -> bytes:
         return self.txn.get(u64(id_), b"", db=self.store.references)
+
+    def small_view(self, id_: int) -> np.ndarray | None:
+        data = self.txn.get(u64(id_), db=self.store.small_views)
+        return np.frombuffer(data, FEATURE_DTYPE) if data else None
+
+    def small_views(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(id, small view feature) of every record enrolled with one."""
+        for id_, data in self.txn.cursor(db=self.store.small_views):
+            yield from_u64(id_), np.frombuffer(data, FEATURE_DTYPE)
 
     def by_key(self, key: str, collection: str = "") -> Record | None:
         id_ = self.txn.get(stored_name(collection, key), db=self.store.keys)

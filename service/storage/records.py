@@ -105,6 +105,7 @@ class Enrolment:
     runtime: str = ""  # what made the feature; the store counts enrolments per runtime
     collection: str = ""
     reference: bytes = b""  # for verification (media/verification.py), when it is on
+    small_view: np.ndarray | None = None  # the feature of the picture shrunk (storage/small_views.py), when on
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Databases in one environment (`DATA_DIR/store.lmdb`):
   changes  seq (u64 BE) -> op + id       every enrolment and deletion, in commit order
   keypoints id (u64 BE) -> packed ORB    for the geometric check, when enabled at enrolment
   references id (u64 BE) -> JPEG         what verification compares a query with, when it is on
+  small_views id (u64 BE) -> float16s    the feature of the picture shrunk to a thumbnail (storage/small_views.py)
   collection_of id (u64 BE) -> name      the collection of each record outside the default one
   meta     name -> value                 model identity, next id, last seq, collection counts and settings
 
@@ -29,6 +30,7 @@ from service.storage.read_view import ReadView
 from service.storage.records import (
     DELETE,
     ENROLL,
+    FEATURE_DTYPE,
     Enrolment,
     ModelMismatch,
     Record,
@@ -72,6 +74,7 @@ class Store:
         self.keypoints = self.env.open_db(b"keypoints", create=not readonly)
         self.collection_of = self.env.open_db(b"collection_of", create=not readonly)
         self.references = self.env.open_db(b"references", create=not readonly)
+        self.small_views = self.env.open_db(b"small_views", create=not readonly)
         self._lock = ReadWriteLock()  # held for writing only while the map grows
         self._subscribers: list[Callable[[], None]] = []
         self.write_failure: str | None = None  # why the last write failed, until one succeeds
@@ -191,7 +194,10 @@ class Store:
                 self._count(txn, record.collection, +1)
                 txn.put(item.sha256, u64(record.id), db=self.digests)
                 txn.put(u64(seq), ENROLL + u64(record.id), db=self.changes)
-                for db, extra in ((self.keypoints, item.keypoints), (self.references, item.reference)):
+                small_view = item.small_view.astype(FEATURE_DTYPE).tobytes() if item.small_view is not None else b""
+                for db, extra in (
+                    (self.keypoints, item.keypoints), (self.references, item.reference), (self.small_views, small_view)
+                ):  # fmt: skip
                     if extra:
                         txn.put(u64(record.id), extra, db=db)
                 if item.runtime:
@@ -226,6 +232,7 @@ class Store:
         txn.delete(record.sha256, u64(record.id), db=self.digests)
         txn.delete(u64(record.id), db=self.keypoints)
         txn.delete(u64(record.id), db=self.references)
+        txn.delete(u64(record.id), db=self.small_views)
         txn.delete(u64(record.id), db=self.collection_of)
         self._count(txn, record.collection, -1)
         txn.put(u64(seq), DELETE + u64(record.id) + name, db=self.changes)
