@@ -46,3 +46,15 @@ def test_the_hnsw_frontier_tool_prints_the_curve():
     for expansion in (64, 96, 160, 192, 256):
         assert f"3k expansion {expansion} recall@1 vs exact" in done.stdout
     assert "3k distances computed per query" in done.stdout
+
+
+def test_the_small_views_benchmark_prints_both_sides_of_each_figure():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "small_views.py"), "--records", "3000", "--queries", "20"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "img/s with small views" in done.stdout and "without" in done.stdout
+    assert "3,000 records with small views" in done.stdout
+    assert "small views 3 MB (held)" in done.stdout  # 3,000 x 512 float16
+    assert "search, k=8: index" in done.stdout and "small views" in done.stdout
