@@ -114,7 +114,7 @@ def test_a_thumbnail_its_nearest_records_do_not_confirm_is_found_through_its_sma
     reply = check(stub, thumbnail(THUMBNAILED, side))
     assert reply.is_duplicate and reply.small_view
     assert reply.matches[0].key == THUMBNAILED and reply.matches[0].is_duplicate
-    assert reply.residual <= Policy().verified_residual and reply.views == 1  # no view more than the query's
+    assert reply.residual <= Policy().small_view_residual and reply.views == 1  # no view more than the query's
 
 
 @pytest.mark.parametrize("name", UNENROLLED)

@@ -468,6 +468,21 @@ def test_a_thumbnail_is_confirmed_against_a_neighbour_further_than_the_nearest(s
     assert not off.judge(query, nearest, 0.0, lambda: thumbnail(clock(3), 40), query_side=40).decision.is_duplicate
 
 
+def test_a_thumbnail_found_by_a_small_view_is_a_duplicate_only_when_confirmed(store):
+    """Whatever the distance to a small view (here the same for a copy and a look-alike), the
+    nearest is declared only when the thumbnail agrees with it within --small-view-residual."""
+    enrol(store, "three", unit(80), clock(3))
+    enrol(store, "far", unit(81), clock(7).rotate(90))
+    query = mixed(unit(80), unit(82), 0.5)
+    nearest = neighbours(store, query, ["three", "far"])
+    judge, policy = Judge(store, Policy()), Policy()
+    found = judge.through_small_views(query, nearest, 0.0, lambda: thumbnail(clock(3), 20))
+    assert found.decision.each == [True, False] and found.residual is not None
+    assert not judge.through_small_views(query, nearest, 0.0, lambda: thumbnail(clock(11), 20)).decision.is_duplicate
+    stricter = Judge(store, replace(policy, small_view_residual=0.0))
+    assert not stricter.through_small_views(query, nearest, 0.0, lambda: thumbnail(clock(3), 20)).decision.is_duplicate
+
+
 def test_nothing_enrolled_is_nothing_to_verify(store):
     """An empty index: no candidate, no duplicate, no verification (a Check before any Enroll)."""
     empty = Judge(store, Policy()).judge(unit(30), [], 0.0, lambda: clock(3))

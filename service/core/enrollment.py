@@ -182,12 +182,11 @@ class Enroller:
         pending = await asyncio.to_thread(self._skip_unchanged, items, uncommitted)
         await asyncio.gather(*(self._decode(item) for item in pending))
         to_hash = [item for item in pending if item.result is None]
-        descriptors, small_views = [], [None] * len(to_hash)
-        if to_hash:
-            small = [item for item in to_hash if item.small_canvas is not None]
-            canvases = np.stack([item.canvas for item in to_hash] + [item.small_canvas for item in small])
-            views = [self.views] * len(canvases)
-            descriptors = await self.hasher.hash(canvases, views, timeout_s, wait=True)
+        descriptors, small_views = [], []
+        if to_hash:  # each canvas, then the small views' (in the same request)
+            small = [item.small_canvas for item in to_hash if item.small_canvas is not None]
+            canvases = np.stack([item.canvas for item in to_hash] + small)
+            descriptors = await self.hasher.hash(canvases, [self.views] * len(canvases), timeout_s, wait=True)
             descriptors, small_descriptors = descriptors[: len(to_hash)], iter(descriptors[len(to_hash) :])
             small_views = [
                 next(small_descriptors).feature if item.small_canvas is not None else None for item in to_hash

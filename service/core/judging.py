@@ -77,14 +77,13 @@ class Judge:
     ) -> Search:
         """A thumbnail judged against the records whose small views are `nearest` it (distances to
         those): a duplicate only when confirmed, whatever the score (a thumbnail is as near the small
-        views of look-alikes): the nearest and its twins within --verified-residual, else the first
-        other neighbour within it once enlarged at least --thumbnail-enlargement."""
+        views of look-alikes): the nearest and its twins within --small-view-residual, else the first
+        other neighbour within --verified-residual once enlarged at least --thumbnail-enlargement."""
         search = decided(nearest, self.policies(), background_similarity, self._twins)
         if not search.nearest:
             return search
-        return self._without_dismissed(
-            feature, self.confirmed(search, query, self.policy.verified_residual, small=True)
-        )
+        confirmed = self.confirmed(search, query, self.policy.small_view_residual, small=True)
+        return self._without_dismissed(feature, confirmed)
 
     def _verified(self, search: Search, query: Callable[[], Image.Image | None], policy_of, query_side: int) -> Search:
         """A duplicate near its threshold must survive its residual or agree closely; a score under it

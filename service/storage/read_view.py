@@ -47,12 +47,12 @@ class ReadView:
         return self.txn.get(u64(id_), b"", db=self.store.references)
 
     def small_view(self, id_: int) -> np.ndarray | None:
-        data = self.txn.get(u64(id_), db=self.store.small_views)
+        data = self.txn.get(u64(id_), db=self.store.small_views) if self.store.small_views is not None else None
         return np.frombuffer(data, FEATURE_DTYPE) if data else None
 
     def small_views(self) -> Iterator[tuple[int, np.ndarray]]:
         """(id, small view feature) of every record enrolled with one."""
-        for id_, data in self.txn.cursor(db=self.store.small_views):
+        for id_, data in self.txn.cursor(db=self.store.small_views) if self.store.small_views is not None else ():
             yield from_u64(id_), np.frombuffer(data, FEATURE_DTYPE)
 
     def by_key(self, key: str, collection: str = "") -> Record | None:

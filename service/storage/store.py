@@ -59,13 +59,9 @@ class Store:
         self.path.mkdir(parents=True, exist_ok=True)
         existing = (self.path / "data.mdb").stat().st_size if (self.path / "data.mdb").exists() else 0
         self.env = lmdb.open(
-            str(self.path),
-            map_size=max(map_size, 2 * existing),
-            max_dbs=16,
-            readonly=readonly,
-            subdir=True,
+            str(self.path), map_size=max(map_size, 2 * existing), max_dbs=16, readonly=readonly, subdir=True,
             max_readers=1024,
-        )
+        )  # fmt: skip
         self.records = self.env.open_db(b"records", create=not readonly)
         self.keys = self.env.open_db(b"keys", create=not readonly)
         self.digests = self.env.open_db(b"digests", dupsort=True, create=not readonly)
@@ -74,7 +70,10 @@ class Store:
         self.keypoints = self.env.open_db(b"keypoints", create=not readonly)
         self.collection_of = self.env.open_db(b"collection_of", create=not readonly)
         self.references = self.env.open_db(b"references", create=not readonly)
-        self.small_views = self.env.open_db(b"small_views", create=not readonly)
+        try:  # a store written before small views has none, and one opened read-only cannot make it
+            self.small_views = self.env.open_db(b"small_views", create=not readonly)
+        except lmdb.NotFoundError:
+            self.small_views = None
         self._lock = ReadWriteLock()  # held for writing only while the map grows
         self._subscribers: list[Callable[[], None]] = []
         self.write_failure: str | None = None  # why the last write failed, until one succeeds
