@@ -48,7 +48,7 @@ class Policy:
     residual beside overlays) for precision at catalogue scale and confirmed by a close alignment
     from 0.15 (a residual up to 0.08, rising with the score to 0.2 at the threshold, and colours up
     to 8 apart; from 0.25 also beside an overlay's own colours; a query under 64 px at any score,
-    against each of its neighbours when enlarged 2.5x, then among the pictures' 24 px small views at 0.12);
+    against each of its neighbours when enlarged 2.5x, then among the pictures' 24 px small views);
     regions searched where boxes are pasted on the query (1.6 views per Check for 2.7x the insets;
     from 0.3 a region verified alone too), the grid off (13 more views)."""
 
@@ -107,7 +107,7 @@ class Policy:
         "enrolment also embeds each picture shrunk to this side (px), searched for a query under --small-query-side "
         "its nearest do not confirm, and confirmed as they are (twice the model's work per Enroll; 0: no small views)",
     )
-    small_view_residual: float = setting(0.12, "the largest residual of a duplicate found by its small view")
+    small_view_residual: float = setting(0.08, "the largest residual of a duplicate found by its small view")
     pair_twin_similarity: float = setting(
         0.8,
         "enrolled images at least this similar to the nearest (and under --twin-similarity) are its twins when "
