@@ -18,7 +18,6 @@ from usearch.index import MetricKind, search
 
 from service.storage.change_log import PRUNED_TO
 from service.storage.collections import CollectionMap
-from service.storage.read_view import ReadView
 from service.storage.records import DELETE, FEATURE_DTYPE, from_u64, u64
 from service.storage.store import Store
 from service.triton.contract import DIMENSIONS
@@ -55,24 +54,24 @@ class SmallViews:
         with self._lock, self.store.read() as view:
             if self.seq < from_u64(view.meta(PRUNED_TO) or u64(0)):  # never read, or the log no longer reaches back
                 self._reset(view.seq())
+                collection_of = dict(view.collection_ids())  # records outside the default collection
                 for id_, feature in view.small_views():
-                    self._add(id_, feature, view)
+                    self._add(id_, feature, collection_of.get(id_, ""))
                 return
             for change in view.changes_after(self.seq):
                 self.seq = change.seq
                 if change.op == DELETE:
                     self._remove(change.id)
-                elif (feature := view.small_view(change.id)) is not None:
-                    self._add(change.id, feature, view)
+                elif (feature := view.small_view(change.id)) is not None and (record := view.by_id(change.id)):
+                    self._add(change.id, feature, record.collection)
 
-    def _add(self, id_: int, feature: np.ndarray, view: ReadView) -> None:
+    def _add(self, id_: int, feature: np.ndarray, collection: str) -> None:
         row = len(self.row_of)
         if row == len(self.ids):
             self.vectors = np.concatenate([self.vectors, np.zeros_like(self.vectors)])
             self.ids = np.concatenate([self.ids, np.zeros_like(self.ids)])
         self.vectors[row], self.ids[row], self.row_of[id_] = feature, id_, row
-        record = view.by_id(id_)
-        self.collections.set(id_, record.collection if record is not None else "")
+        self.collections.set(id_, collection)
 
     def _remove(self, id_: int) -> None:
         """Moves the last row into the removed one's place."""
