@@ -6,7 +6,7 @@ feature (the store's `small_views` database, when --small-view-side is on); a qu
 --small-query-side that its nearest records do not confirm searches these (core/checking.py).
 
 Every small view is kept in memory and searched by every distance (usearch's exact search over
-a float16 matrix: no graph to build at start-up or to persist in snapshots; ~30 ms per 200,000
+a float16 matrix: no graph to build at start-up or to persist in snapshots; ~50 ms per 200,000
 views on two cores, docs/performance.md). Like the index's live part, it follows the store's
 change log, so an enrolment is found at once.
 """
