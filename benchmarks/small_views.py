@@ -7,7 +7,7 @@ views and without (--small-view-side 0), and prints both Enroll rates. Then buil
 `--records` random unit features, each with a small view, and an i8 snapshot of it, and measures
 for that store: reading every small view into memory at start-up (SmallViews.catch_up) against
 loading the snapshot (SnapshotLoader: checksum, then memory-mapped); the memory each takes; and a
-thumbnail's second search (SmallViews.nearest_ids, every distance) against a Check's first one
+thumbnail's second search (SmallViews.nearest, every distance) against a Check's first one
 (UsearchIndex.nearest, k=8). Prints the figures and the ratios (docs/performance.md).
 """
 
@@ -106,7 +106,7 @@ def main() -> None:
 
         queries = features(rng, arguments.queries)
         index_ms = per_query_ms(lambda query: index.nearest(query, K), queries)
-        small_ms = per_query_ms(lambda query: small_views.nearest_ids(query, K), queries)
+        small_ms = per_query_ms(lambda query: small_views.nearest(query, K), queries)
         small_bytes = small_views.vectors[: len(small_views)].nbytes
         print(f"start-up: snapshot loaded in {snapshot_s:.2f} s, small views read in {small_s:.2f} s "
               f"({small_s / snapshot_s:.1f}x)")  # fmt: skip

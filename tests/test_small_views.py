@@ -4,6 +4,7 @@ thumbnail its nearest records do not confirm."""
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from service.core.decision import Policy
@@ -30,18 +31,27 @@ def enroll(store: Store, key: str, small_seed: int | None, collection: str = "")
     return written.record.id
 
 
+def nearest_ids(views: SmallViews, feature, k: int, collections: frozenset[str] | None = None) -> list[int]:
+    return [id_ for id_, _ in views.nearest(feature, k, collections)]
+
+
 def test_small_views_are_found_by_their_own_feature_and_follow_enrolments_and_deletions(store):
     ids = {key: enroll(store, key, seed) for seed, key in enumerate(["a", "b", "c", "d"])}
     enroll(store, "plain", None)  # enrolled while small views were off: not searched
     views = SmallViews(store)
     views.catch_up()
     assert len(views) == 4
-    assert [views.nearest_ids(unit(seed), 1) for seed in range(4)] == [[ids[key]] for key in "abcd"]
+    assert [nearest_ids(views, unit(seed), 1) for seed in range(4)] == [[ids[key]] for key in "abcd"]
+    seed_of = {ids[key]: seed for seed, key in enumerate("abcd")}
+    found = views.nearest(unit(1), 4)  # nearest first, each with its distance (float16 features)
+    assert [distance for _, distance in found] == sorted(distance for _, distance in found)
+    for id_, distance in found:
+        assert distance == pytest.approx(float(np.linalg.norm(unit(1) - unit(seed_of[id_]))), abs=1e-2)
     store.delete("a")  # its row is taken by the last one's
     ids["e"] = enroll(store, "e", 10)
     views.catch_up()
-    assert len(views) == 4 and ids["a"] not in views.nearest_ids(unit(0), 4)
-    assert [views.nearest_ids(unit(seed), 1) for seed in (1, 2, 3, 10)] == [[ids[key]] for key in "bcde"]
+    assert len(views) == 4 and ids["a"] not in nearest_ids(views, unit(0), 4)
+    assert [nearest_ids(views, unit(seed), 1) for seed in (1, 2, 3, 10)] == [[ids[key]] for key in "bcde"]
 
 
 def test_a_search_limited_to_collections_finds_only_theirs(store):
@@ -50,10 +60,10 @@ def test_a_search_limited_to_collections_finds_only_theirs(store):
     default = enroll(store, "default", 20)
     views = SmallViews(store)
     views.catch_up()
-    assert views.nearest_ids(unit(10), 2, frozenset({"cats"}))[0] in cats
-    assert set(views.nearest_ids(unit(10), 10, frozenset({"cats"}))) == set(cats)
-    assert views.nearest_ids(unit(10), 1, frozenset({"dogs", "cats"})) == [dogs[0]]
-    assert views.nearest_ids(unit(10), 5, frozenset({""})) == [default]
+    assert nearest_ids(views, unit(10), 2, frozenset({"cats"}))[0] in cats
+    assert set(nearest_ids(views, unit(10), 10, frozenset({"cats"}))) == set(cats)
+    assert nearest_ids(views, unit(10), 1, frozenset({"dogs", "cats"})) == [dogs[0]]
+    assert nearest_ids(views, unit(10), 5, frozenset({""})) == [default]
 
 
 def test_views_behind_a_pruned_change_log_read_every_small_view_again(store):
@@ -65,7 +75,7 @@ def test_views_behind_a_pruned_change_log_read_every_small_view_again(store):
     with store.read() as view:
         change_log.prune(store, view.seq())  # as a rebuild in another worker would
     views.catch_up()
-    assert len(views) == 1 and views.nearest_ids(unit(0), 5) == [b]
+    assert len(views) == 1 and nearest_ids(views, unit(0), 5) == [b]
 
 
 # Through the service ----------------------------------------------------------------------------

@@ -210,11 +210,9 @@ class Checker:
         collections: frozenset[str] | None,
         query: Callable[[], Image.Image],
     ) -> Search:
-        ids = self.small_views.nearest_ids(feature, max(top_k, NEIGHBOURS), collections)
+        found = self.small_views.nearest(feature, max(top_k, NEIGHBOURS), collections)
         with self.store.read() as view:
-            pairs = [(record, view.small_view(id_)) for id_ in ids if (record := view.by_id(id_)) is not None]
-        query_feature = np.asarray(feature, np.float32)
-        nearest = [(record, float(np.linalg.norm(query_feature - small.astype(np.float32)))) for record, small in pairs]
+            nearest = [(record, distance) for id_, distance in found if (record := view.by_id(id_)) is not None]
         return self.judge.through_small_views(feature, nearest, background_similarity, query)
 
     def _inliers(self, image: bytes, record: Record) -> int:

@@ -22,6 +22,8 @@ from service.storage.records import DELETE, FEATURE_DTYPE, from_u64, u64
 from service.storage.store import Store
 from service.triton.contract import DIMENSIONS
 
+IdDistance = tuple[int, float]  # a record's id and the distance of its small view
+
 
 class SmallViews:
     """The small views of the store's records (those enrolled with one), by record id. Thread-safe."""
@@ -83,8 +85,9 @@ class SmallViews:
             self.vectors[row], self.ids[row] = self.vectors[last], self.ids[last]
             self.row_of[int(self.ids[row])] = row
 
-    def nearest_ids(self, feature: np.ndarray, k: int, collections: frozenset[str] | None = None) -> list[int]:
-        """The ids of the k records (in `collections`; None: all) whose small views are nearest `feature`."""
+    def nearest(self, feature: np.ndarray, k: int, collections: frozenset[str] | None = None) -> list[IdDistance]:
+        """The ids of the k records (in `collections`; None: all) whose small views are nearest
+        `feature`, nearest first, with the (L2) distance to each."""
         query = np.asarray(feature, FEATURE_DTYPE)
         with self._lock:
             count = len(self.row_of)
@@ -95,8 +98,9 @@ class SmallViews:
                 if not asked:
                     return []
                 found = search(self.vectors[:count], query, asked, MetricKind.L2sq, exact=True)
-                ids = [int(self.ids[row]) for row in found.keys]
-                kept = ids if wanted is None else [id_ for id_ in ids if self.collections.holds(id_, wanted)]
+                distances = np.sqrt(np.maximum(found.distances, 0.0))
+                pairs = [(int(self.ids[row]), float(d)) for row, d in zip(found.keys, distances, strict=True)]
+                kept = pairs if wanted is None else [pair for pair in pairs if self.collections.holds(pair[0], wanted)]
                 if len(kept) >= k or asked == count:
                     return kept[:k]
                 asked *= 2
