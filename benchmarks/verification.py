@@ -7,6 +7,8 @@ For dev images, each checked against its own reference under a few transforms (r
 resized, cropped, mirrored) and against another image's: the time of one residual
 (media/verification.py, single-threaded), and the reference's size; and the boxes pasted on each
 original looked for (media/insets.py) at the side the region stage decodes (twice the canvas).
+Both kinds of pair are also timed without the crop stage (tried only where no other alignment
+agrees closely: for an unrelated picture, every time), side by side.
 """
 
 import argparse
@@ -41,6 +43,19 @@ def _jpeg(image: Image.Image, quality: int) -> Image.Image:
     return Image.open(io.BytesIO(out.getvalue())).convert("RGB")
 
 
+def _timed(query: Image.Image, reference: bytes, crops: bool) -> tuple[float, verification.Residual | None]:
+    """Seconds for one residual, and the residual, with the crop stage or without (as if another
+    alignment agreed)."""
+    kept = verification.CROP_RESIDUAL
+    verification.CROP_RESIDUAL = kept if crops else float("inf")
+    try:
+        started = time.perf_counter()
+        found = verification.residual(query, reference)
+        return time.perf_counter() - started, found
+    finally:
+        verification.CROP_RESIDUAL = kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
@@ -49,7 +64,7 @@ def main() -> None:
     cv2.setNumThreads(1)
     files = sorted(arguments.images.glob("*.jpg"))
     rng = random.Random(0)
-    times, sizes, copies, others, box_times = [], [], [], [], []
+    times, sizes, copies, others, box_times = [], [], [], [], []  # times: (unrelated, with crops, without)
     for _ in range(arguments.pairs):
         original, other = (Image.open(path).convert("RGB") for path in rng.sample(files, 2))
         original.thumbnail((1024, 1024))
@@ -62,13 +77,19 @@ def main() -> None:
         sizes.append(len(reference))
         query = TRANSFORMS[rng.choice(list(TRANSFORMS))](original)
         query.thumbnail((verification.QUERY_SIDE, verification.QUERY_SIDE))
-        started = time.perf_counter()
-        copies.append(verification.residual(query, reference))
-        times.append(time.perf_counter() - started)
         other.thumbnail((verification.QUERY_SIDE, verification.QUERY_SIDE))
-        others.append(verification.residual(other, reference))
-    ms = 1000 * np.array(times)
-    print(f"residual of one pair: median {np.median(ms):.1f} ms, p90 {np.percentile(ms, 90):.1f} ms (one thread)")
+        for pairs, picture in ((copies, query), (others, other)):
+            (seconds, found), (without, _) = (_timed(picture, reference, crops) for crops in (True, False))
+            pairs.append(found)
+            times.append((picture is other, seconds, without))
+    for unrelated in (False, True):
+        with_crops, without = (1000 * np.array([t[at] for t in times if t[0] == unrelated]) for at in (1, 2))
+        print(
+            f"residual of one {'unrelated' if unrelated else 'copy'} pair: median {np.median(with_crops):.1f} ms, "
+            f"p90 {np.percentile(with_crops, 90):.1f} ms (one thread); without the crop stage {np.median(without):.1f}"
+            f" ms ({np.median(with_crops) / np.median(without):.2f}x)"
+        )
+    ms = 1000 * np.array([t[1] for t in times if not t[0]])
     box_ms = 1000 * np.array(box_times)
     print(
         f"boxes looked for in one picture: median {np.median(box_ms):.1f} ms, p90 {np.percentile(box_ms, 90):.1f} ms"

@@ -254,6 +254,43 @@ def test_a_detailed_crop_is_close(corner):
     assert found.is_close(Policy().verified_residual, Policy().verified_colour)
 
 
+def test_a_smooth_crop_with_few_keypoints_aligns_as_a_crop():
+    """Over half the side of a smooth wallpaper: too few keypoints to fit, and ECC maps whole to
+    whole, but placed inside the candidate by template matching it agrees closely (not where a
+    query must show the candidate whole: the region stage)."""
+    wallpaper = Image.open(IMAGES / "gnome-adwaita.jpg").convert("RGB")
+    crop, reference = jpeg(wallpaper.crop((102, 205, 665, 768)), 85), verification.reference(wallpaper)
+    assert verification.residual(crop, reference).is_close(Policy().verified_residual, Policy().verified_colour)
+    assert verification.residual(crop, reference, as_crops=False).lightness > 1.0
+
+
+def test_a_query_over_most_of_the_candidate_is_not_aligned_as_a_crop(monkeypatch):
+    """The same wallpaper cropped to nine tenths of its side, its keypoints and ECC left out: as a
+    crop it would cover over CROP_MOST_COVER of the candidate, where a query is aligned as a whole
+    (a thick bar shrunk a little lines up with a thinner one)."""
+    monkeypatch.setattr(alignment, "fits", lambda query, candidate: [])
+    monkeypatch.setattr(verification, "_by_ecc", lambda query, candidate_lab: (verification.NOT_ALIGNED, None))
+    wallpaper = Image.open(IMAGES / "gnome-adwaita.jpg").convert("RGB")
+    reference = verification.reference(wallpaper)
+    most, half = (jpeg(wallpaper.crop((0, 0, side, side)), 85) for side in (950, 640))
+    assert verification.residual(most, reference) == verification.NOT_ALIGNED
+    assert verification.residual(half, reference).is_close(Policy().verified_residual, Policy().verified_colour)
+    monkeypatch.setattr(verification, "CROP_MOST_COVER", 1.0)
+    assert verification.residual(most, reference).is_close(Policy().verified_residual, Policy().verified_colour)
+
+
+@pytest.mark.parametrize("corner", [(0, 0), (30, 30), (120, 40)])
+def test_a_small_part_of_a_drawing_is_not_taken_for_a_crop(corner, monkeypatch):
+    """A sixth of the clock (a bit of its rim and ticks) fits inside it exactly, as a red disc fits
+    a flag or a stick figure's body another pose: a crop counts from a fifth of the candidate."""
+    drawing = clock(3)
+    left, top = corner
+    part, reference = jpeg(drawing.crop((left, top, left + 120, top + 120)), 85), verification.reference(drawing)
+    assert not verification.residual(part, reference).is_close(1.0, Policy().verified_colour)
+    monkeypatch.setattr(verification, "CROP_LEAST_COVER", 0.0)
+    assert verification.residual(part, reference).is_close(Policy().verified_residual, Policy().verified_colour)
+
+
 def dots(spacing: int, size: int = 300) -> Image.Image:
     """A repeating pattern: a grid of dots."""
     image = Image.new("RGB", (size, size), "white")

@@ -177,11 +177,12 @@ class Checker:
             tried.add(record.sha256)
             at_threshold = found.decision.score >= threshold  # held as closely as a whole query there
             close = policy.close_residual(found.decision.score, threshold) if at_threshold else policy.verified_residual
-            confirmed = await asyncio.to_thread(self.judge.confirmed, found, picture, close)
+            confirm = functools.partial(self.judge.confirmed, found, close=close, as_crops=False)  # shown whole
+            confirmed = await asyncio.to_thread(confirm, picture)
             by_itself = policy.region_alone > 0 and found.decision.score >= threshold - alone_reach
             if by_itself and not confirmed.decision.is_duplicate:  # the copy may be too small in the whole
                 cut_out = functools.partial(lambda crop: crop, crops[region])
-                confirmed = await asyncio.to_thread(self.judge.confirmed, found, cut_out, close)
+                confirmed = await asyncio.to_thread(confirm, cut_out)
             if confirmed.decision.is_duplicate:
                 return CheckResult(
                     True, False, confirmed.matches(confirmed.decision.each)[:top_k], confirmed.decision.score,

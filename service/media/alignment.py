@@ -1,7 +1,8 @@
 """Aligning a query to a candidate picture: SIFT matches with a RANSAC similarity and its
-refinement to affine, pictures trimmed of plain margins (for ECC on the two squashed square),
-what an alignment does to the picture (its stretch), and the pictures no alignment can be trusted
-on (repeating patterns). media/verification.py compares what they align."""
+refinement to affine, pictures trimmed of plain margins (for ECC on the two squashed square), the
+query placed as a crop of the candidate (template matching), what an alignment does to the
+picture (its stretch), and the pictures no alignment can be trusted on (repeating patterns).
+media/verification.py compares what they align."""
 
 import cv2
 import numpy as np
@@ -16,6 +17,13 @@ MAX_ROTATION_DEGREES = 20.0
 REPEAT_CORRELATION = 0.9
 MIN_PERIOD = 6
 SHRINK_BELOW = 0.8  # a query mapped smaller than this is shrunk by area first
+# A candidate is compared at the query's resolution when the query is upscaled more than this.
+RESOLUTION_SLACK = 1.25
+FRAME_EDGE = 2  # pixels of the frame's edge left out of the comparison
+# A crop is looked for with its side at these fractions of the largest that fits inside the
+# candidate (a crop of 30 % of the area: about 0.55), then at finer ones around the best.
+CROP_SCALES = np.geomspace(0.4, 1.0, 16)
+CROP_REFINED = np.geomspace(0.97, 1.03, 6)
 
 
 def keypoints(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +53,38 @@ def fits(query: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.n
     inliers = mask.ravel().astype(bool)
     refined, _ = cv2.estimateAffine2D(source[inliers], target[inliers], method=cv2.RANSAC, ransacReprojThreshold=4.0)
     return [transform, refined] if refined is not None and plausible(refined) else [transform]
+
+
+def as_crop(query_grey: np.ndarray, candidate_grey: np.ndarray) -> np.ndarray | None:
+    """The query placed where it best fits inside the candidate, unturned (normalised
+    cross-correlation of the lightness at CROP_SCALES, then at CROP_REFINED around the best): the
+    affine map from query to candidate pixels. A small crop has too few keypoints for `fits`, and
+    ECC maps whole to whole. None when the query is plain."""
+    candidate = cv2.GaussianBlur(candidate_grey.astype(np.float32), (0, 0), 1.0)
+    query = query_grey.astype(np.float32)
+    (query_height, query_width), (height, width) = query.shape, candidate.shape
+    largest = min(height / query_height, width / query_width)
+
+    def placed(scale: float) -> tuple[float, tuple[int, int], tuple[int, int], float] | None:
+        size = (round(query_width * largest * scale), round(query_height * largest * scale))
+        if min(size) < 8 or size[0] > width or size[1] > height:
+            return None
+        shrinking = size[0] < query_width
+        template = cv2.resize(query, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        template = cv2.GaussianBlur(template, (0, 0), 1.0)
+        if template.std() < 1.0:
+            return None
+        _, correlation, _, at = cv2.minMaxLoc(cv2.matchTemplate(candidate, template, cv2.TM_CCOEFF_NORMED))
+        return correlation, size, at, scale
+
+    found = [place for scale in CROP_SCALES if (place := placed(scale))]
+    if not found:
+        return None
+    found += [place for scale in max(found)[3] * CROP_REFINED if (place := placed(scale))]
+    _, (crop_width, crop_height), (left, top), _ = max(found)
+    x_scale, y_scale = crop_width / query_width, crop_height / query_height
+    # pixel centres: query pixel u covers crop pixels from u * x_scale to (u + 1) * x_scale
+    return np.array([[x_scale, 0, left + (x_scale - 1) / 2], [0, y_scale, top + (y_scale - 1) / 2]])
 
 
 def plausible(transform: np.ndarray) -> bool:
@@ -126,3 +166,22 @@ def repeats(grey: np.ndarray, side: int) -> bool:
     shifts = np.hypot(*np.mgrid[-side:side, -side:side])
     periods = (shifts >= MIN_PERIOD) & (shifts <= side / 4)
     return float(per_pixel[periods].max()) >= REPEAT_CORRELATION * float(per_pixel[side, side])
+
+
+def at_resolution(lab: np.ndarray, x_upscale: float, y_upscale: float) -> np.ndarray:
+    """The candidate as it looks at the query's resolution: shrunk by the query's upscaling and
+    brought back to its size."""
+    if max(x_upscale, y_upscale) <= RESOLUTION_SLACK:
+        return lab
+    height, width = lab.shape[:2]
+    small = (max(2, round(width / max(x_upscale, 1.0))), max(2, round(height / max(y_upscale, 1.0))))
+    shrunk = cv2.resize(lab, small, interpolation=cv2.INTER_AREA)
+    return cv2.resize(shrunk, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def inner(valid: np.ndarray) -> np.ndarray:
+    """The valid pixels off the edges of the query and of the frame: a copy shown inside another
+    picture bleeds into the frame's edge through the blur and the alignment's error."""
+    inner = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    inner[:FRAME_EDGE], inner[-FRAME_EDGE:], inner[:, :FRAME_EDGE], inner[:, -FRAME_EDGE:] = False, False, False, False
+    return inner

@@ -5,9 +5,10 @@ flag with another emblem as close to a drawing as a cropped copy is. After align
 pictures, though, a copy agrees with its original almost everywhere, while a look-alike leaves at
 least one region that disagrees. The residual: align the query to the candidate's stored
 reference (a 256 px colour thumbnail, ~10 KB per record) by SIFT matches (a RANSAC similarity,
-and its refinement to affine), and by ECC on the trimmed pictures squashed square, each with the
-query and its mirror; fit brightness and contrast on the lightness; the residual is the worst cell of an
-8 x 8 grid of |difference| / the candidate's contrast, for the best alignment, and beside the few
+and its refinement to affine), by ECC on the trimmed pictures squashed square, and, where
+neither agrees closely, as a crop placed inside the candidate, each with the query and its
+mirror; fit brightness and contrast on the lightness; the residual is the worst cell of an 8 x 8
+grid of |difference| / the candidate's contrast, for the best alignment, and beside the few
 cells an overlay explains (media/cells.py). Copies (re-encoded, cropped, bordered, rotated) score
 ~0.02-0.1; look-alikes 0.6 and more. docs/quality.md has the measurements; the Judge
 (core/judging.py) uses the residual beside overlays as score - weight x min(residual, cap) near
@@ -41,18 +42,24 @@ REFERENCE_QUALITY = 90
 QUERY_SIDE = 384
 WORK = 128  # the side residuals are computed at
 NO_ALIGNMENT = 9.0  # the residual when nothing aligns
-# A candidate is compared at the query's resolution when the query is upscaled more than this.
-RESOLUTION_SLACK = 1.25
 # A query enlarged k times to be compared is allowed a k times larger residual, k up to this.
 MAX_UPSCALE_ALLOWANCE = 4.0
 # A close match changes the aspect at most this much (the aspect family's copies are kept by the
 # band rule, not confirmed under the threshold).
 CLOSE_STRETCH = 1.1
-FRAME_EDGE = 2  # pixels of the WORK frame's edge left out of the comparison
 # A query whose chroma (a*b* distance from grey, of 255) is under this for 99 % of its pixels has
 # no colour: a grey picture stays under 1 through JPEG, noise in each channel takes it over 3 (the
 # benchmark's `grey` and `noise` families, docs/quality.md).
 GREY_CHROMA = 3.0
+# A query aligned as a crop of the candidate (media/alignment.py's as_crop: a small crop has too
+# few keypoints) counts only where no other alignment agrees within CROP_RESIDUAL, when the crop
+# covers CROP_LEAST_COVER to CROP_MOST_COVER of the candidate and agrees that closely: a small
+# part of a simple drawing (a disc, a bar, a stick figure's body) fits inside many, and a query
+# over most of it is aligned as a whole, where a thick bar shrunk is not a thinner one
+# (docs/quality.md).
+CROP_RESIDUAL = 0.08
+CROP_LEAST_COVER = 0.2
+CROP_MOST_COVER = 0.8
 
 
 @dataclass(frozen=True, order=True)
@@ -112,10 +119,10 @@ def picture_of(reference_bytes: bytes) -> Image.Image:
     return Image.open(io.BytesIO(reference_bytes)).convert("RGB")
 
 
-def residual(query: Image.Image, reference_bytes: bytes) -> Residual | None:
+def residual(query: Image.Image, reference_bytes: bytes, as_crops: bool = True) -> Residual | None:
     """The query's residual against a stored reference for its best alignment (lower lightness:
-    more surely the same picture); None when the reference has too little structure to tell, or
-    repeats itself."""
+    more surely the same picture), the query aligned as a crop of it too if `as_crops`; None when the
+    reference has too little structure to tell, or repeats itself."""
     candidate = picture_of(reference_bytes)
     if _has_no_colour(query):
         candidate = ImageOps.grayscale(candidate).convert("RGB")
@@ -125,12 +132,13 @@ def residual(query: Image.Image, reference_bytes: bytes) -> Residual | None:
     candidate_points = alignment.keypoints(candidate_grey)
     candidate_lab = _lab(candidate, WORK)
     query_grey = _grey(query, QUERY_SIDE)
+    shown = [(query, query_grey), (query.transpose(Image.Transpose.FLIP_LEFT_RIGHT), query_grey[:, ::-1].copy())]
     found = []
-    for mirrored in (False, True):
-        shown = query.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirrored else query
-        grey = query_grey[:, ::-1].copy() if mirrored else query_grey
-        found += _by_keypoints(shown, grey, candidate_grey, candidate_points, candidate_lab)
-        found.append(_by_ecc(shown, candidate_lab))
+    for picture, grey in shown:  # the query and its mirror
+        found += _by_keypoints(picture, grey, candidate_grey, candidate_points, candidate_lab)
+        found.append(_by_ecc(picture, candidate_lab))
+    if as_crops and not _agrees(min(found, key=lambda pair: pair[0])[0], CROP_RESIDUAL):
+        found += [crop for picture, grey in shown if (crop := _as_crop(picture, grey, candidate_lab))]
     best, aligned = min(found, key=lambda pair: pair[0])
     if aligned is None:
         return best
@@ -180,9 +188,24 @@ def _warped(query_lab: np.ndarray, to_work: np.ndarray, candidate_lab: np.ndarra
     warped = cv2.warpAffine(query_lab, to_work, (width, height), flags=cv2.INTER_LINEAR)
     inside = np.full(query_lab.shape[:2], 255, np.uint8)
     valid = cv2.warpAffine(inside, to_work, (width, height), flags=cv2.INTER_NEAREST) > 0
-    aligned = (warped, _at_resolution(candidate_lab, upscale, upscale), _inner(valid))
+    aligned = (warped, alignment.at_resolution(candidate_lab, upscale, upscale), alignment.inner(valid))
     found = _compared(*aligned)
     return replace(found, upscale=max(upscale, 1.0), stretch=alignment.stretch(to_work)), aligned
+
+
+def _as_crop(query, query_grey, candidate_lab) -> tuple[Residual, Aligned] | None:
+    """Aligned as a crop (alignment.as_crop), when that covers CROP_LEAST_COVER to CROP_MOST_COVER of
+    the candidate and agrees within CROP_RESIDUAL (None otherwise)."""
+    to_work = alignment.as_crop(query_grey, candidate_lab[..., 0])
+    if to_work is None:
+        return None
+    found, aligned = _warped(_lab(query, QUERY_SIDE), to_work, candidate_lab)
+    covers = CROP_LEAST_COVER <= aligned[2].mean() <= CROP_MOST_COVER
+    return (found, aligned) if covers and _agrees(found, CROP_RESIDUAL) else None
+
+
+def _agrees(found: Residual, residual: float) -> bool:
+    return found.for_its_detail(found.lightness) <= residual
 
 
 def _by_ecc(query, candidate_lab) -> tuple[Residual, Aligned]:
@@ -193,7 +216,7 @@ def _by_ecc(query, candidate_lab) -> tuple[Residual, Aligned]:
         alignment.squash(image, box, WORK) for image, box in zip((query_lab, candidate_lab), boxes, strict=True)
     ]
     (query_height, query_width), (candidate_height, candidate_width) = (alignment.sides(box) for box in boxes)
-    squashed[1] = _at_resolution(squashed[1], WORK / query_width, WORK / query_height)
+    squashed[1] = alignment.at_resolution(squashed[1], WORK / query_width, WORK / query_height)
     transform = np.eye(2, 3, dtype=np.float32)
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
     with contextlib.suppress(cv2.error):  # not converged: compared as they are
@@ -210,28 +233,9 @@ def _by_ecc(query, candidate_lab) -> tuple[Residual, Aligned]:
         np.diag([query_width, query_height]) @ transform[:, :2] @ np.diag([1 / candidate_width, 1 / candidate_height])
     )
     upscale = float(1 / np.sqrt(abs(np.linalg.det(to_query)) + 1e-12))
-    aligned = (warped, squashed[1], _inner(valid))
+    aligned = (warped, squashed[1], alignment.inner(valid))
     found = _compared(*aligned)
     return replace(found, upscale=max(upscale, 1.0), stretch=alignment.stretch(to_query)), aligned
-
-
-def _at_resolution(lab: np.ndarray, x_upscale: float, y_upscale: float) -> np.ndarray:
-    """The candidate as it looks at the query's resolution: shrunk by the query's upscaling and
-    brought back to its size."""
-    if max(x_upscale, y_upscale) <= RESOLUTION_SLACK:
-        return lab
-    height, width = lab.shape[:2]
-    small = (max(2, round(width / max(x_upscale, 1.0))), max(2, round(height / max(y_upscale, 1.0))))
-    shrunk = cv2.resize(lab, small, interpolation=cv2.INTER_AREA)
-    return cv2.resize(shrunk, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def _inner(valid: np.ndarray) -> np.ndarray:
-    """The valid pixels off the edges of the query and of the frame: a copy shown inside another
-    picture bleeds into the frame's edge through the blur and the alignment's error."""
-    inner = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-    inner[:FRAME_EDGE], inner[-FRAME_EDGE:], inner[:, :FRAME_EDGE], inner[:, -FRAME_EDGE:] = False, False, False, False
-    return inner
 
 
 def _compared(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> Residual:
