@@ -266,8 +266,8 @@ def test_a_smooth_crop_with_few_keypoints_aligns_as_a_crop():
 
 def test_a_query_over_most_of_the_candidate_is_not_aligned_as_a_crop(monkeypatch):
     """The same wallpaper cropped to nine tenths of its side, its keypoints and ECC left out: as a
-    crop it would cover over CROP_MOST_COVER of the candidate, where a query is aligned as a whole
-    (a thick bar shrunk a little lines up with a thinner one)."""
+    crop it would cover over CROP_MOST_COVER of the candidate shrunk a little, where a thick bar
+    lines up with a thinner one; a thumbnail of it, placed at full size, counts."""
     monkeypatch.setattr(alignment, "fits", lambda query, candidate: [])
     monkeypatch.setattr(verification, "_by_ecc", lambda query, candidate_lab: (verification.NOT_ALIGNED, None))
     wallpaper = Image.open(IMAGES / "gnome-adwaita.jpg").convert("RGB")
@@ -275,6 +275,8 @@ def test_a_query_over_most_of_the_candidate_is_not_aligned_as_a_crop(monkeypatch
     most, half = (jpeg(wallpaper.crop((0, 0, side, side)), 85) for side in (950, 640))
     assert verification.residual(most, reference) == verification.NOT_ALIGNED
     assert verification.residual(half, reference).is_close(Policy().verified_residual, Policy().verified_colour)
+    whole = thumbnail(wallpaper, 40)  # placed at full size: a thumbnail is its whole picture
+    assert verification.residual(whole, reference).is_close(Policy().verified_residual, Policy().verified_colour)
     monkeypatch.setattr(verification, "CROP_MOST_COVER", 1.0)
     assert verification.residual(most, reference).is_close(Policy().verified_residual, Policy().verified_colour)
 

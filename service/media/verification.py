@@ -55,8 +55,8 @@ GREY_CHROMA = 3.0
 # few keypoints) counts only where no other alignment agrees within CROP_RESIDUAL, when the crop
 # covers CROP_LEAST_COVER to CROP_MOST_COVER of the candidate and agrees that closely: a small
 # part of a simple drawing (a disc, a bar, a stick figure's body) fits inside many, and a query
-# over most of it is aligned as a whole, where a thick bar shrunk is not a thinner one
-# (docs/quality.md).
+# over most of it counts placed at full size (a thumbnail) but not shrunk a little (a thick bar
+# shrunk is a thinner one; docs/quality.md).
 CROP_RESIDUAL = 0.08
 CROP_LEAST_COVER = 0.2
 CROP_MOST_COVER = 0.8
@@ -195,12 +195,16 @@ def _warped(query_lab: np.ndarray, to_work: np.ndarray, candidate_lab: np.ndarra
 
 def _as_crop(query, query_grey, candidate_lab) -> tuple[Residual, Aligned] | None:
     """Aligned as a crop (alignment.as_crop), when that covers CROP_LEAST_COVER to CROP_MOST_COVER of
-    the candidate and agrees within CROP_RESIDUAL (None otherwise)."""
+    the candidate, or more placed at full size (spanning it along a side: a thumbnail), and agrees
+    within CROP_RESIDUAL (None otherwise)."""
     to_work = alignment.as_crop(query_grey, candidate_lab[..., 0])
     if to_work is None:
         return None
     found, aligned = _warped(_lab(query, QUERY_SIDE), to_work, candidate_lab)
-    covers = CROP_LEAST_COVER <= aligned[2].mean() <= CROP_MOST_COVER
+    (height, width), (query_height, query_width) = candidate_lab.shape[:2], query_grey.shape
+    whole = to_work[0, 0] * query_width >= width - 1.5 or to_work[1, 1] * query_height >= height - 1.5
+    cover = aligned[2].mean()
+    covers = cover >= CROP_LEAST_COVER and (cover <= CROP_MOST_COVER or whole)
     return (found, aligned) if covers and _agrees(found, CROP_RESIDUAL) else None
 
 
