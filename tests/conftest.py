@@ -99,8 +99,7 @@ def pid_exists(pid: int) -> bool:
 
 @pytest.fixture
 def start_service(tmp_path):
-    """Starts services (stopped at the end of the test): start_service(*flags, data_dir=..., port=...,
-    file_size_limit=...)."""
+    """Starts services (stopped at the end of the test): start_service(*flags, data_dir=..., port=...)."""
     started: list[RunningService] = []
 
     def start(*flags: str, data_dir: Path | None = None, **options) -> RunningService:

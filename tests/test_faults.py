@@ -64,10 +64,12 @@ FILE_SIZE_LIMIT = 2 << 20
 
 
 def test_a_full_disk_mid_enroll_is_resource_exhausted_and_loses_nothing_acknowledged(tmp_path, start_service):
-    """The service may write files of at most 2 MB; 7.5 kB of metadata per record fills that. (Batches of
-    two, four canvases with their small views: the bundled Triton's shared memory stays under the limit.)"""
+    """The service may write files of at most 2 MB; 7.5 kB of metadata per record fills that. Set once
+    it serves, on its own process: its Triton, started already, grows its shared memory past 2 MB
+    under load, and that is not the disk this test fills."""
     data_dir = tmp_path / "data"
-    service = start_service(*FAST, "--enroll-batch", "2", data_dir=data_dir, file_size_limit=FILE_SIZE_LIMIT)
+    service = start_service(*FAST, data_dir=data_dir)
+    resource.prlimit(service.process.pid, resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, resource.RLIM_INFINITY))
     image = mosaic(7)
     requests = [pb.EnrollRequest(key=f"full/{i}", image=image, metadata={"pad": f"{i:>5}" * 1_500}) for i in range(400)]
     acknowledged = []

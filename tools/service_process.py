@@ -14,13 +14,6 @@ from service.proto.neardup.v1 import neardup_pb2_grpc
 from service.triton.process import free_port
 
 SERVICE_NAME = "neardup.v1.NearDup"
-# Sets RLIMIT_FSIZE, then becomes the service (same pid). Not Popen's preexec_fn: to run one, Python
-# forks rather than vforks, and gRPC's fork handlers (this process holds channels) can then abort the
-# child before it execs (grpc/grpc#43055: "Epoll1Poller ... epoll_wait error: Bad file descriptor").
-LIMITED_FILE_SIZE = (
-    "import os, resource, sys; limit = int(sys.argv[1]); "
-    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY)); os.execv(sys.argv[2], sys.argv[2:])"
-)
 START_TIMEOUT_S = 180
 
 
@@ -57,10 +50,8 @@ class RunningService:
         data_dir: Path,
         *flags: str,
         port: int | None = None,
-        file_size_limit: int | None = None,
         credentials: channels.Credentials | None = None,
     ):
-        """`file_size_limit`: the largest file the service may write (RLIMIT_FSIZE), in bytes."""
         self.port = port or free_port()
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"service-{self.port}.log"
@@ -78,8 +69,6 @@ class RunningService:
         if "--metrics-port" not in flags:  # several services run at once in the tests
             self.metrics_port = free_port()
             flags = (*flags, "--metrics-port", str(self.metrics_port))
-        if file_size_limit is not None:
-            command = [sys.executable, "-c", LIMITED_FILE_SIZE, str(file_size_limit), *command]
         self.process = subprocess.Popen([*command, *flags], stdout=self.log, stderr=subprocess.STDOUT)
         self.channel = channels.channel(f"127.0.0.1:{self.port}", credentials)
         self.stub = neardup_pb2_grpc.NearDupStub(self.channel)
