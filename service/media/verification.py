@@ -15,16 +15,15 @@ cells an overlay explains (media/cells.py). Copies (re-encoded, cropped, bordere
 the threshold, and under it asks for a close match everywhere, or, nearer the threshold, beside
 an overlay's own colours (Residual.is_close).
 
-What makes a low residual trustworthy that far down: the candidate is compared at the query's
-own resolution (a thumbnail or an inset cannot show detail it lost, and is not blamed for it);
-the cells' mean colours are compared, fitted by one chroma gain at most (a flag of other colours
-has the same lightness structure; a less saturated copy has the same hues); a query without colour
-(a grey copy, a black-and-white drawing) is compared with the candidate made grey as such a copy
-is, by luma, which the candidate's L* does not follow across hues; the alignment's stretch is
-kept (a thicker pen or a longer arrow lines up exactly once stretched); turned, flattened
-(fitted gain under MIN_GAIN) or plain comparisons do not align. Each pixel is compared with the
-best of its candidate's pixels one WORK pixel around it (edges a fraction of a pixel off are not
-differences), and a repeating pattern is not judged at all.
+What makes a low residual trustworthy that far down: the candidate is compared at the query's own resolution
+(a thumbnail or an inset cannot show detail it lost, and is not blamed for it); the cells' mean colours are
+compared, fitted by one chroma gain at most (a flag of other colours has the same lightness structure; a less
+saturated copy has the same hues); a query without colour (a grey copy, a black-and-white drawing) is compared
+with the candidate made grey as such a copy is, by luma, which the candidate's L* does not follow across hues;
+the alignment's stretch is kept (a thicker pen or a longer arrow lines up exactly once stretched); turned,
+flattened (fitted gain under MIN_GAIN) or plain comparisons do not align. Each pixel is compared with the best
+of its candidate's pixels one WORK pixel around it (edges a fraction of a pixel off are not differences), and
+a repeating pattern is not judged at all.
 """
 
 import contextlib
@@ -131,14 +130,15 @@ def residual(query: Image.Image, reference_bytes: bytes, as_crops: bool = True) 
         return None
     candidate_points = alignment.keypoints(candidate_grey)
     candidate_lab = _lab(candidate, WORK)
-    query_grey = _grey(query, QUERY_SIDE)
-    shown = [(query, query_grey), (query.transpose(Image.Transpose.FLIP_LEFT_RIGHT), query_grey[:, ::-1].copy())]
+    query_grey, mirror = _grey(query, QUERY_SIDE), query.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    # the query and its mirror: each picture, its lightness and its Lab at QUERY_SIDE
+    shown = [(p, g, _lab(p, QUERY_SIDE)) for p, g in ((query, query_grey), (mirror, query_grey[:, ::-1].copy()))]
     found = []
-    for picture, grey in shown:  # the query and its mirror
-        found += _by_keypoints(picture, grey, candidate_grey, candidate_points, candidate_lab)
+    for picture, grey, lab in shown:
+        found += _by_keypoints(lab, grey, candidate_grey, candidate_points, candidate_lab)
         found.append(_by_ecc(picture, candidate_lab))
     if as_crops and not _agrees(min(found, key=lambda pair: pair[0])[0], CROP_RESIDUAL):
-        found += [crop for picture, grey in shown if (crop := _as_crop(picture, grey, candidate_lab))]
+        found += [crop for _, grey, lab in shown if (crop := _as_crop(lab, grey, candidate_lab))]
     best, aligned = min(found, key=lambda pair: pair[0])
     if aligned is None:
         return best
@@ -167,15 +167,15 @@ def _lab(picture: Image.Image, side: int) -> np.ndarray:
     return cv2.cvtColor(np.asarray(small), cv2.COLOR_RGB2LAB).astype(np.float32)
 
 
-def _by_keypoints(query, query_grey, candidate_grey, candidate_points, candidate_lab) -> list[tuple[Residual, Aligned]]:
-    """Aligned by SIFT matches (alignment.fits): the query's lightness warped onto the candidate's
-    thumbnail."""
-    transforms = alignment.fits(alignment.keypoints(query_grey), candidate_points)
+def _by_keypoints(lab, grey, candidate_grey, candidate_points, candidate_lab) -> list[tuple[Residual, Aligned]]:
+    """Aligned by SIFT matches (alignment.fits) of the query's lightness `grey`: its `lab` warped
+    onto the candidate's thumbnail."""
+    transforms = alignment.fits(alignment.keypoints(grey), candidate_points)
     if not transforms:
         return [(NOT_ALIGNED, None)]
-    scale, query_lab = candidate_lab.shape[1] / candidate_grey.shape[1], _lab(query, QUERY_SIDE)
+    scale = candidate_lab.shape[1] / candidate_grey.shape[1]
     return [
-        _warped(query_lab, (np.diag([scale, scale, 1.0]) @ np.vstack([transform, [0, 0, 1]]))[:2], candidate_lab)
+        _warped(lab, (np.diag([scale, scale, 1.0]) @ np.vstack([transform, [0, 0, 1]]))[:2], candidate_lab)
         for transform in transforms
     ]
 
@@ -193,14 +193,14 @@ def _warped(query_lab: np.ndarray, to_work: np.ndarray, candidate_lab: np.ndarra
     return replace(found, upscale=max(upscale, 1.0), stretch=alignment.stretch(to_work)), aligned
 
 
-def _as_crop(query, query_grey, candidate_lab) -> tuple[Residual, Aligned] | None:
+def _as_crop(query_lab, query_grey, candidate_lab) -> tuple[Residual, Aligned] | None:
     """Aligned as a crop (alignment.as_crop), when that covers CROP_LEAST_COVER to CROP_MOST_COVER of
     the candidate, or more placed at full size (spanning it along a side: a thumbnail), and agrees
     within CROP_RESIDUAL (None otherwise)."""
     to_work = alignment.as_crop(query_grey, candidate_lab[..., 0])
     if to_work is None:
         return None
-    found, aligned = _warped(_lab(query, QUERY_SIDE), to_work, candidate_lab)
+    found, aligned = _warped(query_lab, to_work, candidate_lab)
     (height, width), (query_height, query_width) = candidate_lab.shape[:2], query_grey.shape
     whole = to_work[0, 0] * query_width >= width - 1.5 or to_work[1, 1] * query_height >= height - 1.5
     cover = aligned[2].mean()
