@@ -1,6 +1,8 @@
 """tools/evaluate.py end to end on the committed images: it runs, its numbers are sane and reproducible;
-tools/twin_recall.py's pairing of two runs; tools/thumbnail_views.py's ranks through a real service."""
+tools/rescore.py's scoring of a run on changed labels; tools/twin_recall.py's pairing of two runs;
+tools/thumbnail_views.py's ranks through a real service."""
 
+import argparse
 import io
 import json
 import subprocess
@@ -75,12 +77,19 @@ def test_the_evaluation_scores_with_the_services_own_rules(monkeypatch):
     assert changed["global"] == scores["global"]
 
 
-def test_a_catalogue_and_twins_are_enrolled_and_reported_apart(tmp_path):
-    images = str(ROOT / "tests" / "images")
-    result = evaluate(
-        tmp_path, "--no-baselines", "--twin-share", "0.5", "--catalogue", images, "--catalogue-groups", "4",
-        "--catalogue-queries", "1", "--catalogue-negatives", "2",
-    )  # fmt: skip
+CATALOGUE_RUN = ["--twin-share", "0.5", "--catalogue", str(ROOT / "tests" / "images"), "--catalogue-groups", "4",
+                 "--catalogue-queries", "1", "--catalogue-negatives", "2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def catalogue_run(tmp_path_factory) -> tuple[Path, dict]:
+    """One evaluation with a catalogue and twins (its output folder and results), for the tests that read it."""
+    out = tmp_path_factory.mktemp("catalogue-run")
+    return out, evaluate(out, "--no-baselines", *CATALOGUE_RUN)
+
+
+def test_a_catalogue_and_twins_are_enrolled_and_reported_apart(catalogue_run):
+    _, result = catalogue_run
     counts = result["counts"]
     assert counts["twins"] > 0 and counts["catalogue_groups"] == 4 and counts["catalogue_negative_drawings"] == 2
     assert counts["enrolled"] == counts["references"] + counts["twins"] + counts["catalogue_files"]
@@ -90,6 +99,43 @@ def test_a_catalogue_and_twins_are_enrolled_and_reported_apart(tmp_path):
         assert 0 <= decision[part]["recall"] <= 1 and decision[part]["positives"] > 0, part
     # Every copy not found is counted once where it was lost.
     assert sum(decision["missed"].values()) == round(decision["positives"] * (1 - decision["recall"]))
+
+
+def test_a_run_rescored_on_changed_labels_counts_the_new_right_answers(catalogue_run, tmp_path, monkeypatch):
+    """tools/rescore.py: on the labels the run had, its report comes back as it was; once the labels
+    say an unenrolled drawing shows an enrolled one, that drawing's queries expect it."""
+    from tools import rescore
+    from tools.evaluate import add_benchmark_arguments
+    from tools.evaluation import dataset
+
+    run, result = catalogue_run
+    parser = argparse.ArgumentParser()
+    add_benchmark_arguments(parser)
+    arguments = parser.parse_args(["--images", str(ROOT / "tests" / "images"), *CATALOGUE_RUN])
+    report, changed = rescore.rescored(run, arguments)
+    assert json.loads(json.dumps(report)) == result["default_decision"] and changed == []
+
+    rows = [json.loads(line) for line in (run / "queries.jsonl").read_text().splitlines()]
+    drawing = next(r["source"] for r in rows if r["origin"] == "catalogue" and not r["expected"])
+    enrolled = next(r["expected"][0] for r in rows if r["origin"] == "catalogue" and r["expected"])
+    labels = tmp_path / "shown_inside.json"
+    labels.write_text(json.dumps([*json.loads(dataset.SHOWN_INSIDE.read_text()), [drawing, enrolled]]))
+    monkeypatch.setattr(dataset, "SHOWN_INSIDE", labels)
+    report, changed = rescore.rescored(run, arguments)
+    assert changed and {q.source for q in changed} == {drawing}
+    assert all(enrolled in q.expected for q in changed)
+    assert sum(r["source"] == drawing for r in rows) == len(changed)
+    assert report["positives"] == result["default_decision"]["positives"] + len(changed)
+
+
+def test_queries_identified_without_their_bytes_are_the_same_queries():
+    images = ROOT / "tests" / "images"
+    made, named = (build(images, 0, 0.7, 0.1, 0.5, images, 4, 1, 2, with_bytes=bytes_) for bytes_ in (True, False))
+    assert [(q.family, q.source, q.expected, q.host, q.copies) for q in made.queries] == [
+        (q.family, q.source, q.expected, q.host, q.copies) for q in named.queries
+    ]
+    assert all(q.data for q in made.queries)
+    assert all(not q.data for q in named.queries if q.family not in ("original", "natural"))
 
 
 def test_an_insets_host_that_shows_an_enrolled_picture_is_a_right_answer():

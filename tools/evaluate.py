@@ -266,11 +266,11 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
                         help="enrol only the queried file of each catalogue group (tools/twin_recall.py)")  # fmt: skip
 
 
-def benchmark_of(arguments: argparse.Namespace) -> Benchmark:
+def benchmark_of(arguments: argparse.Namespace, with_bytes: bool = True) -> Benchmark:
     return build(
         arguments.images, arguments.seed, arguments.reference_share, arguments.background_share,
         arguments.twin_share, arguments.catalogue, arguments.catalogue_groups, arguments.catalogue_queries,
-        arguments.catalogue_negatives, arguments.catalogue_once,
+        arguments.catalogue_negatives, arguments.catalogue_once, with_bytes,
     )  # fmt: skip
 
 

@@ -96,6 +96,7 @@ def build(
     catalogue_queries: int = 0,
     catalogue_negatives: int = 0,
     catalogue_once: bool = False,
+    with_bytes: bool = True,
 ) -> Benchmark:
     groups = grouped(read_manifest(images))
     names = shuffled_names(groups, seed)
@@ -121,20 +122,20 @@ def build(
 
     queries = []
     for reference, keys in expected.items():
-        queries += transformed(images / reference, reference, keys, "dev", FAMILIES, seed, hosts)
+        queries += transformed(images / reference, reference, keys, "dev", FAMILIES, seed, hosts, with_bytes)
     for copy, reference in natural.items():
         keys = expected[reference]
         queries.append(Query("natural", copy, keys, "dev", (images / copy).read_bytes(), len(keys)))
     for distractor in distractors:
         queries.append(Query("original", distractor, frozenset(), "dev", (images / distractor).read_bytes()))
-        queries += transformed(images / distractor, distractor, frozenset(), "dev", FAMILIES, seed, hosts)
+        queries += transformed(images / distractor, distractor, frozenset(), "dev", FAMILIES, seed, hosts, with_bytes)
 
     counts = {"references": len(expected), "twins": sum(len(k) > 1 for k in expected.values())}
     counts |= {"background": len(background), "distractors": len(distractors)}
     if catalogue is not None:
         queries += add_catalogue(
             catalogue, seed, catalogue_groups, catalogue_queries, catalogue_negatives, enrol, hosts, counts,
-            catalogue_once,
+            catalogue_once, with_bytes,
         )  # fmt: skip
     links = group_links(groups, "") + json.loads(SAME_PICTURES.read_text())
     if catalogue is not None:
@@ -197,6 +198,7 @@ def add_catalogue(
     hosts: list[Path],
     counts: dict,
     once: bool = False,
+    with_bytes: bool = True,
 ) -> list[Query]:
     """Enrols `enrolled_groups` of the catalogue (each with all its files, or `once`: with the one
     its queries are made from); returns positive queries from `positive_groups` of them (every
@@ -215,13 +217,15 @@ def add_catalogue(
     for name in enrolled[:positive_groups]:
         files = sorted(member["file"] for member in groups[name])
         keys = frozenset(CATALOGUE_PREFIX + f for f in files)
-        queries += transformed(folder / files[0], CATALOGUE_PREFIX + files[0], keys, "catalogue", FAMILIES, seed, hosts)
+        queries += transformed(
+            folder / files[0], CATALOGUE_PREFIX + files[0], keys, "catalogue", FAMILIES, seed, hosts, with_bytes
+        )
     for name in others[:negative_drawings]:
         drawing = sorted(member["file"] for member in groups[name])[0]
         source = CATALOGUE_PREFIX + drawing
         queries.append(Query("original", source, frozenset(), "catalogue", (folder / drawing).read_bytes()))
         families = random.Random(f"{seed} {source} families").sample(FAMILIES, NEGATIVE_FAMILIES_PER_DRAWING)
-        queries += transformed(folder / drawing, source, frozenset(), "catalogue", families, seed, hosts)
+        queries += transformed(folder / drawing, source, frozenset(), "catalogue", families, seed, hosts, with_bytes)
     counts |= {
         "catalogue_groups": len(enrolled),
         "catalogue_files": sum(len(groups[name]) for name in enrolled),
@@ -232,9 +236,18 @@ def add_catalogue(
 
 
 def transformed(
-    path: Path, source: str, keys: frozenset[str], origin: str, families, seed: int, hosts: list[Path]
+    path: Path,
+    source: str,
+    keys: frozenset[str],
+    origin: str,
+    families,
+    seed: int,
+    hosts: list[Path],
+    with_bytes: bool = True,
 ) -> list[Query]:
-    image = Image.open(path).convert("RGB")
+    """The queries made from `path` by each of `families` (without `with_bytes`: who they are and
+    what is right for them, their bytes left empty, as tools/rescore.py needs them)."""
+    image = Image.open(path).convert("RGB") if with_bytes else None
     queries = []
     for family in families:
         rng = random.Random(f"{seed} {source} {family}")
@@ -242,8 +255,8 @@ def transformed(
         if family == "inset":
             candidates = [h for h in hosts if h != path]
             host = rng.choice(candidates) if candidates else None
-        shown_in = Image.open(host).convert("RGB") if host else None
-        data = apply(family, image, rng, shown_in)
+        shown_in = Image.open(host).convert("RGB") if host and with_bytes else None
+        data = apply(family, image, rng, shown_in) if with_bytes else b""
         queries.append(Query(family, source, keys, origin, data, len(keys), host=host.name if host else ""))
     return queries
 
