@@ -44,6 +44,7 @@ def test_the_config_declares_the_contracts_tensors_and_batch(model):
         contract.FEATURE: ("TYPE_FP32", [contract.DIMENSIONS]),
         contract.THRESHOLD: ("TYPE_FP32", [1]),
         contract.RUNTIME: ("TYPE_STRING", [1]),
+        contract.WINDOWS: ("TYPE_FP32", [contract.WINDOW_COUNT, contract.DIMENSIONS]),
     }
 
 
@@ -54,9 +55,27 @@ def test_the_model_code_makes_the_views_and_canvases_the_contract_names(model):
     for views in range(0, 201):
         assert (contract.view_problem(views) is None) == code.view_count_is_valid(views), views
     source = (REPOSITORY / model / "1" / "model.py").read_text()
-    for name in (contract.IMAGE, contract.VIEWS, contract.FEATURE, contract.THRESHOLD, contract.RUNTIME):
+    for name in (
+        contract.IMAGE,
+        contract.VIEWS,
+        contract.FEATURE,
+        contract.THRESHOLD,
+        contract.RUNTIME,
+        contract.WINDOWS,
+    ):
         assert f'"{name}"' in source, name
     assert f"< {contract.MIN_CANVAS}" in source
+
+
+@pytest.mark.parametrize("model", contract.MODELS)
+def test_the_model_code_pools_the_windows_the_contract_names(model):
+    code = load_model_code(model)
+    assert contract.canvas_size(contract.WINDOW_INPUT) == code.WINDOW_CANVAS
+    assert code.WINDOW_CELLS == contract.WINDOW_CELLS == contract.WINDOW_INPUT // 32  # the last map: 32 px a cell
+    cells = contract.WINDOW_CELLS
+    assert [(left / cells, top / cells, side / cells, side / cells) for left, top, side in code.window_cells()] == (
+        contract.window_boxes()
+    )
 
 
 @pytest.mark.parametrize("model", contract.MODELS)

