@@ -1,5 +1,4 @@
-"""benchmarks/bench.py --quick and benchmarks/hnsw_frontier.py run and print their figures (smoke runs, not
-timing tests)."""
+"""The benchmarks run and print their figures (smoke runs, not timing tests)."""
 
 import json
 import subprocess
@@ -58,3 +57,14 @@ def test_the_small_views_benchmark_prints_both_sides_of_each_figure():
     assert "3,000 records with small views" in done.stdout
     assert "small views 3 MB (held)" in done.stdout  # 3,000 x 512 float16
     assert "search, k=8: index" in done.stdout and "small views" in done.stdout
+
+
+def test_the_windows_benchmark_prints_each_request_beside_the_whole_query():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "windows.py"), "--requests", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    for row in ("the whole query (1 canvas of 246 px)", "three boxes", "the larger view alone", "the windows (77"):
+        assert row in done.stdout, row
+    assert done.stdout.count("x the whole query") == 4

@@ -8,7 +8,9 @@ import pytest
 from PIL import Image, ImageOps
 
 from service.core.decision import Policy
+from service.media import insets
 from service.proto.neardup.v1 import neardup_pb2 as pb
+from service.triton import contract
 from tests.conftest import RunningService, encode_jpeg, image_bytes, picture, reencoded
 
 PICTURE = "portrait-portraits-monsters-falcon.jpg"
@@ -30,15 +32,31 @@ def png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-@pytest.fixture(scope="module")
-def stub(tmp_path_factory):
-    service = RunningService(tmp_path_factory.mktemp("detection") / "data")
+def enrolled_service(data_dir, *flags: str) -> RunningService:
+    """A running service with the falcon under two keys, the others and a grey blank enrolled."""
+    service = RunningService(data_dir, *flags)
     service.wait_serving()
     items = [("falcon/original.jpg", image_bytes(PICTURE)), ("falcon/re-upload.jpg", reencoded(image_bytes(PICTURE)))]
     items += [(name, image_bytes(name)) for name in OTHERS]
     items.append(("blank/grey.png", png(Image.new("RGB", (300, 200), (128, 128, 128)))))
     results = list(service.stub.Enroll(iter(pb.EnrollRequest(key=k, image=d) for k, d in items), timeout=120))
     assert all(r.status == pb.EnrollResult.ENROLLED for r in results), results
+    return service
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory):
+    service = enrolled_service(tmp_path_factory.mktemp("detection") / "data")
+    try:
+        yield service.stub
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def windows_stub(tmp_path_factory):
+    """The same with the windows searched too (--region-windows, off by default)."""
+    service = enrolled_service(tmp_path_factory.mktemp("windows") / "data", "--region-windows")
     try:
         yield service.stub
     finally:
@@ -103,6 +121,31 @@ def test_a_picture_not_enrolled_inside_the_same_host_is_not_a_duplicate(stub):
     """Its regions are searched, and their nearest records verified: none aligns."""
     reply = check(stub, inside_host(NOT_ENROLLED))
     assert not reply.is_duplicate and reply.views > 1 and not reply.HasField("region")
+
+
+def on_a_page(name: str, beside: str) -> Image.Image:
+    """A picture drawn on white, shown on the white half of a page beside another one: no edge of
+    it steps, so no box holds it (media/insets.py)."""
+    page = Image.new("RGB", (600, 600), "white")
+    page.paste(ImageOps.contain(picture(beside), (280, 560)), (10, 20))
+    shown = picture(name)
+    shown.thumbnail((230, 230))
+    page.paste(shown, (320, 200))
+    return page
+
+
+def test_a_copy_no_box_holds_is_found_by_a_window_of_the_feature_map(stub, windows_stub):
+    query = on_a_page("stamp-animals-mammals-deer-deer.jpg", "portrait-portraits-humans-swordsman-3.jpg")
+    assert insets.boxes(query) == []
+    by_default = check(stub, encode_jpeg(query))
+    assert not by_default.is_duplicate and by_default.views == 1  # no box: no region is searched
+    reply = check(windows_stub, encode_jpeg(query))
+    assert reply.is_duplicate and reply.matches[0].key == "stamp-animals-mammals-deer-deer.jpg"
+    assert reply.HasField("region") and reply.region.left >= 0.4 and reply.region.width <= 0.6
+    assert reply.views == 1 + contract.WINDOW_VIEW_COST  # the whole query, then the windows' one larger view
+    page = on_a_page("stamp-animals-mammals-camel-dromedary.jpg", "portrait-portraits-humans-swordsman-3.jpg")
+    not_enrolled = check(windows_stub, encode_jpeg(page))
+    assert not not_enrolled.is_duplicate and not_enrolled.views == 1 + contract.WINDOW_VIEW_COST
 
 
 def test_a_20_px_thumbnail_is_answered(stub):

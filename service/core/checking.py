@@ -6,7 +6,8 @@ decision is judged (core/judging.py: each collection's rule, verification, the "
 memory), with the geometric check overriding borderline scores when it is on.
 A query that is not a duplicate as a whole is searched again by regions (a cascade: the extra
 views are paid only when the whole image found nothing), so that a copy shown inside a larger
-picture is found: the boxes pasted on it (media/insets.py), and a grid of 13 with --region-grid;
+picture is found: the boxes pasted on it (media/insets.py), a grid of 13 with --region-grid, and
+77 windows of the model's feature map with --region-windows;
 a region needs its own, higher score, and a close alignment of the whole query or of the region.
 """
 
@@ -24,12 +25,13 @@ from service.core.judging import Judge
 from service.core.searches import Match, Search
 from service.media import geometry
 from service.media.imaging import is_low_information, longest_side
-from service.media.preprocess import Box, Preprocessor
+from service.media.preprocess import Box, Preprocessor, Regions
 from service.storage.background import Background
 from service.storage.records import Record
 from service.storage.small_views import SmallViews
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex
+from service.triton import contract
 from service.triton.client import Descriptor, Hasher
 
 # Neighbours a Check decides among, however few it returns: the margin rule needs the nearest
@@ -154,16 +156,18 @@ class Checker:
         confirmed decides. A collection with its own threshold asks its regions for as
         much less than it as the service's region threshold (and region-alone score) is under the
         service's threshold."""
-        boxes, canvases, crops = await asyncio.to_thread(self.preprocessor.regions, image, self.policy.region_grid)
-        if not boxes:
+        policy = self.policy
+        regions = await asyncio.to_thread(self.preprocessor.regions, image, policy.region_grid, policy.region_windows)
+        if not regions.boxes:
             return whole
-        descriptors = await self.hasher.hash(canvases, [1] * len(canvases), timeout_s())
+        features = await self._embed_regions(regions, timeout_s)
         searches = await asyncio.to_thread(
-            lambda: [search(d.feature, top_k, whole.background_similarity) for d in descriptors]
+            lambda: [search(feature, top_k, whole.background_similarity) for feature in features]
         )
         ranked = sorted(range(len(searches)), key=lambda i: -searches[i].decision.score)
-        views, best_score = whole.views + len(canvases), searches[ranked[0]].decision.score
-        policy, policy_of = self.policy, self.judge.policies()
+        windows = contract.WINDOW_VIEW_COST if regions.window_canvas is not None else 0
+        views = whole.views + len(regions.canvases) + windows
+        best_score, policy_of = searches[ranked[0]].decision.score, self.judge.policies()
         reach, alone_reach = (threshold_of(policy) - least for least in (policy.region_threshold, policy.region_alone))
         tried: set[bytes] = set()
         for region in ranked:
@@ -181,15 +185,33 @@ class Checker:
             confirmed = await asyncio.to_thread(confirm, picture)
             by_itself = policy.region_alone > 0 and found.decision.score >= threshold - alone_reach
             if by_itself and not confirmed.decision.is_duplicate:  # the copy may be too small in the whole
-                cut_out = functools.partial(lambda crop: crop, crops[region])
+                cut_out = functools.partial(regions.crop, region)
                 confirmed = await asyncio.to_thread(confirm, cut_out)
             if confirmed.decision.is_duplicate:
                 return CheckResult(
                     True, False, confirmed.matches(confirmed.decision.each)[:top_k], confirmed.decision.score,
-                    whole.background_similarity, whole.index_generation, region=boxes[region],
+                    whole.background_similarity, whole.index_generation, region=regions.boxes[region],
                     region_score=best_score, views=views, rule=confirmed.rule, residual=confirmed.residual,
                 )  # fmt: skip
         return replace(whole, region_score=best_score, views=views)
+
+    async def _embed_regions(self, regions: Regions, timeout_s: Callable[[], float]) -> list[np.ndarray]:
+        """Each region's feature: the boxes' from their own canvases, the windows' from one larger view."""
+
+        async def of_boxes() -> list[np.ndarray]:
+            if not len(regions.canvases):
+                return []
+            described = await self.hasher.hash(regions.canvases, [1] * len(regions.canvases), timeout_s())
+            return [descriptor.feature for descriptor in described]
+
+        async def of_windows() -> list[np.ndarray]:
+            if regions.window_canvas is None:
+                return []
+            [described] = await self.hasher.hash(regions.window_canvas[None], [1], timeout_s(), windows=True)
+            return list(described.windows)
+
+        boxes, windows = await asyncio.gather(of_boxes(), of_windows())
+        return boxes + windows
 
     def _search(
         self,

@@ -117,14 +117,13 @@ class Policy:
     region_threshold: float = setting(
         0.2,
         "least score of the best region of a query that matched nothing as a whole, among the boxes pasted on it "
-        "(and --region-grid's): copies inside larger pictures (0: regions are not searched)",
+        "(and the grid's, the windows'): copies inside larger pictures (0: regions are not searched)",
     )
     region_alone: float = setting(
-        0.3,
-        "least score of a region whose candidates the whole query does not confirm to be verified against the "
-        "region alone, cut out (a small copy inside a larger picture; 0: never)",
+        0.3, "least score of a region verified alone, cut out, where the whole query does not confirm it (0: never)"
     )
     region_grid: bool = setting(False, "also search 13 regions on a grid (13 more views per Check that found nothing)")
+    region_windows: bool = setting(False, "also search 77 windows of a 448 px view's feature map (the cost of 4 views)")
     dismissal_similarity: float = setting(
         0.85, "a query at least this similar to a picture dismissed against a key (Dismiss) is not its duplicate"
     )

@@ -1,6 +1,6 @@
 """What the front service makes of a caller's image bytes: the canvas for Triton, the canvases of
-its regions (for copies shown inside a larger picture: the boxes pasted on it, and a grid when
-asked), and the ORB keypoints or the full-size picture for the geometric check."""
+its regions (for copies shown inside a larger picture: the boxes pasted on it, and a grid and the
+windows' larger canvas when asked), and the ORB keypoints or the full-size picture for the geometric check."""
 
 from dataclasses import dataclass
 
@@ -10,6 +10,7 @@ from PIL import Image
 from service.media import geometry, insets, verification
 from service.media.imaging import DecodeBudget, Limits, decode, decode_canvas, to_canvas
 from service.media.insets import Box
+from service.triton import contract
 
 
 def grid(side: float, steps: int) -> list[Box]:
@@ -24,6 +25,9 @@ REGIONS: list[Box] = grid(0.5, 3) + grid(0.7, 2)
 # Regions are cut from the picture decoded at this multiple of the canvas, so that a region
 # keeps its own pixels instead of an upscaled part of the canvas.
 REGION_DECODE_SCALE = 2
+# A window is verified cut out with this share of its side around it (half a cell for the smallest):
+# its sides lie on the feature map's cells, and the copy it found may reach past them.
+WINDOW_MARGIN = 0.125
 MIN_SMALL_SIDE = 8  # a small view's shortest side: the smallest image a Check accepts (--min-image-side)
 
 
@@ -41,6 +45,40 @@ class Described:
     keypoints: bytes  # packed ORB keypoints, or b""
     reference: bytes  # the verification reference (media/verification.py), or b""
     small_canvas: np.ndarray | None = None  # the canvas of its small view, when small views are on
+
+
+@dataclass(frozen=True)
+class Regions:
+    """The parts of a query a copy may be shown in: the boxes pasted on it (and the grid), each
+    embedded from its own canvas, then the windows (contract.window_boxes), all embedded from one
+    larger canvas of the whole picture."""
+
+    boxes: list[Box]  # the embedded boxes, then the windows
+    canvases: np.ndarray  # [embedded boxes, canvas, canvas, 3]
+    window_canvas: np.ndarray | None  # [WINDOW_CANVAS, WINDOW_CANVAS, 3], None: no windows
+    picture: Image.Image  # what regions are cut from: decoded at REGION_DECODE_SCALE x the canvas
+
+    def crop(self, region: int) -> Image.Image:
+        """The picture cut at a region; a window with WINDOW_MARGIN around it."""
+        left, top, width, height = self.boxes[region]
+        if region >= len(self.canvases):
+            grow = WINDOW_MARGIN * width
+            left, top, width, height = left - grow, top - grow, width + 2 * grow, height + 2 * grow
+        return cut(self.picture, (left, top, width, height))
+
+
+def cut(picture: Image.Image, box: Box) -> Image.Image:
+    """The picture cut at a box (fractions of its sides), as far as the picture reaches."""
+    left, top, width, height = box
+    right, bottom, left, top = min(1.0, left + width), min(1.0, top + height), max(0.0, left), max(0.0, top)
+    return picture.crop(
+        (
+            round(left * picture.width),
+            round(top * picture.height),
+            round(right * picture.width),
+            round(bottom * picture.height),
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -68,21 +106,18 @@ class Preprocessor:
         """The image at the side verification compares queries at."""
         return decode(data, verification.QUERY_SIDE, self.limits, self.budget)
 
-    def regions(self, data: bytes, with_grid: bool) -> tuple[list[Box], np.ndarray, list[Image.Image]]:
-        """The boxes pasted on the picture (media/insets.py), then REGIONS if `with_grid`, their
-        canvases stacked [boxes, canvas, canvas, 3], and the crops they were made from."""
+    def regions(self, data: bytes, with_grid: bool, with_windows: bool = False) -> Regions:
+        """The boxes pasted on the picture (media/insets.py), then REGIONS if `with_grid`, each with
+        its canvas; then the windows if `with_windows`."""
         picture = decode(data, self.canvas_size * REGION_DECODE_SCALE, self.limits, self.budget)
         boxes = insets.boxes(picture) + (REGIONS if with_grid else [])
-        width, height = picture.size
-        crops = [
-            picture.crop(
-                (round(left * width), round(top * height), round((left + w) * width), round((top + h) * height))
-            )
-            for left, top, w, h in boxes
-        ]
-        canvases = [to_canvas(crop, self.canvas_size) for crop in crops]
-        stacked = np.stack(canvases) if canvases else np.zeros((0, self.canvas_size, self.canvas_size, 3), np.uint8)
-        return boxes, stacked, crops
+        canvases = np.zeros((len(boxes), self.canvas_size, self.canvas_size, 3), np.uint8)
+        for i, box in enumerate(boxes):
+            canvases[i] = to_canvas(cut(picture, box), self.canvas_size)
+        if not with_windows:
+            return Regions(boxes, canvases, None, picture)
+        window_canvas = to_canvas(picture, contract.canvas_size(contract.WINDOW_INPUT))
+        return Regions(boxes + contract.window_boxes(), canvases, window_canvas, picture)
 
     def picture(self, data: bytes) -> Image.Image:
         """The image at the side the geometric check works at."""

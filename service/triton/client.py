@@ -41,6 +41,7 @@ class Descriptor:
     feature: np.ndarray  # float32 [contract.DIMENSIONS], unit length
     threshold: float
     runtime: str = ""  # what made it (contract.RUNTIME)
+    windows: np.ndarray | None = None  # float32 [contract.WINDOW_COUNT, DIMENSIONS], when asked for
 
 
 @dataclass(frozen=True)
@@ -68,14 +69,13 @@ class Endpoint:
         )
         self.up = True  # until a poll or a call says otherwise
 
-    async def infer(self, canvases: np.ndarray, views: list[int], timeout_s: float):
+    async def infer(self, canvases: np.ndarray, views: list[int], timeout_s: float, windows: bool = False):
         image = triton.InferInput(contract.IMAGE, list(canvases.shape), "UINT8")
         image.set_data_from_numpy(canvases)
         view_counts = triton.InferInput(contract.VIEWS, [len(views), 1], "INT32")
         view_counts.set_data_from_numpy(np.array(views, dtype=np.int32).reshape(-1, 1))
-        outputs = [
-            triton.InferRequestedOutput(name) for name in (contract.FEATURE, contract.THRESHOLD, contract.RUNTIME)
-        ]
+        names = (contract.FEATURE, contract.THRESHOLD, contract.RUNTIME) + ((contract.WINDOWS,) if windows else ())
+        outputs = [triton.InferRequestedOutput(name) for name in names]
         started = time.perf_counter()
         try:
             result = await self.client.infer(
@@ -136,13 +136,16 @@ class Hasher:
         self._turn = itertools.count()
 
     async def hash(
-        self, canvases: np.ndarray, views: list[int], timeout_s: float, wait: bool = False
+        self, canvases: np.ndarray, views: list[int], timeout_s: float, wait: bool = False, windows: bool = False
     ) -> list[Descriptor]:
         """Descriptors of the canvases, in order; batches over the model's limit go as several
-        requests. Past the queue bound: Overloaded at once, or with `wait` a wait for room."""
+        requests. Past the queue bound: Overloaded at once, or with `wait` a wait for room. With
+        `windows`, each descriptor holds its canvas's window embeddings too (contract.WINDOWS)."""
         if timeout_s <= 0:
             raise DeadlinePassed("the call's deadline passed before the model was asked; nothing was done")
-        work = min(sum(views), self.max_queued)  # one request larger than the bound runs alone
+        # In views of the default input side (the windows' one view counts as several); one request
+        # larger than the bound runs alone.
+        work = min(sum(views) * (contract.WINDOW_VIEW_COST if windows else 1), self.max_queued)
         async with self._room:
             if self.queued + work > self.max_queued:
                 if not wait:
@@ -156,7 +159,7 @@ class Hasher:
             size = contract.MAX_BATCH
             chunks = range(0, len(canvases), size)
             parts = await asyncio.gather(
-                *(self._infer(canvases[i : i + size], views[i : i + size], timeout_s) for i in chunks)
+                *(self._infer(canvases[i : i + size], views[i : i + size], timeout_s, windows) for i in chunks)
             )
         finally:
             async with self._room:
@@ -172,13 +175,13 @@ class Hasher:
         first = next(self._turn) % len(up)
         return up[first:] + up[:first]
 
-    async def _infer(self, canvases: np.ndarray, views: list[int], timeout_s: float) -> list[Descriptor]:
+    async def _infer(self, canvases: np.ndarray, views: list[int], timeout_s: float, windows: bool) -> list[Descriptor]:
         metrics.TRITON_BATCH.observe(len(canvases))
         deadline = time.monotonic() + timeout_s
         rotation = self._rotation()
         for attempt, endpoint in enumerate(rotation, 1):
             try:
-                result = await endpoint.infer(canvases, views, deadline - time.monotonic())
+                result = await endpoint.infer(canvases, views, deadline - time.monotonic(), windows)
                 break
             except TritonUnavailable:
                 if attempt == len(rotation) or time.monotonic() >= deadline:
@@ -189,7 +192,9 @@ class Hasher:
         if runtimes and runtimes[0] != self.runtime:
             self.runtime = runtimes[0]
             metrics.RUNTIME.info({"runtime": self.runtime})
-        return [Descriptor(f, float(t), r) for f, t, r in zip(features, thresholds, runtimes, strict=True)]
+        windowed = result.as_numpy(contract.WINDOWS) if windows else [None] * len(features)
+        described = zip(features, thresholds, runtimes, windowed, strict=True)
+        return [Descriptor(f, float(t), r, w) for f, t, r, w in described]
 
     async def ready(self) -> dict[str, tuple[bool, str]]:
         """Each Triton's readiness: url -> (ready, why not)."""
