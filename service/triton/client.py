@@ -193,6 +193,8 @@ class Hasher:
             self.runtime = runtimes[0]
             metrics.RUNTIME.info({"runtime": self.runtime})
         windowed = result.as_numpy(contract.WINDOWS) if windows else [None] * len(features)
+        if windowed is None:
+            raise TritonRejected(f"model {self.model!r} returned no {contract.WINDOWS}: its model_repository is older")
         described = zip(features, thresholds, runtimes, windowed, strict=True)
         return [Descriptor(f, float(t), r, w) for f, t, r, w in described]
 

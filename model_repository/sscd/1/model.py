@@ -13,8 +13,8 @@ Views (the seed's recipe, parameterised by VIEWS):
            four corners and the centre, each crop with and without a horizontal flip.
 VIEWS = 50 is the seed's exact recipe (5 rotations x 5 crops x 2 flips).
 
-WINDOWS, when a request asks for it, holds the embeddings of WINDOW_SIDES x WINDOW_SIDES squares of
-cells of the last feature map of its one view (a canvas of 493 px: a 448 px view, 14 x 14 cells),
+WINDOWS, when a request asks for it, holds the embeddings of squares of WINDOW_SIDES cells of the
+last feature map of its one view (a canvas of 493 px: a 448 px view, 14 x 14 cells),
 pooled as the network pools the whole map (GeM, then its projection): a copy shown inside a larger
 picture is found by the window it fills, for one larger view instead of one view per region.
 
