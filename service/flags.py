@@ -75,7 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
         help_text = f"{flag.help} (default: {flag.default}; env {flag.env})"
         if isinstance(flag.default, bool):
-            parser.add_argument(f"--{flag.flag}", dest=flag.dest, action="store_const", const=True, help=help_text)
+            parser.add_argument(
+                f"--{flag.flag}", dest=flag.dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
             continue
         converter.__name__ = type(flag.default).__name__  # argparse names the type in its errors
         parser.add_argument(
@@ -125,7 +127,7 @@ def as_arguments(settings: Settings) -> list[str]:
     for flag in flags():
         value = getattr(getattr(settings, flag.group), flag.name)
         if isinstance(value, bool):
-            arguments += [f"--{flag.flag}"] if value else []
+            arguments.append(f"--{flag.flag}" if value else f"--no-{flag.flag}")  # over a NEARDUP_* variable
         else:
             arguments += [f"--{flag.flag}", str(value)]
     return arguments
