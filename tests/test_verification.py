@@ -281,6 +281,26 @@ def test_a_query_over_most_of_the_candidate_is_not_aligned_as_a_crop(monkeypatch
     assert verification.residual(most, reference).is_close(Policy().verified_residual, Policy().verified_colour)
 
 
+@pytest.mark.parametrize("box", [(0, 0, 400, 200), (100, 100, 400, 400), (0, 0, 280, 280)])
+def test_an_alignment_covering_less_of_the_candidate_than_asked_does_not_count(box):
+    """A window shows a copy whole (the region stage asks its candidates for --window-cover): a part of
+    the painting aligns closely where it covers it, but covers half of it; the painting shown whole on
+    a page covers all of it."""
+    painting, close = (
+        Image.open(IMAGES / PORTRAIT).convert("RGB"),
+        (Policy().verified_residual, Policy().verified_colour),
+    )
+    reference, window_cover = verification.reference(painting), Policy().window_cover
+    part = jpeg(painting.crop(box), 85)
+    found = verification.residual(part, reference, as_crops=False)
+    assert found.is_close(*close) and 0.4 < found.cover < 0.7
+    assert not verification.residual(part, reference, as_crops=False, least_cover=window_cover).is_close(1.0, 99.0)
+    page = Image.new("RGB", (300, 300), "white")
+    page.paste(painting.resize((220, 220)), (40, 40))
+    shown_whole = verification.residual(jpeg(page, 85), reference, as_crops=False, least_cover=window_cover)
+    assert shown_whole.is_close(*close) and shown_whole.cover > 0.95
+
+
 @pytest.mark.parametrize("corner", [(0, 0), (30, 30), (120, 40)])
 def test_a_small_part_of_a_drawing_is_not_taken_for_a_crop(corner, monkeypatch):
     """A sixth of the clock (a bit of its rim and ticks) fits inside it exactly, as a red disc fits

@@ -8,7 +8,8 @@ A query that is not a duplicate as a whole is searched again by regions (a casca
 views are paid only when the whole image found nothing), so that a copy shown inside a larger
 picture is found: the boxes pasted on it (media/insets.py), a grid of 13 with --region-grid, and
 77 windows of the model's feature map with --region-windows;
-a region needs its own, higher score, and a close alignment of the whole query or of the region.
+a region needs its own, higher score, and a close alignment of the whole query or of the region
+(a window's covering most of its candidate: it shows a copy whole, not a part two drawings share).
 """
 
 import asyncio
@@ -181,7 +182,10 @@ class Checker:
             tried.add(record.sha256)
             at_threshold = found.decision.score >= threshold  # held as closely as a whole query there
             close = policy.close_residual(found.decision.score, threshold) if at_threshold else policy.verified_residual
-            confirm = functools.partial(self.judge.confirmed, found, close=close, as_crops=False)  # shown whole
+            least_cover = policy.window_cover if regions.is_window(region) else 0.0  # a window shows a copy whole
+            confirm = functools.partial(
+                self.judge.confirmed, found, close=close, as_crops=False, least_cover=least_cover
+            )
             confirmed = await asyncio.to_thread(confirm, picture)
             by_itself = policy.region_alone > 0 and found.decision.score >= threshold - alone_reach
             if by_itself and not confirmed.decision.is_duplicate:  # the copy may be too small in the whole

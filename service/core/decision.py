@@ -18,8 +18,6 @@ tools/evaluate.py scores with, so a change to a rule is measured by the benchmar
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
 
 @dataclass(frozen=True)
 class Candidate:
@@ -124,6 +122,11 @@ class Policy:
     )
     region_grid: bool = setting(False, "also search 13 regions on a grid (13 more views per Check that found nothing)")
     region_windows: bool = setting(False, "also search 77 windows of a 448 px view's feature map (the cost of 4 views)")
+    window_cover: float = setting(
+        0.8,
+        "the least share of a window's candidate its cut-out must cover, aligned: a window shows a copy whole, and "
+        "a part of one drawing is often close to a part of another",
+    )
     dismissal_similarity: float = setting(
         0.85, "a query at least this similar to a picture dismissed against a key (Dismiss) is not its duplicate"
     )
@@ -239,11 +242,3 @@ def radius(policy: Policy, threshold: float) -> float:
     if policy.rule == "clamped":
         return min(max(threshold, policy.clamp_min), policy.clamp_max)
     return threshold
-
-
-def similarities_to_first(features: list[np.ndarray]) -> list[float]:
-    """Cosine similarity of each unit feature to the first."""
-    if not features:
-        return []
-    stacked = np.asarray(features, dtype=np.float32)
-    return (stacked @ stacked[0]).tolist()

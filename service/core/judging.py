@@ -121,6 +121,7 @@ class Judge:
         overlay=False,
         small=False,
         as_crops=True,
+        least_cover=0.0,
     ) -> Search:
         """The nearest candidate and its twins as the duplicates if the query agrees closely with it
         (Residual.is_close: a residual up to `close`, or, an `overlay` forgiven, --verified-residual
@@ -129,7 +130,8 @@ class Judge:
         look-alike the descriptor took for a twin) alone; for a `small` query, then the first of
         the other neighbours it agrees with within --verified-residual, enlarged at least
         --thumbnail-enlargement to be compared, alone; else no duplicate. Without `as_crops`, the
-        query is not aligned as a crop of a candidate (a region shows a candidate whole)."""
+        query is not aligned as a crop of a candidate (a region shows a candidate whole); an alignment
+        covering less than `least_cover` of a candidate's content does not count."""
         record, score = search.nearest[search.deciding][0], search.scores[search.deciding]
         covered = [  # it and its twins: the candidates of its collection its score covers
             other.collection == record.collection and own >= score
@@ -138,7 +140,7 @@ class Judge:
         tried = [position for position, mine in enumerate(covered) if mine][: 1 + CONFIRMED_TWINS]
         policy, found = self.policy, None
         for position in tried:
-            found = self._residual(query, search.nearest[position][0], as_crops)
+            found = self._residual(query, search.nearest[position][0], as_crops, least_cover)
             if found is not None and (
                 found.is_close(close, policy.verified_colour)
                 or (overlay and found.is_close(policy.verified_residual, policy.verified_colour, beside_foreign=True))
@@ -146,7 +148,7 @@ class Judge:
                 return _declared(search, covered if position == tried[0] else _only(position, covered), found)
         others = [position for position in range(len(covered)) if position not in tried]
         for position in others if small and policy.thumbnail_enlargement else []:
-            neighbour = self._residual(query, search.nearest[position][0], as_crops)
+            neighbour = self._residual(query, search.nearest[position][0], as_crops, least_cover)
             if (
                 neighbour is not None
                 and neighbour.is_close(policy.verified_residual, policy.verified_colour)
@@ -157,12 +159,12 @@ class Judge:
         return replace(search, decision=decision, residual=found.lightness if found is not None else None)
 
     def _residual(
-        self, query: Callable[[], Image.Image | None], record: Record, as_crops: bool = True
+        self, query: Callable[[], Image.Image | None], record: Record, as_crops: bool = True, least_cover: float = 0.0
     ) -> verification.Residual | None:
         """None: nothing to compare (no query picture, no stored reference, too little structure)."""
         reference = self.reference(record)
         picture = query() if reference else None
-        return verification.residual(picture, reference, as_crops) if picture is not None else None
+        return verification.residual(picture, reference, as_crops, least_cover) if picture is not None else None
 
     def reference(self, record: Record) -> bytes:
         """The record's stored verification reference (b"" when it has none here)."""

@@ -4,7 +4,9 @@ Judge (judging.py) then verifies, and the Matches a Check or FindDuplicates answ
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from service.core.decision import Candidate, Decision, Policy, decide, similarities_to_first
+import numpy as np
+
+from service.core.decision import Candidate, Decision, Policy, decide
 from service.storage.records import Record
 
 
@@ -87,3 +89,11 @@ def _verified_twins(policy: Policy, records: list[Record], similarities: list[fl
             break  # the margin's other picture: the rest do not change the score
         flags[position] = True
     return flags
+
+
+def similarities_to_first(features: list[np.ndarray]) -> list[float]:
+    """Cosine similarity of each unit feature to the first."""
+    if not features:
+        return []
+    stacked = np.asarray(features, dtype=np.float32)
+    return (stacked @ stacked[0]).tolist()

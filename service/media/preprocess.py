@@ -58,10 +58,13 @@ class Regions:
     window_canvas: np.ndarray | None  # [WINDOW_CANVAS, WINDOW_CANVAS, 3], None: no windows
     picture: Image.Image  # what regions are cut from: decoded at REGION_DECODE_SCALE x the canvas
 
+    def is_window(self, region: int) -> bool:
+        return region >= len(self.canvases)
+
     def crop(self, region: int) -> Image.Image:
         """The picture cut at a region; a window with WINDOW_MARGIN around it."""
         left, top, width, height = self.boxes[region]
-        if region >= len(self.canvases):
+        if self.is_window(region):
             grow = WINDOW_MARGIN * width
             left, top, width, height = left - grow, top - grow, width + 2 * grow, height + 2 * grow
         return cut(self.picture, (left, top, width, height))

@@ -1,29 +1,25 @@
 """Verification: is a candidate the same picture as the query, or a look-alike?
 
-A global descriptor puts another pose of a stick figure, a locked padlock for an open one or a
-flag with another emblem as close to a drawing as a cropped copy is. After aligning the two
-pictures, though, a copy agrees with its original almost everywhere, while a look-alike leaves at
-least one region that disagrees. The residual: align the query to the candidate's stored
-reference (a 256 px colour thumbnail, ~10 KB per record) by SIFT matches (a RANSAC similarity,
-and its refinement to affine), by ECC on the trimmed pictures squashed square, and, where
-neither agrees closely, as a crop placed inside the candidate, each with the query and its
-mirror; fit brightness and contrast on the lightness; the residual is the worst cell of an 8 x 8
-grid of |difference| / the candidate's contrast, for the best alignment, and beside the few
-cells an overlay explains (media/cells.py). Copies (re-encoded, cropped, bordered, rotated) score
-~0.02-0.1; look-alikes 0.6 and more. docs/quality.md has the measurements; the Judge
-(core/judging.py) uses the residual beside overlays as score - weight x min(residual, cap) near
-the threshold, and under it asks for a close match everywhere, or, nearer the threshold, beside
-an overlay's own colours (Residual.is_close).
+A global descriptor puts another pose of a stick figure, a locked padlock for an open one or a flag with another
+emblem as close to a drawing as a cropped copy is. After aligning the two pictures, though, a copy agrees with its
+original almost everywhere, while a look-alike leaves at least one region that disagrees. The residual: align the
+query to the candidate's stored reference (a 256 px colour thumbnail, ~10 KB per record) by SIFT matches (a RANSAC
+similarity, and its refinement to affine), by ECC on the trimmed pictures squashed square, and, where neither agrees
+closely, as a crop placed inside the candidate, each with the query and its mirror; fit brightness and contrast on
+the lightness; the residual is the worst cell of an 8 x 8 grid of |difference| / the candidate's contrast, for the
+best alignment, and beside the few cells an overlay explains (media/cells.py). Copies (re-encoded, cropped,
+bordered, rotated) score ~0.02-0.1; look-alikes 0.6 and more. docs/quality.md has the measurements; the Judge
+(core/judging.py) uses the residual beside overlays as score - weight x min(residual, cap) near the threshold, and
+under it asks for a close match everywhere, or, nearer the threshold, beside an overlay's own colours
+(Residual.is_close).
 
-What makes a low residual trustworthy that far down: the candidate is compared at the query's own resolution
-(a thumbnail or an inset cannot show detail it lost, and is not blamed for it); the cells' mean colours are
-compared, fitted by one chroma gain at most (a flag of other colours has the same lightness structure; a less
-saturated copy has the same hues); a query without colour (a grey copy, a black-and-white drawing) is compared
-with the candidate made grey as such a copy is, by luma, which the candidate's L* does not follow across hues;
-the alignment's stretch is kept (a thicker pen or a longer arrow lines up exactly once stretched); turned,
-flattened (fitted gain under MIN_GAIN) or plain comparisons do not align. Each pixel is compared with the best
-of its candidate's pixels one WORK pixel around it (edges a fraction of a pixel off are not differences), and
-a repeating pattern is not judged at all.
+What makes a low residual trustworthy that far down: the candidate is compared at the query's resolution (a
+thumbnail or an inset is not blamed for detail it lost); mean colours per cell are compared, fitted by one chroma
+gain at most (a flag of other colours has the same lightness structure); a query without colour is compared with the
+candidate made grey by luma, as such a copy is; the alignment's stretch is kept (a thicker pen or a longer arrow
+lines up exactly once stretched); turned, flattened (gain under MIN_GAIN) or plain comparisons do not align. Each
+pixel is compared with the best of its candidate's pixels one WORK pixel around it (edges a fraction of a pixel off
+are not differences), and a repeating pattern is not judged at all.
 """
 
 import contextlib
@@ -43,19 +39,16 @@ WORK = 128  # the side residuals are computed at
 NO_ALIGNMENT = 9.0  # the residual when nothing aligns
 # A query enlarged k times to be compared is allowed a k times larger residual, k up to this.
 MAX_UPSCALE_ALLOWANCE = 4.0
-# A close match changes the aspect at most this much (the aspect family's copies are kept by the
-# band rule, not confirmed under the threshold).
-CLOSE_STRETCH = 1.1
-# A query whose chroma (a*b* distance from grey, of 255) is under this for 99 % of its pixels has
-# no colour: a grey picture stays under 1 through JPEG, noise in each channel takes it over 3 (the
-# benchmark's `grey` and `noise` families, docs/quality.md).
+CLOSE_STRETCH = 1.1  # a close match changes the aspect at most this much (the band rule keeps `aspect` copies)
+# A query whose chroma (a*b* distance from grey, of 255) is under this for 99 % of its pixels has no colour: a grey
+# picture stays under 1 through JPEG, noise in each channel takes it over 3 (the benchmark's `grey` and `noise`
+# families, docs/quality.md).
 GREY_CHROMA = 3.0
-# A query aligned as a crop of the candidate (media/alignment.py's as_crop: a small crop has too
-# few keypoints) counts only where no other alignment agrees within CROP_RESIDUAL, when the crop
-# covers CROP_LEAST_COVER to CROP_MOST_COVER of the candidate and agrees that closely: a small
-# part of a simple drawing (a disc, a bar, a stick figure's body) fits inside many, and a query
-# over most of it counts placed at full size (a thumbnail) but not shrunk a little (a thick bar
-# shrunk is a thinner one; docs/quality.md).
+# A query aligned as a crop of the candidate (media/alignment.py's as_crop: a small crop has too few keypoints)
+# counts only where no other alignment agrees within CROP_RESIDUAL, when the crop covers CROP_LEAST_COVER to
+# CROP_MOST_COVER of the candidate and agrees that closely: a small part of a simple drawing (a disc, a bar, a stick
+# figure's body) fits inside many, and a query over most of it counts placed at full size (a thumbnail) but not
+# shrunk a little (a thick bar shrunk is a thinner one; docs/quality.md).
 CROP_RESIDUAL = 0.08
 CROP_LEAST_COVER = 0.2
 CROP_MOST_COVER = 0.8
@@ -69,6 +62,7 @@ class Residual:
     colour: float  # distance of the mean colours (CIELAB a*b*, 0-255 scale), one chroma gain fitted: hues show
     upscale: float = 1.0  # candidate pixels per query pixel, at least 1: a small query shows less detail
     stretch: float = 1.0  # how much the alignment changes the aspect (1: not at all)
+    cover: float = field(default=1.0, compare=False)  # the share of the candidate's content the query covers
     # The lightness residual leaving out the few cells an overlay (text, a sticker) explains.
     beside_overlays: float = field(default=NO_ALIGNMENT, compare=False)
     # The lightness and colour residuals beside the pixels in colours the candidate has nowhere (an
@@ -118,10 +112,12 @@ def picture_of(reference_bytes: bytes) -> Image.Image:
     return Image.open(io.BytesIO(reference_bytes)).convert("RGB")
 
 
-def residual(query: Image.Image, reference_bytes: bytes, as_crops: bool = True) -> Residual | None:
-    """The query's residual against a stored reference for its best alignment (lower lightness:
-    more surely the same picture), the query aligned as a crop of it too if `as_crops`; None when the
-    reference has too little structure to tell, or repeats itself."""
+def residual(
+    query: Image.Image, reference_bytes: bytes, as_crops: bool = True, least_cover: float = 0.0
+) -> Residual | None:
+    """The query's residual against a stored reference for its best alignment covering `least_cover` of its content
+    or more (lower lightness: more surely the same picture), the query aligned as a crop of it too if `as_crops`;
+    None when the reference has too little structure to tell, or repeats itself."""
     candidate = picture_of(reference_bytes)
     if _has_no_colour(query):
         candidate = ImageOps.grayscale(candidate).convert("RGB")
@@ -137,6 +133,7 @@ def residual(query: Image.Image, reference_bytes: bytes, as_crops: bool = True) 
     for picture, grey, lab in shown:
         found += _by_keypoints(lab, grey, candidate_grey, candidate_points, candidate_lab)
         found.append(_by_ecc(picture, candidate_lab))
+    found = [pair for pair in found if pair[0].cover >= least_cover] or [(NOT_ALIGNED, None)]
     if as_crops and not _agrees(min(found, key=lambda pair: pair[0])[0], CROP_RESIDUAL):
         found += [crop for _, grey, lab in shown if (crop := _as_crop(lab, grey, candidate_lab))]
     best, aligned = min(found, key=lambda pair: pair[0])
@@ -189,8 +186,10 @@ def _warped(query_lab: np.ndarray, to_work: np.ndarray, candidate_lab: np.ndarra
     inside = np.full(query_lab.shape[:2], 255, np.uint8)
     valid = cv2.warpAffine(inside, to_work, (width, height), flags=cv2.INTER_NEAREST) > 0
     aligned = (warped, alignment.at_resolution(candidate_lab, upscale, upscale), alignment.inner(valid))
-    found = _compared(*aligned)
-    return replace(found, upscale=max(upscale, 1.0), stretch=alignment.stretch(to_work)), aligned
+    top, bottom, left, right = alignment.trimmed(candidate_lab[..., 0])
+    cover = float(valid[top:bottom, left:right].mean())
+    found = replace(_compared(*aligned), upscale=max(upscale, 1.0), stretch=alignment.stretch(to_work), cover=cover)
+    return found, aligned
 
 
 def _as_crop(query_lab, query_grey, candidate_lab) -> tuple[Residual, Aligned] | None:
@@ -238,8 +237,8 @@ def _by_ecc(query, candidate_lab) -> tuple[Residual, Aligned]:
     )
     upscale = float(1 / np.sqrt(abs(np.linalg.det(to_query)) + 1e-12))
     aligned = (warped, squashed[1], alignment.inner(valid))
-    found = _compared(*aligned)
-    return replace(found, upscale=max(upscale, 1.0), stretch=alignment.stretch(to_query)), aligned
+    found = replace(_compared(*aligned), upscale=max(upscale, 1.0), stretch=alignment.stretch(to_query))
+    return replace(found, cover=float(valid.mean())), aligned
 
 
 def _compared(query: np.ndarray, candidate: np.ndarray, valid: np.ndarray) -> Residual:
