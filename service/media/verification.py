@@ -135,7 +135,8 @@ def residual(
         found.append(_by_ecc(picture, candidate_lab))
     found = [pair for pair in found if pair[0].cover >= least_cover] or [(NOT_ALIGNED, None)]
     if as_crops and not _agrees(min(found, key=lambda pair: pair[0])[0], CROP_RESIDUAL):
-        found += [crop for _, grey, lab in shown if (crop := _as_crop(lab, grey, candidate_lab))]
+        crops = [crop for _, grey, lab in shown if (crop := _as_crop(lab, grey, candidate_lab))]
+        found += [crop for crop in crops if crop[0].cover >= least_cover]
     best, aligned = min(found, key=lambda pair: pair[0])
     if aligned is None:
         return best
