@@ -35,10 +35,8 @@ def test_a_flag_beats_the_environment_which_beats_the_default():
     assert settings("--enroll-window", "4", environ={"NEARDUP_ENROLL_WINDOW": "8"}).limits.enroll_window == 4
     assert settings(environ={"NEARDUP_DECISION": "seed"}).decision.rule == "seed"
     grid_on = {"NEARDUP_REGION_GRID": "true"}
-    assert (
-        settings(environ=grid_on).decision.region_grid
-        and not settings("--no-region-grid", environ=grid_on).decision.region_grid
-    )
+    assert settings(environ=grid_on).decision.region_grid
+    assert not settings("--no-region-grid", environ=grid_on).decision.region_grid
 
 
 def test_every_setting_has_help_with_its_default_and_variable():

@@ -286,18 +286,16 @@ def test_an_alignment_covering_less_of_the_candidate_than_asked_does_not_count(b
     """A window shows a copy whole (the region stage asks its candidates for --window-cover): a part of
     the painting aligns closely where it covers it, but covers half of it; the painting shown whole on
     a page covers all of it."""
-    painting, close = (
-        Image.open(IMAGES / PORTRAIT).convert("RGB"),
-        (Policy().verified_residual, Policy().verified_colour),
-    )
-    reference, window_cover = verification.reference(painting), Policy().window_cover
+    painting, policy = Image.open(IMAGES / PORTRAIT).convert("RGB"), Policy()
+    reference, close = verification.reference(painting), (policy.verified_residual, policy.verified_colour)
     part = jpeg(painting.crop(box), 85)
     found = verification.residual(part, reference, as_crops=False)
     assert found.is_close(*close) and 0.4 < found.cover < 0.7
-    assert not verification.residual(part, reference, as_crops=False, least_cover=window_cover).is_close(1.0, 99.0)
+    held = verification.residual(part, reference, as_crops=False, least_cover=policy.window_cover)
+    assert not held.is_close(1.0, 99.0)
     page = Image.new("RGB", (300, 300), "white")
     page.paste(painting.resize((220, 220)), (40, 40))
-    shown_whole = verification.residual(jpeg(page, 85), reference, as_crops=False, least_cover=window_cover)
+    shown_whole = verification.residual(jpeg(page, 85), reference, as_crops=False, least_cover=policy.window_cover)
     assert shown_whole.is_close(*close) and shown_whole.cover > 0.95
 
 
