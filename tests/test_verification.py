@@ -3,6 +3,7 @@ residual against it and look-alikes a high one, recolourings a high colour diffe
 duplicate in the verification band is kept or refused by it; a score under the threshold is
 confirmed by a close alignment; enrolled images verified the same picture are twins."""
 
+import functools
 import hashlib
 import io
 from dataclasses import replace
@@ -22,13 +23,13 @@ from tests.conftest import IMAGES
 MODEL = "sscd@224"
 
 
-def clock(*hours: int, size: int = 300) -> Image.Image:
+def clock(*hours: int, size: int = 300, without_tick: int | None = None) -> Image.Image:
     """A drawing on white: a clock face with its hand at each of `hours` (look-alikes differ by the hour)."""
     image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
     centre, radius = size / 2, size * 0.4
     draw.ellipse([centre - radius, centre - radius, centre + radius, centre + radius], outline="black", width=8)
-    for tick in range(12):
+    for tick in set(range(12)) - {without_tick}:
         angle = np.radians(tick * 30)
         inner, outer = radius * 0.8, radius * 0.95
         draw.line([centre + inner * np.sin(angle), centre - inner * np.cos(angle),
@@ -297,6 +298,24 @@ def test_an_alignment_covering_less_of_the_candidate_than_asked_does_not_count(b
     page.paste(painting.resize((220, 220)), (40, 40))
     shown_whole = verification.residual(jpeg(page, 85), reference, as_crops=False, least_cover=policy.window_cover)
     assert shown_whole.is_close(*close) and shown_whole.cover > 0.95
+
+
+def test_a_windows_candidate_is_held_to_its_residual_as_measured(store):
+    """A window finds a copy shown small, and a look-alike of the same size: a clock one tick short,
+    76 px, agrees within --verified-residual for the detail it shows (as flat-theme icons that differ
+    by a corner do), but not as measured; the clock itself agrees closely either way. A window's
+    candidate gets no allowance for lost detail; a whole query's does."""
+    enrolled, policy = unit(60), Policy()
+    enrol(store, "three", enrolled, clock(3))
+    enrol(store, "far", unit(61), clock(7).rotate(90))
+    judge = Judge(store, policy)
+    query = mixed(enrolled, unit(62), 0.4)  # a margin score of ~0.4: under the threshold, within reach
+    search = judge.judge(query, neighbours(store, query, ["three", "far"]), 0.0)
+    confirm = functools.partial(judge.confirmed, search, close=policy.verified_residual, as_crops=False)
+    one_tick_short = thumbnail(clock(3, without_tick=0), 76)
+    assert confirm(lambda: one_tick_short).decision.is_duplicate
+    assert not confirm(lambda: one_tick_short, window=True).decision.is_duplicate
+    assert confirm(lambda: thumbnail(clock(3), 76), window=True).decision.is_duplicate
 
 
 @pytest.mark.parametrize("corner", [(0, 0), (30, 30), (120, 40)])

@@ -182,10 +182,8 @@ class Checker:
             tried.add(record.sha256)
             at_threshold = found.decision.score >= threshold  # held as closely as a whole query there
             close = policy.close_residual(found.decision.score, threshold) if at_threshold else policy.verified_residual
-            least_cover = policy.window_cover if regions.is_window(region) else 0.0  # a window shows a copy whole
-            confirm = functools.partial(
-                self.judge.confirmed, found, close=close, as_crops=False, least_cover=least_cover
-            )
+            window = regions.is_window(region)  # held to show a copy whole, at its own detail
+            confirm = functools.partial(self.judge.confirmed, found, close=close, as_crops=False, window=window)
             confirmed = await asyncio.to_thread(confirm, picture)
             by_itself = policy.region_alone > 0 and found.decision.score >= threshold - alone_reach
             if by_itself and not confirmed.decision.is_duplicate:  # the copy may be too small in the whole

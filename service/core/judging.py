@@ -121,7 +121,7 @@ class Judge:
         overlay=False,
         small=False,
         as_crops=True,
-        least_cover=0.0,
+        window=False,
     ) -> Search:
         """The nearest candidate and its twins as the duplicates if the query agrees closely with it
         (Residual.is_close: a residual up to `close`, or, an `overlay` forgiven, --verified-residual
@@ -130,8 +130,9 @@ class Judge:
         look-alike the descriptor took for a twin) alone; for a `small` query, then the first of
         the other neighbours it agrees with within --verified-residual, enlarged at least
         --thumbnail-enlargement to be compared, alone; else no duplicate. Without `as_crops`, the
-        query is not aligned as a crop of a candidate (a region shows a candidate whole); an alignment
-        covering less than `least_cover` of a candidate's content does not count."""
+        query is not aligned as a crop of a candidate (a region shows a candidate whole). For a `window`'s
+        candidates an alignment covering less than --window-cover of a candidate's content does not count,
+        and the residual gets no allowance for a small copy's lost detail (Residual.for_its_detail)."""
         record, score = search.nearest[search.deciding][0], search.scores[search.deciding]
         covered = [  # it and its twins: the candidates of its collection its score covers
             other.collection == record.collection and own >= score
@@ -139,10 +140,11 @@ class Judge:
         ]
         tried = [position for position, mine in enumerate(covered) if mine][: 1 + CONFIRMED_TWINS]
         policy, found = self.policy, None
+        least_cover, for_detail = (policy.window_cover, False) if window else (0.0, True)
         for position in tried:
             found = self._residual(query, search.nearest[position][0], as_crops, least_cover)
             if found is not None and (
-                found.is_close(close, policy.verified_colour)
+                found.is_close(close, policy.verified_colour, for_detail=for_detail)
                 or (overlay and found.is_close(policy.verified_residual, policy.verified_colour, beside_foreign=True))
             ):
                 return _declared(search, covered if position == tried[0] else _only(position, covered), found)

@@ -84,15 +84,15 @@ class Residual:
         best one that does not (None: there is none)."""
         return self if self.stretch <= CLOSE_STRETCH else self.unstretched
 
-    def is_close(self, residual: float, colour: float, beside_foreign: bool = False) -> bool:
-        """Does the query agree closely with the candidate (everywhere, or beside an overlay's own
-        colours): for its detail, in colour, in shape, by an alignment that keeps the aspect? (A
-        thinner bar, a longer arrow: stretched, a look-alike drawing lines up exactly.)"""
-        judged = self.judged
-        if judged is None:
+    def is_close(self, residual: float, colour: float, beside_foreign: bool = False, for_detail: bool = True) -> bool:
+        """Does the query agree closely with the candidate (everywhere, or beside an overlay's own colours): for its
+        detail (or, without `for_detail`, in lightness as measured), in colour, in shape, by an alignment that keeps
+        the aspect? (A thinner bar, a longer arrow: stretched, a look-alike drawing lines up exactly.)"""
+        if (judged := self.judged) is None:
             return False
         lightness, colours = judged.beside_foreign if beside_foreign else (judged.lightness, judged.colour)
-        return judged.for_its_detail(lightness) <= residual and judged.for_its_detail(colours) <= colour
+        lightness = judged.for_its_detail(lightness) if for_detail else lightness
+        return lightness <= residual and judged.for_its_detail(colours) <= colour
 
 
 NOT_ALIGNED = Residual(NO_ALIGNMENT, NO_ALIGNMENT)
