@@ -1,6 +1,6 @@
-"""What the region stage's windows cost in Triton, side by side in one run.
+"""What the region stage's windows cost, in Triton and per Check, side by side in one run.
 
-  python benchmarks/windows.py [--images DIR] [--requests 40]
+  python benchmarks/windows.py [--images DIR] [--requests 40] [--checks 40]
 
 Through the bundled Triton and the model as served (model_repository/), one request at a time,
 each on a real picture: the whole query (one 224 px view of a 246 px canvas, what every Check
@@ -8,12 +8,21 @@ pays), three boxes (three such canvases: the most the boxes stage sends), and th
 493 px canvas whose 448 px view's feature map is pooled into contract.WINDOW_COUNT windows), with
 and without WINDOWS asked for (the larger view alone, then its pooling). Prints the median
 milliseconds of each and its ratio to the whole query.
+
+Then through the service, the same way with the windows off (--no-region-windows) and on: the pictures of every other group enrolled (manifest.json's `group`: each file its own
+without one), and Checks of the others' pictures re-encoded that match nothing as a whole (near-blank
+ones, never searched by regions, left out), so every one pays the region stage: what a new picture
+costs, the most the windows add. Prints the median milliseconds per Check, the views it reports,
+and the ratio.
 """
 
 import argparse
+import io
+import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,8 +33,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.config import Settings  # noqa: E402
+from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
 from service.triton import contract  # noqa: E402
 from service.triton.process import BundledTriton  # noqa: E402
+from tools.service_process import RunningService  # noqa: E402
 
 OUTPUTS = (contract.FEATURE, contract.THRESHOLD, contract.RUNTIME)
 
@@ -50,10 +61,56 @@ def timed(client, model: str, canvases: np.ndarray, outputs: tuple[str, ...], re
     return statistics.median(spent)
 
 
+def check_cost(groups: list[list[Path]], checks: int, *flags: str) -> tuple[float, float]:
+    """Median milliseconds and mean views of a Check of a picture that matches nothing, in a fresh
+    service with `flags` and every other group of pictures enrolled."""
+    enrolled = [path for group in groups[::2] for path in group]
+    new = [reencoded(path) for group in groups[1::2] for path in group]
+    with tempfile.TemporaryDirectory() as folder:
+        service = RunningService(Path(folder) / "data", *flags).wait_serving()
+        try:
+            requests = (pb.EnrollRequest(key=path.name, image=path.read_bytes()) for path in enrolled)
+            list(service.stub.Enroll(requests, timeout=300))
+            first = [service.stub.Check(pb.CheckRequest(image=data), timeout=60) for data in new]  # warm up
+            unmatched = [data for data, reply in zip(new, first, strict=True) if matched_nothing_whole(reply)]
+            spent, views = [], []
+            for i in range(checks):
+                started = time.perf_counter()
+                reply = service.stub.Check(pb.CheckRequest(image=unmatched[i % len(unmatched)]), timeout=60)
+                spent.append(1000 * (time.perf_counter() - started))
+                views.append(reply.views)
+            return statistics.median(spent), statistics.mean(views)
+        finally:
+            service.stop()
+
+
+def matched_nothing_whole(reply: pb.CheckResponse) -> bool:
+    """Did the Check go on to the region stage (the whole query no duplicate, not near-blank)?"""
+    return not reply.low_information and not (reply.is_duplicate and not reply.HasField("region"))
+
+
+def picture_groups(folder: Path) -> list[list[Path]]:
+    """The folder's pictures, grouped by manifest.json's `group` when there is one."""
+    pictures = sorted([*folder.glob("*.jpg"), *folder.glob("*.png")])
+    manifest = folder / "manifest.json"
+    group_of = {row["file"]: row["group"] for row in json.loads(manifest.read_text())} if manifest.exists() else {}
+    groups: dict[str, list[Path]] = {}
+    for path in pictures:
+        groups.setdefault(group_of.get(path.name, path.name), []).append(path)
+    return list(groups.values())
+
+
+def reencoded(path: Path) -> bytes:
+    out = io.BytesIO()
+    Image.open(path).convert("RGB").save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=Path(__file__).resolve().parent.parent / "tests" / "images")
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--checks", type=int, default=40, help="Checks through the service with the windows off and on")
     args = parser.parse_args()
     settings = Settings().triton
     pictures = sorted(args.images.glob("*.jpg"))[:3]
@@ -88,6 +145,12 @@ def main() -> None:
     whole = next(iter(rows.values()))
     for name, spent in rows.items():
         print(f"  {name:<52} {spent:8.1f} ms  {spent / whole:5.2f}x the whole query")
+    groups = picture_groups(args.images)
+    boxes = check_cost(groups, args.checks, "--no-region-windows")
+    windows = check_cost(groups, args.checks, "--region-windows")
+    print(f"A Check of a picture that matches nothing, through the service, median of {args.checks}")
+    for name, (spent, views) in (("the boxes only (--no-region-windows)", boxes), ("boxes and windows", windows)):
+        print(f"  {name:<52} {spent:8.1f} ms  {views:5.2f} views  {spent / boxes[0]:5.2f}x the boxes only")
 
 
 def _ready(client, model: str) -> bool:

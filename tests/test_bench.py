@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from service.triton import contract
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -61,10 +65,13 @@ def test_the_small_views_benchmark_prints_both_sides_of_each_figure():
 
 def test_the_windows_benchmark_prints_each_request_beside_the_whole_query():
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "windows.py"), "--requests", "2"],
+        [sys.executable, str(ROOT / "benchmarks" / "windows.py"), "--requests", "2", "--checks", "2"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     for row in ("the whole query (1 canvas of 246 px)", "three boxes", "the larger view alone", "the windows (77"):
         assert row in done.stdout, row
     assert done.stdout.count("x the whole query") == 4
+    rows = [line for line in done.stdout.splitlines() if "x the boxes only" in line]
+    views = [float(row.split(" views")[0].split()[-1]) for row in rows]
+    assert len(views) == 2 and views[1] == pytest.approx(views[0] + contract.WINDOW_VIEW_COST)  # every one paid them
