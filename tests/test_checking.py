@@ -15,6 +15,7 @@ from service.storage.background import Background
 from service.storage.records import Enrolment
 from service.storage.store import Store
 from service.storage.vector_index import IndexStats
+from service.triton import contract
 from service.triton.client import Descriptor
 from tests.conftest import image_bytes
 from tests.test_store import MODEL, unit
@@ -30,10 +31,11 @@ class FixedHasher:
         self.views: list[int] = []
 
     async def hash(
-        self, canvases: np.ndarray, views: list[int], timeout_s: float, wait: bool = False
+        self, canvases: np.ndarray, views: list[int], timeout_s: float, wait: bool = False, windows: bool = False
     ) -> list[Descriptor]:
         self.views.extend(views)
-        return [Descriptor(self.feature, 0.0) for _ in canvases]
+        each_window = np.tile(self.feature, (contract.WINDOW_COUNT, 1)) if windows else None
+        return [Descriptor(self.feature, 0.0, windows=each_window) for _ in canvases]
 
 
 class ExactIndex:

@@ -54,9 +54,9 @@ def stub(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def windows_stub(tmp_path_factory):
-    """The same with the windows searched too (--region-windows, off by default)."""
-    service = enrolled_service(tmp_path_factory.mktemp("windows") / "data", "--region-windows")
+def boxes_stub(tmp_path_factory):
+    """The same with the boxes searched but not the windows (--no-region-windows)."""
+    service = enrolled_service(tmp_path_factory.mktemp("boxes") / "data", "--no-region-windows")
     try:
         yield service.stub
     finally:
@@ -134,17 +134,17 @@ def on_a_page(name: str, beside: str) -> Image.Image:
     return page
 
 
-def test_a_copy_no_box_holds_is_found_by_a_window_of_the_feature_map(stub, windows_stub):
+def test_a_copy_no_box_holds_is_found_by_a_window_of_the_feature_map(stub, boxes_stub):
     query = on_a_page("stamp-animals-mammals-deer-deer.jpg", "portrait-portraits-humans-swordsman-3.jpg")
     assert insets.boxes(query) == []
-    by_default = check(stub, encode_jpeg(query))
-    assert not by_default.is_duplicate and by_default.views == 1  # no box: no region is searched
-    reply = check(windows_stub, encode_jpeg(query))
+    by_boxes = check(boxes_stub, encode_jpeg(query))
+    assert not by_boxes.is_duplicate and by_boxes.views == 1  # no box: no region is searched
+    reply = check(stub, encode_jpeg(query))
     assert reply.is_duplicate and reply.matches[0].key == "stamp-animals-mammals-deer-deer.jpg"
     assert reply.HasField("region") and reply.region.left >= 0.4 and reply.region.width <= 0.6
     assert reply.views == 1 + contract.WINDOW_VIEW_COST  # the whole query, then the windows' one larger view
     page = on_a_page("stamp-animals-mammals-camel-dromedary.jpg", "portrait-portraits-humans-swordsman-3.jpg")
-    not_enrolled = check(windows_stub, encode_jpeg(page))
+    not_enrolled = check(stub, encode_jpeg(page))
     assert not not_enrolled.is_duplicate and not_enrolled.views == 1 + contract.WINDOW_VIEW_COST
 
 

@@ -6,10 +6,10 @@ decision is judged (core/judging.py: each collection's rule, verification, the "
 memory), with the geometric check overriding borderline scores when it is on.
 A query that is not a duplicate as a whole is searched again by regions (a cascade: the extra
 views are paid only when the whole image found nothing), so that a copy shown inside a larger
-picture is found: the boxes pasted on it (media/insets.py), a grid of 13 with --region-grid, and
-77 windows of the model's feature map with --region-windows;
-a region needs its own, higher score, and a close alignment of the whole query or of the region
-(a window's covering most of its candidate: it shows a copy whole, not a part two drawings share).
+picture is found: the boxes pasted on it (media/insets.py), 77 windows of the model's feature map
+(off with --no-region-windows), and a grid of 13 with --region-grid; a region needs its own, higher
+score, and a close alignment of the whole query or of the region (a window's covering most of its
+candidate, at the detail it shows: it shows a copy whole, not a part two drawings share).
 """
 
 import asyncio
