@@ -9,11 +9,11 @@ pays), three boxes (three such canvases: the most the boxes stage sends), and th
 and without WINDOWS asked for (the larger view alone, then its pooling). Prints the median
 milliseconds of each and its ratio to the whole query.
 
-Then through the service, the same way with the windows off (--no-region-windows) and on: the pictures of every other group enrolled (manifest.json's `group`: each file its own
-without one), and Checks of the others' pictures re-encoded that match nothing as a whole (near-blank
-ones, never searched by regions, left out), so every one pays the region stage: what a new picture
-costs, the most the windows add. Prints the median milliseconds per Check, the views it reports,
-and the ratio.
+Then through the service, the same way with the windows off (--no-region-windows) and on: the
+pictures of every other group enrolled (manifest.json's `group`: each file its own without one),
+and Checks of the others' pictures re-encoded that match nothing as a whole (near-blank ones, never
+searched by regions, left out), so every one pays the region stage: what a new picture costs, the
+most the windows add. Prints the median milliseconds per Check, the views it reports, and the ratio.
 """
 
 import argparse
