@@ -138,11 +138,12 @@ class Checker:
         searches_regions = self.policy.region_threshold and self.policy.verification_weight  # regions are confirmed
         if result.is_duplicate or not searches_regions or not whole.nearest:
             return result
-        return await self._search_regions(image, top_k, timeout_s, result, search, picture)
+        return await self._search_regions(image, descriptor.feature, top_k, timeout_s, result, search, picture)
 
     async def _search_regions(
         self,
         image: bytes,
+        feature: np.ndarray,
         top_k: int,
         timeout_s: Callable[[], float],
         whole: CheckResult,
@@ -189,6 +190,8 @@ class Checker:
             if by_itself and not confirmed.decision.is_duplicate:  # the copy may be too small in the whole
                 cut_out = functools.partial(regions.crop, region)
                 confirmed = await asyncio.to_thread(confirm, cut_out)
+            # What the caller dismissed for the whole picture (its `feature`) stays dismissed in its regions.
+            confirmed = await asyncio.to_thread(self.judge.without_dismissed, feature, confirmed)
             if confirmed.decision.is_duplicate:
                 return CheckResult(
                     True, False, confirmed.matches(confirmed.decision.each)[:top_k], confirmed.decision.score,

@@ -66,7 +66,7 @@ class Judge:
         search = decided(nearest, policy_of, background_similarity, twins)
         if query is not None and self.policy.verification_weight:
             search = self._verified(search, query, policy_of, query_side)
-        return self._without_dismissed(feature, search)
+        return self.without_dismissed(feature, search)
 
     def through_small_views(
         self,
@@ -83,7 +83,7 @@ class Judge:
         if not search.nearest:
             return search
         confirmed = self.confirmed(search, query, self.policy.small_view_residual, small=True)
-        return self._without_dismissed(feature, confirmed)
+        return self.without_dismissed(feature, confirmed)
 
     def _verified(self, search: Search, query: Callable[[], Image.Image | None], policy_of, query_side: int) -> Search:
         """A duplicate near its threshold must survive its residual or agree closely; a score under it
@@ -191,7 +191,7 @@ class Judge:
                 self._pairs.popitem(last=False)
         return same
 
-    def _without_dismissed(self, feature: np.ndarray, search: Search) -> Search:
+    def without_dismissed(self, feature: np.ndarray, search: Search) -> Search:
         """Duplicates the caller dismissed for this picture, or for one this close to it
         (--dismissal-similarity), while the key holds the image it was dismissed against."""
         if self.dismissals is None or not any(search.decision.each):
