@@ -17,7 +17,6 @@ most the windows add. Prints the median milliseconds per Check, the views it rep
 """
 
 import argparse
-import io
 import json
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ from service.config import Settings  # noqa: E402
 from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
 from service.triton import contract  # noqa: E402
 from service.triton.process import BundledTriton  # noqa: E402
+from tests.conftest import reencoded  # noqa: E402
 from tools.service_process import RunningService  # noqa: E402
 
 OUTPUTS = (contract.FEATURE, contract.THRESHOLD, contract.RUNTIME)
@@ -65,7 +65,7 @@ def check_cost(groups: list[list[Path]], checks: int, *flags: str) -> tuple[floa
     """Median milliseconds and mean views of a Check of a picture that matches nothing, in a fresh
     service with `flags` and every other group of pictures enrolled."""
     enrolled = [path for group in groups[::2] for path in group]
-    new = [reencoded(path) for group in groups[1::2] for path in group]
+    new = [reencoded(path.read_bytes()) for group in groups[1::2] for path in group]
     with tempfile.TemporaryDirectory() as folder:
         service = RunningService(Path(folder) / "data", *flags).wait_serving()
         try:
@@ -98,12 +98,6 @@ def picture_groups(folder: Path) -> list[list[Path]]:
     for path in pictures:
         groups.setdefault(group_of.get(path.name, path.name), []).append(path)
     return list(groups.values())
-
-
-def reencoded(path: Path) -> bytes:
-    out = io.BytesIO()
-    Image.open(path).convert("RGB").save(out, "JPEG", quality=80)
-    return out.getvalue()
 
 
 def main() -> None:
