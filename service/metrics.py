@@ -41,6 +41,9 @@ TRITON_BATCH = Histogram(
 )
 TRITON_ERRORS = Counter("neardup_triton_errors", "failed inference requests, by kind", ["kind"], registry=REGISTRY)
 TRITON_QUEUED = Gauge("neardup_triton_queued_views", "views queued for or in Triton", registry=REGISTRY)
+READY = Gauge(
+    "neardup_ready", "1 while readiness is SERVING: Triton and the model answer, the store can write", registry=REGISTRY
+)
 RUNTIME = Info("neardup_model_runtime", "what makes the features: runtime, provider, precision", registry=REGISTRY)
 TRITON_RESTARTS = Counter("neardup_triton_restarts", "bundled tritonserver restarts after it died", registry=REGISTRY)
 DECISIONS = Counter("neardup_decisions", "Check answers: duplicate, new or identical", ["decision"], registry=REGISTRY)

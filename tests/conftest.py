@@ -2,13 +2,30 @@
 
 import os
 import random
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tools.service_process import MilvusLite, RunningService, health_status, wait_for  # noqa: F401 - used by tests
 
 IMAGES = Path(__file__).parent / "images"
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """A service's /metrics: (sample name, sorted labels) -> value, parsed with Prometheus' own text parser."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(port: int, name: str, **labels) -> float:
+    """One sample of a service's /metrics (0 when absent)."""
+    return scrape(port).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def image_bytes(name: str) -> bytes:

@@ -3,31 +3,19 @@ reason (liveness apart from readiness), JSON logs with the request id."""
 
 import json
 import re
-import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.triton import contract
-from tests.conftest import mosaic, reencoded, wait_for
+from tests.conftest import mosaic, reencoded, scrape, wait_for
 
 ROOT = Path(__file__).parent.parent
 FAST = ("--enroll-views", "1", "--check-views", "1")
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    """(sample name, sorted labels) -> value, parsed with Prometheus' own text parser."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def health(service, name: str) -> int:
@@ -89,7 +77,7 @@ def test_metrics_count_what_happened(observed):
     assert 1 + 7 + region_stages <= triton_requests <= 6 + 7 + 2 * region_stages
     windows_counted_as_one_image = (contract.WINDOW_VIEW_COST - 1) * region_stages
     assert value("neardup_triton_batch_images_sum") == 2 * 6 + views - windows_counted_as_one_image
-    assert value("neardup_store_records") == 6 and value("neardup_store_writable") == 1
+    assert value("neardup_store_records") == 6 and value("neardup_store_writable") == 1 and value("neardup_ready") == 1
     assert value("neardup_small_views") == 6
     assert value("neardup_index_generation") == 0 and value("neardup_index_live_added_records") == 6
     assert 0 < value("neardup_store_map_used_ratio") < 1 and value("neardup_store_bytes") > 0

@@ -3,11 +3,9 @@
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import time
-import urllib.request
 
 import grpc
 import pytest
@@ -23,6 +21,7 @@ from tests.conftest import (
     children_of,
     health_status,
     image_bytes,
+    metric,
     pid_exists,
     process_group,
     process_name,
@@ -81,9 +80,11 @@ def test_external_triton_stopped_then_back(tmp_path):
         assert (component, liveness) == (NOT_SERVING, SERVING)  # not ready, but alive: no restart needed
         [reason] = service.stub.Stats(pb.StatsRequest(), timeout=10).not_ready
         assert reason.startswith("triton: ") and triton.triton.url in reason
+        assert metric(service.metrics_port, "neardup_ready") == 0
 
         triton.start()
         wait_for(lambda: health_status(service.channel) == SERVING, 120, "health to come back to SERVING")
+        assert metric(service.metrics_port, "neardup_ready") == 1
         assert len(service.stub.Hash(pb.HashRequest(image=JPEG), timeout=60).feature) == 512
     finally:
         service.stop()
@@ -135,9 +136,7 @@ def test_several_tritons_share_the_work_and_a_dead_one_is_skipped_until_it_is_ba
         return health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
 
     def answered(url: str) -> float:
-        scraped = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=10).read()
-        found = re.search(rf'neardup_triton_requests_total{{url="{re.escape(url)}"}} (\S+)', scraped.decode())
-        return float(found.group(1)) if found else 0.0
+        return metric(service.metrics_port, "neardup_triton_requests_total", url=url)
 
     def hash_all(count: int = 12) -> None:
         for _ in range(count):  # every call answered, whichever Triton is down

@@ -2,22 +2,19 @@
 
 import os
 import signal
-import urllib.request
 from pathlib import Path
 
 import grpc
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
-from tests.conftest import children_of, mosaic, pid_exists, process_name, reencoded, wait_for
+from tests.conftest import children_of, metric, mosaic, pid_exists, process_name, reencoded, wait_for
 
 FAST = ("--enroll-views", "1", "--check-views", "1")
 
 
 def checks_answered(metrics_port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    prefix = 'neardup_rpc_requests_total{code="OK",method="Check",service="neardup.v1.NearDup"} '
-    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+    return metric(metrics_port, "neardup_rpc_requests_total", code="OK", method="Check", service="neardup.v1.NearDup")
 
 
 def worker_pids(service) -> list[int]:
@@ -31,10 +28,17 @@ def test_an_image_enrolled_through_one_worker_is_found_by_the_other_at_once(star
     tritons = [pid for pid in children_of(service.process.pid) if process_name(pid) == "tritonserver"]
     assert len(workers) == 2 and len(tritons) == 1
 
-    def both_serving() -> bool:  # each worker has its own metrics port: the base one and the next
-        return all(checks_answered(service.metrics_port + n) >= 0 for n in range(2))
+    def ready(metrics_port: int) -> bool:
+        try:
+            return metric(metrics_port, "neardup_ready") == 1
+        except OSError:  # its metrics are not served yet
+            return False
 
-    wait_for(both_serving, 120, "both workers to serve")
+    def both_ready() -> bool:  # each worker has its own metrics port: the base one and the next
+        return all(ready(service.metrics_port + n) for n in range(2))
+
+    # The port answers once one worker is ready; the other may not have reached Triton yet.
+    wait_for(both_ready, 120, "both workers to be ready")
     image = mosaic(4100)
     [enrolled] = service.stub.Enroll(iter([pb.EnrollRequest(key="workers/one", image=image)]), timeout=60)
     assert enrolled.status == pb.EnrollResult.ENROLLED

@@ -18,6 +18,7 @@ import logging
 
 from grpc_health.v1 import health, health_pb2
 
+from service import metrics
 from service.storage.records import StoreUnwritable
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex
@@ -80,6 +81,7 @@ class Readiness:
         self.problems = {name: problem for name, problem in components.items() if problem}
         # A stale index still answers; one that cannot be reached (Milvus down) does not.
         ready = not any(name in self.problems for name in READINESS_COMPONENTS) and not self.index.failure
+        metrics.READY.set(ready)  # first: whoever sees the health answer sees the gauge agree
         await self.servicer.set(self.readiness, SERVING if ready else NOT_SERVING)
         await asyncio.to_thread(self._warn_of_mixed_runtimes)
 
