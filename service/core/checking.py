@@ -164,7 +164,7 @@ class Checker:
             return whole
         features = await self._embed_regions(regions, timeout_s)
         searches = await asyncio.to_thread(
-            lambda: [search(feature, top_k, whole.background_similarity) for feature in features]
+            lambda: [search(feature, top_k, whole.background_similarity, dismissals=False) for feature in features]
         )
         ranked = sorted(range(len(searches)), key=lambda i: -searches[i].decision.score)
         windows = contract.WINDOW_VIEW_COST if regions.window_canvas is not None else 0
@@ -190,7 +190,7 @@ class Checker:
             if by_itself and not confirmed.decision.is_duplicate:  # the copy may be too small in the whole
                 cut_out = functools.partial(regions.crop, region)
                 confirmed = await asyncio.to_thread(confirm, cut_out)
-            # What the caller dismissed for the whole picture (its `feature`) stays dismissed in its regions.
+            # What the caller dismissed for the whole picture (`feature`, not the region's) stays dismissed.
             confirmed = await asyncio.to_thread(self.judge.without_dismissed, feature, confirmed)
             if confirmed.decision.is_duplicate:
                 return CheckResult(
@@ -226,9 +226,10 @@ class Checker:
         collections: frozenset[str] | None = None,
         query: Callable[[], Image.Image] | None = None,
         query_side: int = 0,
+        dismissals: bool = True,
     ) -> Search:
         nearest = self.index.nearest(feature, max(top_k, NEIGHBOURS), collections)
-        return self.judge.judge(feature, nearest, background_similarity, query, query_side)
+        return self.judge.judge(feature, nearest, background_similarity, query, query_side, dismissals)
 
     def _search_small_views(
         self,

@@ -59,14 +59,16 @@ class Judge:
         background_similarity: float,
         query: Callable[[], Image.Image | None] | None = None,
         query_side: int = 0,
+        dismissals: bool = True,
     ) -> Search:
-        """`query()` gives the picture to verify (None: not verified), `query_side` its longest side (0: unknown)."""
+        """`query()` gives the picture to verify (None: not verified), `query_side` its longest side (0: unknown).
+        Without `dismissals` the caller holds the answer to them itself (a region's: to the whole picture's)."""
         policy_of = self.policies()
         twins = self._twins if self.policy.verification_weight else None
         search = decided(nearest, policy_of, background_similarity, twins)
         if query is not None and self.policy.verification_weight:
             search = self._verified(search, query, policy_of, query_side)
-        return self.without_dismissed(feature, search)
+        return self.without_dismissed(feature, search) if dismissals else search
 
     def through_small_views(
         self,
