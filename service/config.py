@@ -87,7 +87,7 @@ class TritonSettings:
         "sscd", "sscd (ResNet50, int8) or sscd_distilled (MobileNetV4 student)", choices=contract.MODELS
     )
     input_size: int = setting(224, "the network's input side; the front service sends a 1.1x canvas")
-    # One view each wins on the benchmark (docs/quality.md); 50 is the seed's recipe.
+    # One view each wins on the benchmark (docs/quality-history.md, the dev set alone); 50 is the seed's recipe.
     enroll_views: int = setting(1, "views per enrolment, and per Hash when the request names none")
     check_views: int = setting(1, "views per Check")
     timeout_s: float = setting(

@@ -14,7 +14,7 @@ first, and within the NEIGHBOURS a Check verifies, among the enrolled pictures a
 ("plain"), as small views ("small") and by the better of the two ("either"); for the unenrolled
 thumbnails, the median of their best similarity (how close a look-alike comes); and, searched
 "plain" and "either", how many thumbnails a small query's confirmation (`confirmed`, simplified
-from core/judging.py) declares a duplicate of their picture and of another. docs/quality.md has
+from core/judging.py) declares a duplicate of their picture and of another. docs/quality-history.md has
 the figures; tools/evaluate.py measures the service's own decision.
 """
 

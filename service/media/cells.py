@@ -38,14 +38,14 @@ MIN_GAIN = 0.2
 NEAR_SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 # Overlays: at most this many cells left out (3 of 64: a sticker, a word), where the query's
 # structure (lightness std over its picture's) is at least OVERLAY_STRUCTURE times the candidate's
-# and at least OVERLAY_LEAST (measured on the catalogue benchmark: docs/quality.md).
+# and at least OVERLAY_LEAST (measured on the catalogue benchmark: docs/quality-history.md).
 OVERLAY_CELLS = 3
 OVERLAY_STRUCTURE = 2.0
 OVERLAY_LEAST = 0.25
 LOST_RESIDUAL = 0.5  # a cell where the query lost the candidate's structure and differs this much
 FOREIGN_LEAST_CELLS = 20  # cells left beside an overlay's colours for its residual to count
 # The chroma gain fitted before colours are compared: saturation, brightness and contrast changes
-# scale a picture's a*b* by 0.2-2.4 in the benchmark's `colour` family (docs/quality.md).
+# scale a picture's a*b* by 0.2-2.4 in the benchmark's `colour` family (docs/quality-history.md).
 CHROMA_GAINS = (0.25, 2.5)
 SAME_HUES = 0.8  # the least cosine of the two pictures' a*b* vectors for a gain to be fitted
 

@@ -16,7 +16,7 @@ import numpy as np
 
 BIN = 8  # Lab (0-255 each) is binned this wide; a colour in a bin next to one of the candidate's is its own
 OUTLINE = 2  # pixels around a foreign colour left out too: the overlay's outline and the blur
-MOST_COVERED = 0.35  # (measured on the catalogue benchmark: docs/quality.md)
+MOST_COVERED = 0.35  # (measured on the catalogue benchmark: docs/quality-history.md)
 _SIDE = 256 // BIN + 2  # the bins and a margin of one either side
 
 

@@ -20,7 +20,7 @@ def grid(side: float, steps: int) -> list[Box]:
 
 
 # The grid of regions a Check also searches with --region-grid when the whole image matched
-# nothing: half the side on a 3 x 3 grid and 70 % of it at the corners (docs/quality.md).
+# nothing: half the side on a 3 x 3 grid and 70 % of it at the corners (docs/quality-history.md).
 REGIONS: list[Box] = grid(0.5, 3) + grid(0.7, 2)
 # Regions are cut from the picture decoded at this multiple of the canvas, so that a region
 # keeps its own pixels instead of an upscaled part of the canvas.

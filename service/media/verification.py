@@ -42,13 +42,13 @@ MAX_UPSCALE_ALLOWANCE = 4.0
 CLOSE_STRETCH = 1.1  # a close match changes the aspect at most this much (the band rule keeps `aspect` copies)
 # A query whose chroma (a*b* distance from grey, of 255) is under this for 99 % of its pixels has no colour: a grey
 # picture stays under 1 through JPEG, noise in each channel takes it over 3 (the benchmark's `grey` and `noise`
-# families, docs/quality.md).
+# families, docs/quality-history.md).
 GREY_CHROMA = 3.0
 # A query aligned as a crop of the candidate (media/alignment.py's as_crop: a small crop has too few keypoints)
 # counts only where no other alignment agrees within CROP_RESIDUAL, when the crop covers CROP_LEAST_COVER to
 # CROP_MOST_COVER of the candidate and agrees that closely: a small part of a simple drawing (a disc, a bar, a stick
 # figure's body) fits inside many, and a query over most of it counts placed at full size (a thumbnail) but not
-# shrunk a little (a thick bar shrunk is a thinner one; docs/quality.md).
+# shrunk a little (a thick bar shrunk is a thinner one; docs/quality-history.md).
 CROP_RESIDUAL = 0.08
 CROP_LEAST_COVER = 0.2
 CROP_MOST_COVER = 0.8
