@@ -133,21 +133,20 @@ class Windows:
         self.weight = constants[projection.input[1]].astype(np.float32)  # [D, C]: transB
         self.bias = constants[projection.input[2]].astype(np.float32) if len(projection.input) > 2 else 0.0
         graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
-        left, top, side = np.array(window_cells()).T
-        self.corners = (top, left, top + side, left + side)
-        self.cells = (side * side).astype(np.float32)
+        # Each window's mean over its cells, as one matrix product: [H x W cells, windows].
+        self.means = np.zeros((WINDOW_CELLS * WINDOW_CELLS, len(window_cells())), np.float32)
+        for window, (left, top, side) in enumerate(window_cells()):
+            cells = np.zeros((WINDOW_CELLS, WINDOW_CELLS), np.float32)
+            cells[top : top + side, left : left + side] = 1 / (side * side)
+            self.means[:, window] = cells.ravel()
 
     def embed(self, maps: np.ndarray) -> np.ndarray:
         """[batch, windows, D] unit-length embeddings of the windows of [batch, C, H, W] maps."""
         if maps.shape[2:] != (WINDOW_CELLS, WINDOW_CELLS):
             raise ValueError(f"windows need a {WINDOW_CELLS} x {WINDOW_CELLS} map, got {maps.shape[2:]}")
-        powered = np.maximum(maps.astype(np.float64), self.least) ** self.power
-        summed = np.pad(powered.cumsum(2).cumsum(3), ((0, 0), (0, 0), (1, 0), (1, 0)))
-        top, left, bottom, right = self.corners
-        window_sums = summed[:, :, bottom, right] - summed[:, :, top, right] - summed[:, :, bottom, left]
-        window_sums += summed[:, :, top, left]  # [batch, C, windows]
-        pooled = (np.maximum(window_sums, 0) / self.cells) ** (1 / self.power)
-        embedded = pooled.astype(np.float32).transpose(0, 2, 1) @ self.weight.T + self.bias
+        powered = np.maximum(maps.astype(np.float32, copy=False), np.float32(self.least)) ** np.float32(self.power)
+        pooled = (powered.reshape(*maps.shape[:2], -1) @ self.means) ** np.float32(1 / self.power)  # [N, C, windows]
+        embedded = pooled.transpose(0, 2, 1) @ self.weight.T + self.bias
         return embedded / np.linalg.norm(embedded, axis=2, keepdims=True)
 
 
