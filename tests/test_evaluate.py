@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,62 @@ def test_twin_recall_compares_each_twinned_pictures_copies_with_themselves():
     assert result["as many keys"]["queries"] == 0
     with pytest.raises(ValueError, match="same queries"):
         paired(once, list(reversed(twice)))
+
+
+def test_the_pdq_signal_counts_a_right_nearest_within_its_bits_as_gained_and_any_other_as_wrong():
+    """tools/pdq_signal.py: "declare the nearest record within T bits" gains a copy whose nearest is
+    right, makes a wrong answer of a negative or of a copy whose nearest is another picture, and
+    leaves declared (distance None) and farther queries alone."""
+    from tools.pdq_signal import gained
+
+    def query(family: str, expected: set[str], nearest: str) -> Query:
+        return Query(family, "q.jpg", frozenset(expected), "dev", answer={"keys": [nearest]})
+
+    queries = [
+        query("jpeg", {"a.jpg"}, "a.jpg"),
+        query("noise", {"a.jpg"}, "b.jpg"),
+        query("jpeg", set(), "a.jpg"),
+        query("blur", {"c.jpg"}, "c.jpg"),
+    ]
+    distances = [5, 3, 10, None]
+    assert gained(queries, distances, 4) == (Counter(), 1)
+    assert gained(queries, distances, 5) == (Counter({"jpeg": 1}), 1)
+    assert gained(queries, distances, 31) == (Counter({"jpeg": 1}), 2)
+
+
+def test_the_pdq_signal_measures_every_undeclared_query_of_a_run(catalogue_run):
+    """On a real run: a distance for exactly the queries the run did not declare (and not
+    near-blank), gains that only grow with the bits allowed, and the tool's table."""
+    from tools.evaluate import add_benchmark_arguments, benchmark_of
+    from tools.pdq_signal import THRESHOLDS, gained, undeclared_distances
+    from tools.rescore import answered
+
+    run, _ = catalogue_run
+    parser = argparse.ArgumentParser()
+    add_benchmark_arguments(parser)
+    arguments = parser.parse_args(["--images", str(ROOT / "tests" / "images"), *CATALOGUE_RUN])
+    benchmark = benchmark_of(arguments)
+    rows = [json.loads(line) for line in (run / "queries.jsonl").read_text().splitlines()]
+    queries = answered(benchmark.queries, rows)
+    distances = undeclared_distances(benchmark, queries)
+    for query, distance in zip(queries, distances, strict=True):
+        answer = query.answer
+        undeclared = not answer["is_duplicate"] and not answer["low_information"] and answer["keys"]
+        assert (distance is not None) == bool(undeclared)
+        assert distance is None or 0 <= distance <= 256
+    assert any(distance is not None for distance in distances)
+    counted = [sum(copies.values()) + wrong for copies, wrong in (gained(queries, distances, t) for t in THRESHOLDS)]
+    assert counted == sorted(counted)
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "pdq_signal.py"), str(run), "--images", str(ROOT / "tests" / "images"),
+         *CATALOGUE_RUN],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ")][1:] == [
+        str(t) for t in THRESHOLDS
+    ]
 
 
 def test_thumbnail_views_ranks_each_thumbnail_under_each_search(stub):
