@@ -15,7 +15,7 @@ from PIL import Image
 
 from tools.evaluation.dataset import Query, add_same_pictures, build
 from tools.thumbnail_views import SEARCHES, SMALL_SIDE, measure, small_view
-from tools.twin_recall import paired
+from tools.twin_recall import paired, rows_of
 
 ROOT = Path(__file__).parent.parent
 FLAGS = "--enroll-views 1 --check-views 1 --decision margin"
@@ -237,8 +237,7 @@ def test_the_pdq_signal_measures_every_undeclared_query_of_a_run(catalogue_run):
     add_benchmark_arguments(parser)
     arguments = parser.parse_args(["--images", str(ROOT / "tests" / "images"), *CATALOGUE_RUN])
     benchmark = benchmark_of(arguments)
-    rows = [json.loads(line) for line in (run / "queries.jsonl").read_text().splitlines()]
-    queries = answered(benchmark.queries, rows)
+    queries = answered(benchmark.queries, rows_of(run))
     distances = undeclared_distances(benchmark, queries)
     for query, distance in zip(queries, distances, strict=True):
         answer = query.answer

@@ -11,10 +11,11 @@ PDQ; this measures whether it should (docs/quality.md, "Where PDQ wins").
 """
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -22,6 +23,7 @@ from tools.evaluate import add_benchmark_arguments, benchmark_of, image_data  # 
 from tools.evaluation.baselines import pdq_bits  # noqa: E402
 from tools.evaluation.dataset import Benchmark, Query  # noqa: E402
 from tools.rescore import answered  # noqa: E402
+from tools.twin_recall import rows_of  # noqa: E402
 
 THRESHOLDS = (4, 8, 12, 16, 20, 24, 31)  # 31: PDQ's own match threshold
 
@@ -29,7 +31,7 @@ THRESHOLDS = (4, 8, 12, 16, 20, 24, 31)  # 31: PDQ's own match threshold
 def undeclared_distances(benchmark: Benchmark, queries: list[Query]) -> list[int | None]:
     """Per query, PDQ bits between it and its nearest record; None where it was declared, is
     near-blank or found no record."""
-    hashes: dict[str, object] = {}
+    hashes: dict[str, np.ndarray] = {}
     distances = []
     for query in queries:
         answer = query.answer
@@ -61,10 +63,8 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="an output folder of tools/evaluate.py")
     add_benchmark_arguments(parser)
     arguments = parser.parse_args()
-    with open(arguments.run / "queries.jsonl") as lines:
-        rows = [json.loads(line) for line in lines]
     benchmark = benchmark_of(arguments)
-    queries = answered(benchmark.queries, rows)
+    queries = answered(benchmark.queries, rows_of(arguments.run))
     distances = undeclared_distances(benchmark, queries)
     print(f"{sum(d is not None for d in distances)} queries not declared, of {len(queries)}")
     print("| PDQ bits to the nearest record, at most | copies gained | wrong | the families gaining most |")
