@@ -21,7 +21,7 @@ from service.api.security import Security, SecurityError
 from service.api.server import PortInUse, add_services, grpc_server
 from service.api.servicer import SERVICE_NAME, NearDupServicer
 from service.config import Settings
-from service.core.checking import Checker
+from service.core.checking import build_checker
 from service.core.enrollment import Enroller, ItemLimits
 from service.core.judging import Judge
 from service.media.imaging import DecodeBudget, Limits
@@ -146,7 +146,7 @@ def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readine
     )
     background = Background.load(settings.server.data_dir, settings.model_identity, settings.index.background_k)
     dismissals = Dismissals(storage.store)
-    checker = Checker(
+    checker = build_checker(
         hasher, storage.store, storage.index, preprocessor, background, policy, settings.model_identity,
         triton.check_views, Judge(storage.store, policy, dismissals), storage.small_views,
     )  # fmt: skip

@@ -24,6 +24,7 @@ class Flag:
     default: object
     help: str
     choices: tuple[str, ...] | None
+    section: str  # the --help section it is shown in: its group, or for the decision its stage
 
     @property
     def env(self) -> str:
@@ -62,25 +63,42 @@ def flags() -> list[Flag]:
             if group.name == "decision":
                 flag, choices = POLICY_FLAGS.get(member.name, (None, None))
             flag = flag or member.name.replace("_", "-")
-            found.append(Flag(group.name, member.name, flag, member.default, member.metadata["help"], choices))
+            section = f"decision: {member.metadata['stage']}" if group.name == "decision" else group.name
+            found.append(Flag(group.name, member.name, flag, member.default, member.metadata["help"], choices, section))
     return found
 
 
+# The decision's sections in the order a Check runs its stages (core/stages/__init__.py).
+DECISION_SECTIONS = ["pipeline", "search", "verification", "memory", "geometric", "small_views", "regions"]
+
+
+def section_order(section: str) -> int:
+    groups = [group.name for group in fields(Settings)]
+    if section.startswith("decision: "):
+        return groups.index("decision") + DECISION_SECTIONS.index(section.removeprefix("decision: "))
+    return groups.index(section) if groups.index(section) < groups.index("decision") else 100 + groups.index(section)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting, its help text with its default and its environment variable."""
-    for flag in flags():
+    """One flag per setting, its help text with its default and its environment variable, in a
+    section per group of settings (the decision's by stage, in the order a Check runs them)."""
+    sections: dict[str, argparse._ArgumentGroup] = {}
+    for flag in sorted(flags(), key=lambda flag: section_order(flag.section)):
+        if flag.section not in sections:
+            sections[flag.section] = parser.add_argument_group(flag.section)
+        section = sections[flag.section]
 
         def converter(raw: str, flag: Flag = flag):
             return flag.convert(raw)
 
         help_text = f"{flag.help} (default: {flag.default}; env {flag.env})"
         if isinstance(flag.default, bool):
-            parser.add_argument(
+            section.add_argument(
                 f"--{flag.flag}", dest=flag.dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
             continue
         converter.__name__ = type(flag.default).__name__  # argparse names the type in its errors
-        parser.add_argument(
+        section.add_argument(
             f"--{flag.flag}",
             dest=flag.dest,
             type=converter,
@@ -106,7 +124,10 @@ def settings_from_arguments(arguments: argparse.Namespace, environ: dict[str, st
         if value is not None:
             groups[flag.group][flag.name] = value
     defaults = Settings()
-    settings = Settings(**{name: replace(getattr(defaults, name), **values) for name, values in groups.items()})
+    try:
+        settings = Settings(**{name: replace(getattr(defaults, name), **values) for name, values in groups.items()})
+    except ValueError as error:  # a decision setting out of its range (Policy.__post_init__)
+        raise SystemExit(f"neardup: {error}") from None
     for flag, views in (
         ("--enroll-views", settings.triton.enroll_views),
         ("--check-views", settings.triton.check_views),

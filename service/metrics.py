@@ -8,6 +8,7 @@ status code names, decisions, enrolment statuses, Triton error kinds.
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -47,6 +48,24 @@ READY = Gauge(
 RUNTIME = Info("neardup_model_runtime", "what makes the features: runtime, provider, precision", registry=REGISTRY)
 TRITON_RESTARTS = Counter("neardup_triton_restarts", "bundled tritonserver restarts after it died", registry=REGISTRY)
 DECISIONS = Counter("neardup_decisions", "Check answers: duplicate, new or identical", ["decision"], registry=REGISTRY)
+DECODES = Counter(
+    "neardup_image_decodes",
+    "caller images decoded (once per Check, Hash or Enroll item that gets that far)",
+    registry=REGISTRY,
+)
+CHECK_STAGE_SECONDS = Histogram(
+    "neardup_check_stage_seconds",
+    "time a Check spent in a stage of its decision (core/stages/), by stage",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, *LATENCY_BUCKETS),
+    registry=REGISTRY,
+)
+CHECK_DECIDED = Counter(
+    "neardup_check_decided",
+    "Check answers by the stage whose verdict they are (CheckResponse.decided_by) and the decision",
+    ["stage", "decision"],
+    registry=REGISTRY,
+)
 ENROLLED = Counter("neardup_enroll_results", "Enroll items answered, by status", ["status"], registry=REGISTRY)
 # Every series of a bounded label set exists from the start (at 0), so rates and alerts see it.
 for kind in ("unavailable", "timeout", "rejected"):
@@ -55,6 +74,44 @@ for decision in ("duplicate", "new", "identical"):
     DECISIONS.labels(decision)
 for status in ("ENROLLED", "UPDATED", "UNCHANGED", "INVALID"):
     ENROLLED.labels(status)
+
+
+def start_stages(names: list[str]) -> None:
+    """Every stage's series from the start (at 0)."""
+    for name in names:
+        CHECK_STAGE_SECONDS.labels(name)
+        for decision in ("duplicate", "new", "identical"):
+            CHECK_DECIDED.labels(name, decision)
+
+
+def observe_stage(name: str, seconds: float) -> None:
+    CHECK_STAGE_SECONDS.labels(name).observe(seconds)
+
+
+def count_decided(stage: str, decision: str) -> None:
+    CHECK_DECIDED.labels(stage, decision).inc()
+
+
+@dataclass(frozen=True)
+class StageTotals:
+    name: str
+    runs: int
+    seconds: float
+    decided: dict[str, int]  # decision -> Checks
+
+
+def stage_totals() -> list[StageTotals]:
+    """What this process's stages did since it started, from the two families above."""
+    runs, seconds, decided = {}, {}, {}
+    for sample in next(iter(CHECK_STAGE_SECONDS.collect())).samples:
+        if sample.name.endswith("_count"):
+            runs[sample.labels["stage"]] = int(sample.value)
+        elif sample.name.endswith("_sum"):
+            seconds[sample.labels["stage"]] = sample.value
+    for sample in next(iter(CHECK_DECIDED.collect())).samples:
+        if sample.name.endswith("_total"):
+            decided.setdefault(sample.labels["stage"], {})[sample.labels["decision"]] = int(sample.value)
+    return [StageTotals(name, runs[name], seconds.get(name, 0.0), decided.get(name, {})) for name in runs]
 
 
 class StateCollector(Collector):

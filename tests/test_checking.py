@@ -6,7 +6,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from service.core.checking import Checker
+from service.core.checking import Checker, build_checker
 from service.core.decision import Policy
 from service.core.judging import Judge
 from service.media.imaging import Limits
@@ -77,7 +77,7 @@ def checker(store: Store, hasher: FixedHasher, policy: Policy = DEFAULT_POLICY) 
     preprocessor = Preprocessor(246, Limits(min_side=32), None, keypoints=False)
     background = Background(np.zeros((0, 512), np.float32), 5)
     judge = Judge(store, policy)
-    return Checker(hasher, store, ExactIndex(store), preprocessor, background, policy, MODEL, 1, judge)
+    return build_checker(hasher, store, ExactIndex(store), preprocessor, background, policy, MODEL, 1, judge)
 
 
 def enrol(store: Store, key: str, feature: np.ndarray, image: bytes) -> None:

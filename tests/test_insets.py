@@ -59,7 +59,7 @@ def test_the_region_stage_cuts_the_boxes_and_the_grid_and_the_windows_when_asked
     query, truth = pasted(LAYOUTS["on a picture"](), picture(SHOWN), 300, 40, 180)
     data = encode_jpeg(query)
     preprocessor = Preprocessor(224, Limits(min_side=32), None, keypoints=False)
-    regions = preprocessor.regions(data, with_grid=False)
+    regions = preprocessor.regions(preprocessor.decode(data), with_grid=False)
     boxes, canvases = regions.boxes, regions.canvases
     assert boxes and canvases.shape == (len(boxes), 224, 224, 3) and canvases.dtype == np.uint8
     assert regions.window_canvas is None
@@ -69,14 +69,14 @@ def test_the_region_stage_cuts_the_boxes_and_the_grid_and_the_windows_when_asked
         (round((x + w) * width) - round(x * width), round((y + h) * height) - round(y * height)) for x, y, w, h in boxes
     ]
     assert [regions.crop(i).size for i in range(len(boxes))] == sides
-    with_grid = preprocessor.regions(data, with_grid=True)
+    with_grid = preprocessor.regions(preprocessor.decode(data), with_grid=True)
     assert with_grid.boxes == boxes + REGIONS and len(with_grid.canvases) == len(boxes) + len(REGIONS)
-    with_windows = preprocessor.regions(data, with_grid=False, with_windows=True)
+    with_windows = preprocessor.regions(preprocessor.decode(data), with_grid=False, with_windows=True)
     assert with_windows.boxes == boxes + contract.window_boxes() and len(with_windows.canvases) == len(boxes)
     side = contract.canvas_size(contract.WINDOW_INPUT)
     assert with_windows.window_canvas.shape == (side, side, 3)
     first_window = len(boxes)  # (0, 0, 4/14, 4/14): cut with its margin, as far as the picture reaches
     grown = contract.window_boxes()[0][2] * (1 + WINDOW_MARGIN)
     assert with_windows.crop(first_window).size == (round(grown * width), round(grown * height))
-    plain = preprocessor.regions(encode_jpeg(clock(3)), with_grid=False)
+    plain = preprocessor.regions(preprocessor.decode(encode_jpeg(clock(3))), with_grid=False)
     assert plain.boxes == [] and plain.canvases.shape == (0, 224, 224, 3)

@@ -49,6 +49,18 @@ class StreamedCheck:
         return len(self.request.image) if self.request is not None else 0
 
 
+def stage_stats(totals: metrics.StageTotals) -> pb.StageStats:
+    decided = totals.decided
+    return pb.StageStats(
+        name=totals.name,
+        runs=totals.runs,
+        seconds=totals.seconds,
+        duplicates=decided.get("duplicate", 0),
+        not_duplicates=decided.get("new", 0),
+        identical=decided.get("identical", 0),
+    )
+
+
 class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
     def __init__(
         self,
@@ -147,6 +159,7 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
             residual=result.residual,
             views=result.views,
             small_view=result.small_view,
+            decided_by=result.decided_by,
         )
 
     @grpc_errors
@@ -225,6 +238,7 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
             views_per_check=triton.check_views,
             views_per_enroll=triton.enroll_views,
             collections=await asyncio.to_thread(collection_stats, self.store, self.checker.judge.policies()),
+            stages=[stage_stats(totals) for totals in metrics.stage_totals()],
         )
 
     @grpc_errors

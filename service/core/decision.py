@@ -34,9 +34,13 @@ class Candidate:
         return 1.0 - self.distance**2 / 2.0
 
 
-def setting(default, help: str):  # noqa: A002 - argparse's word
-    """A decision parameter; its help text is shown by `neardup serve --help`."""
-    return field(default=default, metadata={"help": help})
+def setting(default, help: str, stage: str):  # noqa: A002 - argparse's word
+    """A decision parameter of a stage (core/stages/); `neardup serve --help` shows it under that stage."""
+    return field(default=default, metadata={"help": help, "stage": stage})
+
+
+# The stages a Check can run without (core/stages/): the embedding and the search it cannot.
+SKIPPABLE_STAGES = ("identical", "verification", "memory", "low_information", "geometric", "small_views", "regions")
 
 
 @dataclass(frozen=True)
@@ -51,95 +55,137 @@ class Policy:
     views per Check instead of 1 for 5x the insets; from 0.3 a region verified alone too), the grid
     off (13 more views)."""
 
-    rule: str = setting("margin", "the decision rule (docs/quality.md compares them)")
-    global_threshold: float = setting(0.75, "global rule: least cosine similarity of the nearest image")
-    clamp_min: float = setting(0.3, "clamped rule: least radius")
-    clamp_max: float = setting(0.7, "clamped rule: largest radius")
+    rule: str = setting("margin", "the decision rule (docs/quality.md compares them)", stage="search")
+    global_threshold: float = setting(0.75, "global rule: least cosine similarity of the nearest image", stage="search")
+    clamp_min: float = setting(0.3, "clamped rule: least radius", stage="search")
+    clamp_max: float = setting(0.7, "clamped rule: largest radius", stage="search")
     margin_threshold: float = setting(
-        0.47, "margin rule: least similarity minus beta x the second's (minus the verification penalty)"
+        0.47, "margin rule: least similarity minus beta x the second's (minus the verification penalty)", stage="search"
     )
-    margin_beta: float = setting(0.5, "margin rule: weight of the nearest other picture's similarity")
+    margin_beta: float = setting(0.5, "margin rule: weight of the nearest other picture's similarity", stage="search")
     twin_similarity: float = setting(
         0.95,
         "enrolled images at least this similar to the nearest are the same picture under another key: "
         "the margin skips them and they share the nearest's decision (above 1: never)",
+        stage="search",
     )
     verification_weight: float = setting(
         0.15,
         "a score under the threshold + weight x verification_cap is verified: the candidate's stored reference "
         "aligned to the query, score - weight x min(residual, cap) must reach the threshold (0: off; references "
         "are stored at enrolment while it is on)",
+        stage="verification",
     )
-    verification_cap: float = setting(1.33, "the largest residual verification counts")
+    verification_cap: float = setting(1.33, "the largest residual verification counts", stage="verification")
     verification_reach: float = setting(
         0.32,
         "a score this far under the threshold is verified too, and is a duplicate only when the aligned pictures agree "
         "closely: residual at most --verified-residual and colour difference at most --verified-colour (0: never)",
+        stage="verification",
     )
-    verified_residual: float = setting(0.08, "the largest residual of a duplicate found under the threshold")
+    verified_residual: float = setting(
+        0.08, "the largest residual of a duplicate found under the threshold", stage="verification"
+    )
     verified_residual_at_threshold: float = setting(
         0.2,
         "the largest residual of a close match grows from --verified-residual by one per unit of score up to this "
         "at the threshold (and in the band above it): the more the descriptors agree, the less the alignment must",
+        stage="verification",
     )
     verified_colour: float = setting(
-        8.0, "the largest colour difference (for the detail the query shows) of a duplicate found under the threshold"
+        8.0,
+        "the largest colour difference (for the detail the query shows) of a duplicate found under the threshold",
+        stage="verification",
     )
     overlay_reach: float = setting(
         0.22,
         "a score this far under the threshold is also a duplicate when the aligned pictures agree that closely beside "
         "an overlay painted in colours the candidate has nowhere (a caption, a sticker; 0: never)",
+        stage="verification",
     )
     small_query_side: int = setting(
         64,
         "a query whose longest side is under this many pixels is verified whatever its score, and is a duplicate when "
         "the aligned pictures agree closely (a thumbnail's descriptor is far from its original's; 0: never)",
+        stage="small_views",
     )
     thumbnail_enlargement: float = setting(
         2.5,
         "a query under --small-query-side that its nearest record does not confirm is compared with its other "
         "neighbours in turn, and is a duplicate of the first that agrees within --verified-residual once enlarged at "
         "least this much to be compared (a thumbnail's descriptor ranks its original near, not first; 0: never)",
+        stage="small_views",
     )
     small_view_side: int = setting(
         24,
         "enrolment also embeds each picture shrunk to this side (px), searched for a query under --small-query-side "
         "its nearest do not confirm, and confirmed as they are (twice the model's work per Enroll; 0: no small views)",
+        stage="small_views",
     )
-    small_view_residual: float = setting(0.08, "the largest residual of a duplicate found by its small view")
+    small_view_residual: float = setting(
+        0.08, "the largest residual of a duplicate found by its small view", stage="small_views"
+    )
     pair_twin_similarity: float = setting(
         0.8,
         "enrolled images at least this similar to the nearest (and under --twin-similarity) are its twins when "
         "verification finds them the same picture (residual at most --pair-twin-residual)",
+        stage="search",
     )
-    pair_twin_residual: float = setting(0.08, "the largest residual of two enrolled images that are twins")
+    pair_twin_residual: float = setting(
+        0.08, "the largest residual of two enrolled images that are twins", stage="search"
+    )
     region_threshold: float = setting(
         0.2,
         "least score of the best region of a query that matched nothing as a whole, among the boxes pasted on it "
         "(and the grid's, the windows'): copies inside larger pictures (0: regions are not searched)",
+        stage="regions",
     )
     region_alone: float = setting(
-        0.3, "least score of a region verified alone, cut out, where the whole query does not confirm it (0: never)"
+        0.3,
+        "least score of a region verified alone, cut out, where the whole query does not confirm it (0: never)",
+        stage="regions",
     )
-    region_grid: bool = setting(False, "also search 13 regions on a grid (13 more views per Check that found nothing)")
-    region_windows: bool = setting(True, "also search 77 windows of a 448 px view's feature map (the cost of 4 views)")
+    region_grid: bool = setting(
+        False, "also search 13 regions on a grid (13 more views per Check that found nothing)", stage="regions"
+    )
+    region_windows: bool = setting(
+        True, "also search 77 windows of a 448 px view's feature map (the cost of 4 views)", stage="regions"
+    )
     window_cover: float = setting(
         0.8,
         "the least share of a window's candidate its cut-out must cover, aligned: a window shows a copy whole, and "
         "a part of one drawing is often close to a part of another",
+        stage="regions",
     )
     dismissal_similarity: float = setting(
-        0.85, "a query at least this similar to a picture dismissed against a key (Dismiss) is not its duplicate"
+        0.85,
+        "a query at least this similar to a picture dismissed against a key (Dismiss) is not its duplicate",
+        stage="memory",
     )
-    normalization_beta: float = setting(1.0, "normalized rule: weight of the background similarity")
-    normalized_threshold: float = setting(0.5, "normalized rule: least normalised similarity")
+    normalization_beta: float = setting(1.0, "normalized rule: weight of the background similarity", stage="search")
+    normalized_threshold: float = setting(0.5, "normalized rule: least normalised similarity", stage="search")
+    skip_stages: str = setting(
+        "",
+        "stages a Check does not run, comma-separated (identical, verification, memory, low_information, geometric, "
+        "small_views, regions): to see what a stage catches and costs (docs/decision.md)",
+        stage="pipeline",
+    )
     geometric_band: float = setting(
-        0.0, "scores this far under the threshold get the ORB + RANSAC check (0: never; keypoints stored while on)"
+        0.0,
+        "scores this far under the threshold get the ORB + RANSAC check (0: never; keypoints stored while on)",
+        stage="geometric",
     )
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise ValueError(f"unknown decision rule {self.rule!r}; one of {', '.join(RULES)}")
+        unknown = self.skipped_stages() - set(SKIPPABLE_STAGES)
+        if unknown:
+            known = ", ".join(SKIPPABLE_STAGES)
+            raise ValueError(f"--skip-stages: no stage {', '.join(sorted(unknown))}; one of {known}")
+
+    def skipped_stages(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.skip_stages.split(",") if name.strip())
 
     def verified_under(self, score: float, threshold: float, query_side: int = 0) -> bool:
         """Is a score under the threshold verified: within reach of it, or any score of a query whose

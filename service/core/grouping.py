@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.core.checking import NEIGHBOURS
 from service.core.searches import Search
+from service.core.stages.search import NEIGHBOURS
 from service.storage.records import Record, from_u64
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex

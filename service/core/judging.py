@@ -59,16 +59,22 @@ class Judge:
         background_similarity: float,
         query: Callable[[], Image.Image | None] | None = None,
         query_side: int = 0,
-        dismissals: bool = True,
     ) -> Search:
-        """`query()` gives the picture to verify (None: not verified), `query_side` its longest side (0: unknown).
-        Without `dismissals` the caller holds the answer to them itself (a region's: to the whole picture's)."""
+        """The search, verification and memory stages of a Check (core/stages/) on neighbours found
+        already: how FindDuplicates judges an enrolled record. `query()` gives the picture to verify
+        (None: not verified), `query_side` its longest side (0: unknown)."""
         policy_of = self.policies()
-        twins = self._twins if self.policy.verification_weight else None
-        search = decided(nearest, policy_of, background_similarity, twins)
+        search = self.decided(nearest, policy_of, background_similarity)
         if query is not None and self.policy.verification_weight:
-            search = self._verified(search, query, policy_of, query_side)
-        return self.without_dismissed(feature, search) if dismissals else search
+            search = self.verified(search, query, policy_of, query_side)
+        return self.without_dismissed(feature, search)
+
+    def decided(
+        self, nearest: list[tuple[Record, float]], policy_of: Callable[[str], Policy], background_similarity: float
+    ) -> Search:
+        """Each collection's candidates decided by its rule, the margin's twins verified while verification is on."""
+        twins = self._twins if self.policy.verification_weight else None
+        return decided(nearest, policy_of, background_similarity, twins)
 
     def through_small_views(
         self,
@@ -87,7 +93,7 @@ class Judge:
         confirmed = self.confirmed(search, query, self.policy.small_view_residual, small=True)
         return self.without_dismissed(feature, confirmed)
 
-    def _verified(self, search: Search, query: Callable[[], Image.Image | None], policy_of, query_side: int) -> Search:
+    def verified(self, search: Search, query: Callable[[], Image.Image | None], policy_of, query_side: int) -> Search:
         """A duplicate near its threshold must survive its residual or agree closely; a score under it
         that Policy.verified_under is confirmed or not (Policy.close_residual: how closely)."""
         if not search.nearest:

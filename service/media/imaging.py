@@ -75,6 +75,11 @@ def is_low_information(canvas: np.ndarray) -> bool:
     return float(canvas.mean(axis=2).std()) < LOW_INFORMATION_STD
 
 
+def is_jpeg(data: bytes) -> bool:
+    """JPEG bytes (its start-of-image marker): the one format whose decode depends on the side asked for."""
+    return data[:3] == b"\xff\xd8\xff"
+
+
 def longest_side(data: bytes) -> int:
     """The longest side of an image that decoded, read from its header."""
     with Image.open(io.BytesIO(data)) as image:

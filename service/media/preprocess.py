@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from service import metrics
 from service.media import geometry, insets, verification
-from service.media.imaging import DecodeBudget, Limits, decode, decode_canvas, to_canvas
+from service.media.imaging import DecodeBudget, Limits, decode, is_jpeg, to_canvas
 from service.media.insets import Box
 from service.triton import contract
 
@@ -56,7 +57,7 @@ class Regions:
     boxes: list[Box]  # the embedded boxes, then the windows
     canvases: np.ndarray  # [embedded boxes, canvas, canvas, 3]
     window_canvas: np.ndarray | None  # [WINDOW_CANVAS, WINDOW_CANVAS, 3], None: no windows
-    picture: Image.Image  # what regions are cut from: decoded at REGION_DECODE_SCALE x the canvas
+    picture: Image.Image  # what regions are cut from: decoded at (at least) REGION_DECODE_SCALE x the canvas
 
     def is_window(self, region: int) -> bool:
         return region >= len(self.canvases)
@@ -86,6 +87,12 @@ def cut(picture: Image.Image, box: Box) -> Image.Image:
 
 @dataclass(frozen=True)
 class Preprocessor:
+    """What is made of an image comes from at most two decodes: the canvas from one at the canvas's
+    side (a JPEG's DCT scaling makes it cheap, and every stored feature was made so), everything
+    else (the verification picture, the regions, the geometric check's keypoints) from one at
+    `decode_side`, the side the largest of them needs. An image that is not a JPEG decodes whole
+    whatever the side: its one decode serves both."""
+
     canvas_size: int  # the square canvas Triton embeds
     limits: Limits
     budget: DecodeBudget | None
@@ -93,26 +100,37 @@ class Preprocessor:
     references: bool = False  # enrolment stores a verification reference (verification is on)
     small_view_side: int = 0  # enrolment also embeds the picture shrunk to this side (0: not)
 
+    @property
+    def decode_side(self) -> int:
+        sides = [self.canvas_size * REGION_DECODE_SCALE, verification.QUERY_SIDE]
+        return max(sides + [geometry.MAX_SIDE] if self.keypoints else sides)
+
+    def decode(self, data: bytes, for_canvas: bool = False) -> Image.Image:
+        """The image decoded at the canvas's side, or at `decode_side`."""
+        metrics.DECODES.inc()
+        return decode(data, self.canvas_size if for_canvas else self.decode_side, self.limits, self.budget)
+
+    def canvas_of(self, picture: Image.Image) -> np.ndarray:
+        """A picture decoded for the canvas as the canvas_size x canvas_size RGB uint8 array Triton embeds."""
+        return to_canvas(picture, self.canvas_size)
+
     def canvas(self, data: bytes) -> np.ndarray:
-        """The image as a canvas_size x canvas_size RGB uint8 array."""
-        return decode_canvas(data, self.canvas_size, self.limits, self.budget)
+        return self.canvas_of(self.decode(data, for_canvas=True))
 
     def describe(self, data: bytes) -> "Described":
         """The canvas, and what enrolment stores beside the feature when it is on."""
-        picture = decode(data, self.canvas_size, self.limits, self.budget)
-        keypoints = geometry.keypoints(self.picture(data)) if self.keypoints else b""
-        reference = verification.reference(self.verification_picture(data)) if self.references else b""
-        small = to_canvas(shrunk(picture, self.small_view_side), self.canvas_size) if self.small_view_side else None
-        return Described(to_canvas(picture, self.canvas_size), keypoints, reference, small)
+        for_canvas = self.decode(data, for_canvas=True)
+        picture = None
+        if self.keypoints or self.references:
+            picture = for_canvas if not is_jpeg(data) else self.decode(data)
+        keypoints = geometry.keypoints(picture) if self.keypoints else b""
+        reference = verification.reference(picture) if self.references else b""
+        small = to_canvas(shrunk(for_canvas, self.small_view_side), self.canvas_size) if self.small_view_side else None
+        return Described(self.canvas_of(for_canvas), keypoints, reference, small)
 
-    def verification_picture(self, data: bytes) -> Image.Image:
-        """The image at the side verification compares queries at."""
-        return decode(data, verification.QUERY_SIDE, self.limits, self.budget)
-
-    def regions(self, data: bytes, with_grid: bool, with_windows: bool = False) -> Regions:
-        """The boxes pasted on the picture (media/insets.py), then REGIONS if `with_grid`, each with
-        its canvas; then the windows if `with_windows`."""
-        picture = decode(data, self.canvas_size * REGION_DECODE_SCALE, self.limits, self.budget)
+    def regions(self, picture: Image.Image, with_grid: bool, with_windows: bool = False) -> Regions:
+        """The boxes pasted on the (decoded) picture (media/insets.py), then REGIONS if `with_grid`,
+        each with its canvas; then the windows if `with_windows`."""
         boxes = insets.boxes(picture) + (REGIONS if with_grid else [])
         canvases = np.zeros((len(boxes), self.canvas_size, self.canvas_size, 3), np.uint8)
         for i, box in enumerate(boxes):
@@ -121,7 +139,3 @@ class Preprocessor:
             return Regions(boxes, canvases, None, picture)
         window_canvas = to_canvas(picture, contract.canvas_size(contract.WINDOW_INPUT))
         return Regions(boxes + contract.window_boxes(), canvases, window_canvas, picture)
-
-    def picture(self, data: bytes) -> Image.Image:
-        """The image at the side the geometric check works at."""
-        return decode(data, geometry.MAX_SIDE, self.limits, self.budget)

@@ -1,0 +1,127 @@
+"""The decision's pipeline of stages (core/pipeline.py, core/stages/) through the service: each
+stage decides the queries only it catches (CheckResponse.decided_by), skipping it changes only
+those, a Check decodes the caller's bytes once whatever stages run, and /metrics and Stats count
+each stage."""
+
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from tests.conftest import RunningService, encode_jpeg, image_bytes, picture, reencoded, scrape
+from tests.test_detection import HOST, PICTURE, enrolled_service, inside_host, on_a_page, png
+
+LION = "stamp-animals-mammals-cats-lion.jpg"
+
+
+def queries() -> dict[str, tuple[bytes, str]]:
+    """Query name -> (its bytes, the stage that decides it with every stage on)."""
+    falcon = picture(PICTURE)
+    cropped = falcon.crop((falcon.width // 8, falcon.height // 10, falcon.width * 7 // 8, falcon.height * 9 // 10))
+    thumbnail = picture("portrait-portraits-drakes-blademaster.jpg")
+    thumbnail.thumbnail((16, 16))  # far from its original's descriptor: verified whatever its score
+    return {
+        "the same bytes": (image_bytes(PICTURE), "identical"),
+        "a cropped copy": (encode_jpeg(cropped), "search"),
+        "a picture not enrolled": (image_bytes(HOST), "search"),
+        "a 16 px thumbnail": (png(thumbnail), "verification"),
+        "a copy dismissed": (reencoded(image_bytes(LION)), "memory"),
+        "another blank": (encode_jpeg(Image.new("RGB", (320, 240), (131, 131, 131))), "low_information"),
+        "a copy inside another picture": (inside_host(PICTURE), "regions"),
+        "a copy only a window holds": (
+            encode_jpeg(on_a_page("stamp-animals-mammals-deer-deer.jpg", "portrait-portraits-humans-swordsman-3.jpg")),
+            "regions",
+        ),
+    }
+
+
+def answer(reply: pb.CheckResponse) -> tuple:
+    return reply.is_duplicate, reply.identical, reply.decided_by, [match.key for match in reply.matches]
+
+
+def decodes(service: RunningService) -> float:
+    return scrape(service.metrics_port)["neardup_image_decodes_total", ()]
+
+
+@pytest.fixture(scope="module")
+def answered(tmp_path_factory):
+    """Every query's reply with every stage on, and how many times each decoded its bytes; then the
+    service's /metrics and Stats, and the data directory (the service stopped)."""
+    data_dir = tmp_path_factory.mktemp("pipeline") / "data"
+    service = enrolled_service(data_dir)
+    try:
+        dismissed = queries()["a copy dismissed"][0]
+        service.stub.Dismiss(pb.DismissRequest(key=LION, image=dismissed), timeout=60)
+        replies, decoded = {}, {}
+        for name, (image, _) in queries().items():
+            before = decodes(service)
+            replies[name] = service.stub.Check(pb.CheckRequest(image=image, top_k=3), timeout=60)
+            decoded[name] = decodes(service) - before
+        metrics = scrape(service.metrics_port)
+        stats = service.stub.Stats(pb.StatsRequest(), timeout=10)
+    finally:
+        service.stop()
+    return replies, decoded, metrics, stats, data_dir
+
+
+def test_each_stage_decides_the_queries_it_catches(answered):
+    replies, *_ = answered
+    assert {name: replies[name].decided_by for name in replies} == {
+        name: stage for name, (_, stage) in queries().items()
+    }
+    assert replies["the same bytes"].identical and not replies["a copy dismissed"].is_duplicate
+    assert replies["a copy dismissed"].matches[0].dismissed and replies["another blank"].low_information
+    assert (
+        replies["a copy inside another picture"].HasField("region")
+        and not replies["a picture not enrolled"].is_duplicate
+    )
+
+
+@pytest.mark.parametrize("skipped", [("verification", "memory", "low_information"), ("identical", "regions")])
+def test_skipping_stages_changes_only_the_queries_they_decided(answered, skipped):
+    replies, _, _, _, data_dir = answered
+    service = RunningService(data_dir, "--skip-stages", ",".join(skipped)).wait_serving()
+    try:
+        for name, (image, stage) in queries().items():
+            reply = service.stub.Check(pb.CheckRequest(image=image, top_k=3), timeout=60)
+            assert reply.decided_by not in skipped, name
+            if stage in skipped:
+                assert answer(reply) != answer(replies[name]), name
+            else:
+                assert answer(reply) == answer(replies[name]), name
+    finally:
+        service.stop()
+
+
+def test_a_check_decodes_the_callers_bytes_once_whichever_stages_run(answered):
+    replies, decoded, *_ = answered
+    assert {stage for _, stage in queries().values()} >= {"search", "verification", "regions", "low_information"}
+    assert decoded == {name: 0 if replies[name].identical else 1 for name in replies}
+
+
+def test_metrics_and_stats_count_each_stage(answered):
+    replies, _, metrics, stats, _ = answered
+    decided = Counter(
+        (reply.decided_by, "identical" if reply.identical else "duplicate" if reply.is_duplicate else "new")
+        for reply in replies.values()
+    )
+    labelled = [(name, dict(labels), value) for (name, labels), value in metrics.items()]
+    counted = {
+        (labels["stage"], labels["decision"]): value
+        for name, labels, value in labelled
+        if name == "neardup_check_decided_total" and value
+    }
+    assert counted == decided
+    runs = {labels["stage"]: value for name, labels, value in labelled if name == "neardup_check_stage_seconds_count"}
+    embedded = sum(not reply.identical for reply in replies.values())
+    searched_regions = sum(reply.HasField("region_score") for reply in replies.values())
+    assert runs["identical"] == len(replies) and runs["embedding"] == runs["search"] == embedded
+    assert runs["regions"] == searched_regions >= 3 and runs["geometric"] == 0  # off by default
+    by_name = {stage.name: stage for stage in stats.stages}
+    assert list(by_name) == list(runs)  # the order a Check runs them
+    for (stage, decision), count in decided.items():
+        field = {"duplicate": "duplicates", "new": "not_duplicates", "identical": "identical"}[decision]
+        assert getattr(by_name[stage], field) == count
+    assert all(by_name[stage].runs == count for stage, count in runs.items())
+    assert by_name["embedding"].seconds > 0 and by_name["geometric"].seconds == 0
