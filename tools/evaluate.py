@@ -32,8 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.core.checking import NEIGHBOURS  # noqa: E402
 from service.core.decision import Candidate, Policy, decide  # noqa: E402
+from service.core.stages.search import NEIGHBOURS  # noqa: E402
 from service.media.geometry import MIN_INLIERS  # noqa: E402
 from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
 from service.storage.snapshots import rebuild  # noqa: E402

@@ -33,8 +33,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.core.checking import NEIGHBOURS  # noqa: E402
 from service.core.decision import Policy  # noqa: E402
+from service.core.stages.search import NEIGHBOURS  # noqa: E402
 from service.media import verification  # noqa: E402
 from service.media.imaging import Limits, decode  # noqa: E402
 from service.media.preprocess import shrunk  # noqa: E402
