@@ -94,10 +94,18 @@ def test_skipping_stages_changes_only_the_queries_they_decided(answered, skipped
         service.stop()
 
 
-def test_a_check_decodes_the_callers_bytes_once_whichever_stages_run(answered):
+def test_a_check_decodes_the_callers_bytes_at_most_twice_whichever_stages_run(answered):
+    """A JPEG once for the canvas and once for all the stages that need more pixels (verification,
+    the regions), whichever of them run; a PNG once for everything; identical bytes not at all."""
     replies, decoded, *_ = answered
-    assert {stage for _, stage in queries().values()} >= {"search", "verification", "regions", "low_information"}
-    assert decoded == {name: 0 if replies[name].identical else 1 for name in replies}
+    expected = {}
+    for name, (image, stage) in queries().items():
+        jpeg = image[:3] == b"\xff\xd8\xff"
+        expected[name] = 0 if stage == "identical" else 2 if jpeg and stage == "regions" else 1 if not jpeg else None
+    assert expected["a 16 px thumbnail"] == 1  # verified: its one decode served the canvas and verification
+    assert sum(count == 2 for count in expected.values()) >= 2  # regions and verification ran on one decode
+    assert all(decoded[name] == count for name, count in expected.items() if count is not None), decoded
+    assert all(0 < decoded[name] <= 2 for name, count in expected.items() if count is None), decoded
 
 
 def test_metrics_and_stats_count_each_stage(answered):
