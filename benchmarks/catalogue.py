@@ -1,6 +1,6 @@
 """Collections and duplicate groups at scale, measured side by side in one run.
 
-  python benchmarks/catalogue.py [--records 1000000] [--collections 1000] [--queries 300]
+  python -m benchmarks.catalogue [--records 1000000] [--collections 1000] [--queries 300]
                                  [--group-records 100000]
 
 1. Filtered search: a store of `--records` synthetic features (shaped like real SSCD features,
@@ -16,24 +16,21 @@
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.bench import DEFAULT_IMAGES, features, load_images, percentile, synthetic_vectors  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.core.decision import Policy  # noqa: E402
-from service.core.grouping import Group, find_groups  # noqa: E402
-from service.core.searches import decided  # noqa: E402
-from service.storage.records import Enrolment  # noqa: E402
-from service.storage.snapshots import SnapshotLoader, build_snapshot  # noqa: E402
-from service.storage.store import Store  # noqa: E402
-from service.storage.usearch_index import SNAPSHOT_DTYPE, UsearchIndex  # noqa: E402
+from benchmarks.bench import DEFAULT_IMAGES, features, load_images, percentile, synthetic_vectors
+from service.config import Settings
+from service.core.decision import Policy
+from service.core.grouping import Group, find_groups
+from service.core.searches import decided
+from service.storage.records import Enrolment
+from service.storage.snapshots import SnapshotLoader, build_snapshot
+from service.storage.store import Store
+from service.storage.usearch_index import SNAPSHOT_DTYPE, UsearchIndex
 
 MODEL = Settings().model_identity
 K = 8

@@ -1,7 +1,7 @@
 """Check throughput of the front service with 1 and 2 workers, on usearch and on Milvus Lite,
 side by side in one run.
 
-  python benchmarks/front.py [--images DIR] [--enrolled 300] [--requests 1500] [--clients 8]
+  python -m benchmarks.front [--images DIR] [--enrolled 300] [--requests 1500] [--clients 8]
 
 Two kinds of Check load: byte-identical requests (answered from the digest, no Triton: what the
 front process alone costs, gRPC and the lookup) and decoded requests (re-encoded copies: decode,
@@ -14,18 +14,15 @@ how fast a Milvus cluster is.
 
 import argparse
 import io
-import sys
 import tempfile
 import urllib.request
 from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.bench import check_load, client_stubs, load_images, percentile  # noqa: E402
-from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
-from tools.service_process import MilvusLite, RunningService, wait_for  # noqa: E402
+from benchmarks.bench import check_load, client_stubs, load_images, percentile
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from tools.service_process import MilvusLite, RunningService, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "dev-images"

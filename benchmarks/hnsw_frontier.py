@@ -1,6 +1,6 @@
 """Recall against latency for other HNSW parameters than the service's, on the benchmark's data.
 
-  python benchmarks/hnsw_frontier.py [--connectivity N] [--expansion-add N] [--size 1000000]
+  python -m benchmarks.hnsw_frontier [--connectivity N] [--expansion-add N] [--size 1000000]
 
 Builds one index of the snapshot's storage type (i8) over the synthetic vectors of
 benchmarks/bench.py with the given graph parameters (8-10 minutes at 1M on 2 cores for
@@ -11,18 +11,15 @@ ratio (`--size 5000`). The service's parameters are in service/storage/usearch_i
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime  # noqa: F401 - loaded before usearch, as benchmarks.bench does
+from usearch.index import Index
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bench  # noqa: E402  (puts the repo on sys.path; imports onnxruntime, which must precede usearch)
-from usearch.index import Index  # noqa: E402
-
-from service.storage.usearch_index import (  # noqa: E402
+from benchmarks import bench
+from service.storage.usearch_index import (
     CONNECTIVITY,
     DIMENSIONS,
     EXPANSION_ADD,

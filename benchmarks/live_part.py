@@ -1,6 +1,6 @@
 """Search after deletions since the last snapshot, against a fresh snapshot, side by side in one run.
 
-  python benchmarks/live_part.py [--records 200000] [--deletions 5000] [--queries 2000]
+  python -m benchmarks.live_part [--records 200000] [--deletions 5000] [--queries 2000]
 
 Builds a store of random unit features, an i8 snapshot of it, and measures UsearchIndex.nearest
 (k=8, what a Check asks: the graph search and the exact re-ranking from the store) on a fresh
@@ -11,19 +11,16 @@ before (ask the graph for k + every deleted id). Prints the latencies and the ra
 
 import argparse
 import hashlib
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.storage.records import Enrolment  # noqa: E402
-from service.storage.snapshots import SnapshotLoader, build_snapshot  # noqa: E402
-from service.storage.store import Store  # noqa: E402
-from service.storage.usearch_index import (  # noqa: E402
+from service.storage.records import Enrolment
+from service.storage.snapshots import SnapshotLoader, build_snapshot
+from service.storage.store import Store
+from service.storage.usearch_index import (
     EXTRA_CANDIDATES,
     SNAPSHOT_DTYPE,
     UsearchIndex,

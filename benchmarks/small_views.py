@@ -1,6 +1,6 @@
 """What small views cost, side by side with what they are added to, in one run.
 
-  python benchmarks/small_views.py [--records 200000] [--queries 200] [--images DIR]
+  python -m benchmarks.small_views [--records 200000] [--queries 200] [--images DIR]
 
 Enrols the images of `--images` (tests/images by default) through two fresh services, with small
 views and without (--small-view-side 0), and prints both Enroll rates. Then builds a store of
@@ -13,22 +13,19 @@ thumbnail's second search (SmallViews.nearest, every distance) against a Check's
 
 import argparse
 import hashlib
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
-from service.storage.records import Enrolment  # noqa: E402
-from service.storage.small_views import SmallViews  # noqa: E402
-from service.storage.snapshots import SnapshotLoader, build_snapshot, bytes_on_disk  # noqa: E402
-from service.storage.store import Store  # noqa: E402
-from service.storage.usearch_index import SNAPSHOT_DTYPE, UsearchIndex  # noqa: E402
-from tools.service_process import RunningService  # noqa: E402
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from service.storage.records import Enrolment
+from service.storage.small_views import SmallViews
+from service.storage.snapshots import SnapshotLoader, build_snapshot, bytes_on_disk
+from service.storage.store import Store
+from service.storage.usearch_index import SNAPSHOT_DTYPE, UsearchIndex
+from tools.service_process import RunningService
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "sscd@224"

@@ -1,6 +1,6 @@
 """A soak run: mixed Check, Enroll, Delete and index rebuilds against one service for a bounded time.
 
-  python benchmarks/soak.py [--minutes 10] [--images DIR]
+  python -m benchmarks.soak [--minutes 10] [--images DIR]
 
 Starts `neardup serve` (bundled Triton) on a fresh data directory, enrols a base set, then runs
 for `--minutes`: two Check clients, one Enroll client (small streams of new images, some
@@ -21,11 +21,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
-from tests.conftest import children_of, mosaic, reencoded  # noqa: E402
-from tools.service_process import RunningService, resident_mb  # noqa: E402
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from tests.conftest import children_of, mosaic, reencoded
+from tools.service_process import RunningService, resident_mb
 
 
 class Soak:

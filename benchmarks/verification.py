@@ -1,7 +1,7 @@
 """What verification costs per pair, what a record stores for it, and what the region stage's box
 search costs beside it.
 
-  python benchmarks/verification.py [--images DIR] [--pairs 150]
+  python -m benchmarks.verification [--images DIR] [--pairs 150]
 
 For dev images, each checked against its own reference under a few transforms (re-encoded,
 resized, cropped, mirrored) and against another image's: the time of one residual
@@ -14,7 +14,6 @@ agrees closely: for an unrelated picture, every time), side by side.
 import argparse
 import io
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -22,12 +21,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.bench import DEFAULT_IMAGES  # noqa: E402
-from service.media import insets, verification  # noqa: E402
-from service.media.preprocess import REGION_DECODE_SCALE  # noqa: E402
-from service.triton.contract import canvas_size  # noqa: E402
+from benchmarks.bench import DEFAULT_IMAGES
+from service.media import insets, verification
+from service.media.preprocess import REGION_DECODE_SCALE
+from service.triton.contract import canvas_size
 
 TRANSFORMS = {
     "re-encoded": lambda image: _jpeg(image, 30),

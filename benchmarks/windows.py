@@ -1,6 +1,6 @@
 """What the region stage's windows cost, in Triton and per Check, side by side in one run.
 
-  python benchmarks/windows.py [--images DIR] [--requests 40] [--checks 40]
+  python -m benchmarks.windows [--images DIR] [--requests 40] [--checks 40]
 
 Through the bundled Triton and the model as served (model_repository/), one request at a time,
 each on a real picture: the whole query (one 224 px view of a 246 px canvas, what every Check
@@ -20,7 +20,6 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,14 +28,12 @@ import numpy as np
 import tritonclient.grpc as triton
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.config import Settings  # noqa: E402
-from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
-from service.triton import contract  # noqa: E402
-from service.triton.process import BundledTriton  # noqa: E402
-from tests.conftest import reencoded  # noqa: E402
-from tools.service_process import RunningService  # noqa: E402
+from service.config import Settings
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from service.triton import contract
+from service.triton.process import BundledTriton
+from tests.conftest import reencoded
+from tools.service_process import RunningService
 
 OUTPUTS = (contract.FEATURE, contract.THRESHOLD, contract.RUNTIME)
 

@@ -15,9 +15,9 @@ ROOT = Path(__file__).parent.parent
 def test_the_quick_benchmark_prints_every_figure(tmp_path):
     out = tmp_path / "figures.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--images", str(ROOT / "tests" / "images"),
+        [sys.executable, "-m", "benchmarks.bench", "--quick", "--images", str(ROOT / "tests" / "images"),
          "--out", str(out)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     figures = json.loads(out.read_text())
@@ -40,9 +40,9 @@ def test_the_quick_benchmark_prints_every_figure(tmp_path):
 
 def test_the_hnsw_frontier_tool_prints_the_curve():
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "hnsw_frontier.py"), "--images", str(ROOT / "tests" / "images"),
+        [sys.executable, "-m", "benchmarks.hnsw_frontier", "--images", str(ROOT / "tests" / "images"),
          "--size", "3000", "--queries", "50", "--connectivity", "16"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "connectivity 16 expansion-add 64" in done.stdout
@@ -53,8 +53,8 @@ def test_the_hnsw_frontier_tool_prints_the_curve():
 
 def test_the_small_views_benchmark_prints_both_sides_of_each_figure():
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "small_views.py"), "--records", "3000", "--queries", "20"],
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "benchmarks.small_views", "--records", "3000", "--queries", "20"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "img/s with small views" in done.stdout and "without" in done.stdout
@@ -65,8 +65,8 @@ def test_the_small_views_benchmark_prints_both_sides_of_each_figure():
 
 def test_the_windows_benchmark_prints_each_request_beside_the_whole_query():
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "windows.py"), "--requests", "2", "--checks", "2"],
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "benchmarks.windows", "--requests", "2", "--checks", "2"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     for row in ("the whole query (1 canvas of 246 px)", "three boxes", "the larger view alone", "the windows (77"):

@@ -80,7 +80,7 @@ def test_import_a_seed_database(service, tmp_path):
     np.savez(seed / "hash_database.npz", feats=rng.normal(size=(3, 2048)), ths=rng.uniform(size=3))
 
     imported = run(
-        "tools/import_seed_db.py", "--database", str(seed / "hash_database.npz"), "--list",
+        "-m", "tools.import_seed_db", "--database", str(seed / "hash_database.npz"), "--list",
         str(seed / "image_list.txt"), "--server", f"127.0.0.1:{service.port}",
     )  # fmt: skip
     assert imported.returncode == 1, imported.stderr

@@ -23,12 +23,13 @@ REPRODUCED_QUERIES = 60  # checked again in the reproducibility test
 
 
 def evaluate(out: Path, *extra: str) -> dict:
-    command = [sys.executable, str(ROOT / "tools" / "evaluate.py"), "--images", str(ROOT / "tests" / "images")]
+    command = [sys.executable, "-m", "tools.evaluate", "--images", str(ROOT / "tests" / "images")]
     done = subprocess.run(
         [*command, "--service-flags", FLAGS, "--out", str(out), "--workers", "2", *extra],
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads((out / "results.json").read_text())
@@ -259,9 +260,9 @@ def test_the_pdq_signal_measures_every_undeclared_query_of_a_run(catalogue_run):
     assert counted == sorted(counted)
 
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "pdq_signal.py"), str(run), "--images", str(ROOT / "tests" / "images"),
+        [sys.executable, "-m", "tools.pdq_signal", str(run), "--images", str(ROOT / "tests" / "images"),
          *CATALOGUE_RUN],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ")][1:] == [

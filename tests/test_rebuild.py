@@ -21,10 +21,11 @@ FAST = ("--enroll-views", "1", "--check-views", "1")
 
 def rebuild(data_dir: Path) -> str:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "rebuild_index.py"), "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "tools.rebuild_index", "--data-dir", str(data_dir)],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout

@@ -4,7 +4,7 @@
   in front:  the front makes the views itself and sends every one to Triton (VIEWS = 1 each).
 
 Prints, per view count: images/s, ms per image, and bytes sent to Triton per image, with ratios.
-Usage: python tools/bench_views.py [--images DIR] [--count N] [--views 10 50] [--triton-url H:P]
+Usage: python -m tools.bench_views [--images DIR] [--count N] [--views 10 50] [--triton-url H:P]
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """Build the background set for the "normalized" decision rule from images known not to be enrolled.
 
-  python tools/build_background.py --images DIR --data-dir DIR [--server HOST:PORT] [--token ... --tls-ca ...]
+  python -m tools.build_background --images DIR --data-dir DIR [--server HOST:PORT] [--token ... --tls-ca ...]
 
 Hashes every image through the running service (as a Check would: Stats.views_per_check views)
 and writes DATA_DIR/background.npz with the service's model identity. The service reads it at
@@ -8,18 +8,15 @@ start-up; restart it after building.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.api.channels import add_client_arguments, stub_from  # noqa: E402
-from service.client import image_paths  # noqa: E402
-from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
-from service.storage.background import Background  # noqa: E402
+from service.api.channels import add_client_arguments, stub_from
+from service.client import image_paths
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from service.storage.background import Background
 
 
 def build_background(stub, paths: list[Path], data_dir: Path, progress: bool = True) -> Path:

@@ -1,6 +1,6 @@
 """Near-duplicate detection benchmark, through the real service.
 
-  python tools/evaluate.py [--images DIR] [--seed 0] [--catalogue DIR] [--twin-share 0.3]
+  python -m tools.evaluate [--images DIR] [--seed 0] [--catalogue DIR] [--twin-share 0.3]
                            [--service-flags "--decision global ..."] [--out DIR]
 
 From a folder of images (and its manifest.json, whose `group` ties files showing the same
@@ -21,7 +21,6 @@ import argparse
 import concurrent.futures
 import json
 import random
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -30,17 +29,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.core.decision import Candidate, Policy, decide  # noqa: E402
-from service.core.stages.search import NEIGHBOURS  # noqa: E402
-from service.media.geometry import MIN_INLIERS  # noqa: E402
-from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
-from service.storage.snapshots import rebuild  # noqa: E402
-from tools.build_background import build_background  # noqa: E402
-from tools.evaluation.baselines import HASHES, HammingIndex  # noqa: E402
-from tools.evaluation.dataset import Benchmark, Query, build  # noqa: E402
-from tools.evaluation.metrics import (  # noqa: E402
+from service.core.decision import Candidate, Policy, decide
+from service.core.stages.search import NEIGHBOURS
+from service.media.geometry import MIN_INLIERS
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from service.storage.snapshots import rebuild
+from tools.build_background import build_background
+from tools.evaluation.baselines import HASHES, HammingIndex
+from tools.evaluation.dataset import Benchmark, Query, build
+from tools.evaluation.metrics import (
     average_precision,
     decided_key,
     pr_curve,
@@ -48,8 +45,8 @@ from tools.evaluation.metrics import (  # noqa: E402
     recall_at_precision,
     where_missed,
 )
-from tools.evaluation.report import plot, write_failures  # noqa: E402
-from tools.service_process import RunningService  # noqa: E402
+from tools.evaluation.report import plot, write_failures
+from tools.service_process import RunningService
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "dev-images"

@@ -1,7 +1,7 @@
 """FindDuplicates on the quality benchmark's enrolled catalogue: precision and recall of the pairs
 it reports, through a real service.
 
-  python tools/evaluate_groups.py [--seed 0] [--catalogue DIR] [--twin-share 0.3] [--service-flags "..."]
+  python -m tools.evaluate_groups [--seed 0] [--catalogue DIR] [--twin-share 0.3] [--service-flags "..."]
 
 Enrols what tools/evaluate.py enrols (the dev references, a share of them a second time under
 `twin/`, the catalogue's pictures with every file of each), asks FindDuplicates for the groups,
@@ -13,15 +13,12 @@ Prints precision, recall, the time, and the wrong pairs with the highest scores'
 import argparse
 import itertools
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
-from tools.evaluation.dataset import (  # noqa: E402
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from tools.evaluation.dataset import (
     CATALOGUE_PREFIX,
     SAME_PICTURES,
     TWIN_PREFIX,
@@ -31,7 +28,7 @@ from tools.evaluation.dataset import (  # noqa: E402
     pictures,
     read_manifest,
 )
-from tools.service_process import RunningService  # noqa: E402
+from tools.service_process import RunningService
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "dev-images"

@@ -1,6 +1,6 @@
 """Migrate a seed database (hash_database.npz or .h5 plus image_list.txt) into a running service.
 
-  python tools/import_seed_db.py --database hash_database.npz --list image_list.txt [--server HOST:PORT ...]
+  python -m tools.import_seed_db --database hash_database.npz --list image_list.txt [--server HOST:PORT ...]
 
 The seed stored ImageNet ResNet50 features; ours are SSCD descriptors, a different space, so the
 stored features cannot be reused: every listed image is re-enrolled from its file, with the path
@@ -14,10 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.api.channels import add_client_arguments, stub_from  # noqa: E402
-from service.client import enroll  # noqa: E402
+from service.api.channels import add_client_arguments, stub_from
+from service.client import enroll
 
 
 def seed_rows(database: Path) -> int:

@@ -1,6 +1,6 @@
 """Would PDQ as a second signal find copies the default decision misses, without false alarms?
 
-  python tools/pdq_signal.py RUN [the run's own benchmark arguments: --seed N --catalogue DIR --twin-share 0.3 ...]
+  python -m tools.pdq_signal RUN [the run's own benchmark arguments: --seed N --catalogue DIR --twin-share 0.3 ...]
 
 Offline, on a run of tools/evaluate.py: for every query the run did not declare a duplicate (and
 not near-blank), the PDQ distance between the query's bytes and those of its nearest record by
@@ -11,19 +11,16 @@ PDQ; this measures whether it should (docs/quality.md, "Where PDQ wins").
 """
 
 import argparse
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tools.evaluate import add_benchmark_arguments, benchmark_of, image_data  # noqa: E402
-from tools.evaluation.baselines import pdq_bits  # noqa: E402
-from tools.evaluation.dataset import Benchmark, Query  # noqa: E402
-from tools.rescore import answered  # noqa: E402
-from tools.twin_recall import rows_of  # noqa: E402
+from tools.evaluate import add_benchmark_arguments, benchmark_of, image_data
+from tools.evaluation.baselines import pdq_bits
+from tools.evaluation.dataset import Benchmark, Query
+from tools.rescore import answered
+from tools.twin_recall import rows_of
 
 THRESHOLDS = (4, 8, 12, 16, 20, 24, 31)  # 31: PDQ's own match threshold
 

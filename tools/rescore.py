@@ -1,6 +1,6 @@
 """A run of tools/evaluate.py scored again against the labels as they are now, without the service.
 
-  python tools/rescore.py RUN [the run's own benchmark arguments: --seed N --catalogue DIR --twin-share 0.3 ...]
+  python -m tools.rescore RUN [the run's own benchmark arguments: --seed N --catalogue DIR --twin-share 0.3 ...]
 
 When the labels change (tools/evaluation/same_pictures.json, shown_inside.json: which enrolled
 keys are right for a query), a measured run need not be repeated to see what the change does: the
@@ -11,14 +11,11 @@ Prints the queries whose right answers changed and writes RUN/rescored.json.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tools.evaluate import add_benchmark_arguments, benchmark_of, decision_report  # noqa: E402
-from tools.evaluation.dataset import Query  # noqa: E402
-from tools.evaluation.metrics import decided_key  # noqa: E402
+from tools.evaluate import add_benchmark_arguments, benchmark_of, decision_report
+from tools.evaluation.dataset import Query
+from tools.evaluation.metrics import decided_key
 
 
 def answered(queries: list[Query], rows: list[dict]) -> list[Query]:

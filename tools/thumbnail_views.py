@@ -1,6 +1,6 @@
 """How thumbnails rank their pictures among the enrolled pictures as they are and as small views.
 
-  python tools/thumbnail_views.py --seed 0 --catalogue ../shared/data/clipart --twin-share 0.3
+  python -m tools.thumbnail_views --seed 0 --catalogue ../shared/data/clipart --twin-share 0.3
 
 A 16-32 px thumbnail, enlarged to the model's canvas, is a blur whose descriptor is far from its
 sharp original's: the search ranks the original first for about half of them, and no verification
@@ -23,7 +23,6 @@ import concurrent.futures
 import functools
 import io
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -31,17 +30,15 @@ import grpc
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.core.decision import Policy  # noqa: E402
-from service.core.stages.search import NEIGHBOURS  # noqa: E402
-from service.media import verification  # noqa: E402
-from service.media.imaging import Limits, decode  # noqa: E402
-from service.media.preprocess import shrunk  # noqa: E402
-from service.proto.neardup.v1 import neardup_pb2 as pb  # noqa: E402
-from tools.evaluate import add_benchmark_arguments, benchmark_of, image_data  # noqa: E402
-from tools.evaluation.dataset import Benchmark  # noqa: E402
-from tools.service_process import RunningService  # noqa: E402
+from service.core.decision import Policy
+from service.core.stages.search import NEIGHBOURS
+from service.media import verification
+from service.media.imaging import Limits, decode
+from service.media.preprocess import shrunk
+from service.proto.neardup.v1 import neardup_pb2 as pb
+from tools.evaluate import add_benchmark_arguments, benchmark_of, image_data
+from tools.evaluation.dataset import Benchmark
+from tools.service_process import RunningService
 
 SMALL_SIDE = Policy().small_view_side  # the longest side of a small view, in pixels
 SIDE_BANDS = ((16, 24), (24, 32), (32, 48), (48, 65))  # a thumbnail's longest side: 16-64 px

@@ -1,6 +1,6 @@
 """Does enrolling a picture twice change how often its copies are found? Paired on the same queries.
 
-  python tools/twin_recall.py ONCE_RUN TWICE_RUN
+  python -m tools.twin_recall ONCE_RUN TWICE_RUN
 
 Both are output folders of tools/evaluate.py with the same seed and catalogue: ONCE_RUN with
 `--twin-share 0` (and `--catalogue-once`: one file of each catalogue picture), TWICE_RUN with a
@@ -13,12 +13,9 @@ picture TWICE_RUN enrolled under more keys, and of the others.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tools.evaluation.metrics import decided_key  # noqa: E402
+from tools.evaluation.metrics import decided_key
 
 
 def found(row: dict) -> bool:
