@@ -14,7 +14,7 @@ from service.core.decision import Policy, threshold_of
 from service.core.judging import Judge
 from service.core.query import Query
 from service.core.stages.search import NEIGHBOURS
-from service.core.stages.state import CheckResult, CheckState
+from service.core.stages.state import CheckState
 from service.media.preprocess import Regions
 from service.storage.vector_index import VectorIndex
 from service.triton import contract
@@ -82,20 +82,7 @@ class RegionSearch:
                 confirmed = await asyncio.to_thread(confirm, cut_out)
             confirmed = await asyncio.to_thread(self.judge.without_dismissed, state.feature, confirmed)
             if confirmed.decision.is_duplicate:
-                answer = CheckResult(
-                    is_duplicate=True,
-                    identical=False,
-                    matches=confirmed.matches(confirmed.decision.each)[: state.top_k],
-                    score=confirmed.decision.score,
-                    background_similarity=state.background_similarity,
-                    index_generation=state.index_generation,
-                    region=regions.boxes[region],
-                    region_score=state.region_score,
-                    views=state.views,
-                    rule=confirmed.rule,
-                    residual=confirmed.residual,
-                )
-                state.answered(self.name, answer)
+                state.confirmed(self.name, confirmed, region=regions.boxes[region], region_score=state.region_score)
                 return
 
     def _search(self, feature: np.ndarray, state: CheckState):

@@ -8,7 +8,7 @@ from service.core.decision import Policy
 from service.core.judging import Judge
 from service.core.query import Query
 from service.core.stages.search import NEIGHBOURS
-from service.core.stages.state import CheckResult, CheckState
+from service.core.stages.state import CheckState
 from service.storage.small_views import SmallViews
 from service.storage.store import Store
 
@@ -37,16 +37,4 @@ class SmallViewSearch:
         small = await asyncio.to_thread(searched)
         if not small.decision.is_duplicate:
             return
-        found = CheckResult(
-            is_duplicate=True,
-            identical=False,
-            matches=small.matches(small.decision.each)[: state.top_k],
-            score=small.decision.score,
-            background_similarity=state.background_similarity,
-            index_generation=state.index_generation,
-            views=state.views,
-            rule=small.rule,
-            residual=small.residual,
-            small_view=True,
-        )
-        state.answered(self.name, found)
+        state.confirmed(self.name, small, small_view=True)

@@ -69,6 +69,22 @@ class CheckState:
         """`stage` found the answer: no later stage runs."""
         self.found, self.decided_by, self.done = found, stage, True
 
+    def confirmed(self, stage: str, search: Search, **where) -> None:
+        """`stage` found the answer in `search`, a duplicate it confirmed (`where`: the region, or small views)."""
+        found = CheckResult(
+            is_duplicate=True,
+            identical=False,
+            matches=search.matches(search.decision.each)[: self.top_k],
+            score=search.decision.score,
+            background_similarity=self.background_similarity,
+            index_generation=self.index_generation,
+            views=self.views,
+            rule=search.rule,
+            residual=search.residual,
+            **where,
+        )
+        self.answered(stage, found)
+
     def result(self) -> CheckResult:
         if self.found is not None:
             return replace(self.found, decided_by=self.decided_by)
