@@ -16,7 +16,7 @@ import numpy as np
 
 from service.core.checking import NEIGHBOURS
 from service.core.searches import Search
-from service.storage.records import Record, from_u64
+from service.storage.records import Record
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex
 
@@ -67,8 +67,8 @@ class Joins:
 
 
 def record_ids(store: Store) -> np.ndarray:
-    with store.env.begin() as txn:
-        return np.array([from_u64(key) for key in txn.cursor(db=store.records).iternext(values=False)], np.uint64)
+    with store.read() as view:
+        return np.fromiter(view.record_ids(), np.uint64)
 
 
 async def find_groups(
