@@ -19,12 +19,10 @@ from service.core.enrollment import Enroller, EnrollItem, shown
 from service.core.streams import Window, answered_in_order
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
-from service.storage import snapshots
 from service.storage.collections import name_problem
 from service.storage.dismissals import Dismissals
-from service.storage.snapshots import SnapshotError, SnapshotLoader
 from service.storage.store import Store
-from service.storage.vector_index import VectorIndex
+from service.storage.vector_index import IndexBackend
 from service.triton import contract
 
 log = logging.getLogger(__name__)
@@ -56,8 +54,7 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
         checker: Checker,
         enroller: Enroller,
         store: Store,
-        index: VectorIndex,
-        loader: SnapshotLoader | None,
+        index: IndexBackend,
         readiness: Readiness,
         dismissals: Dismissals,
     ):
@@ -67,7 +64,6 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
         self.enroller = enroller
         self.store = store
         self.index = index
-        self.loader = loader
         self.dismissals = dismissals
 
     def _triton_timeout(self, context: grpc.aio.ServicerContext) -> float:
@@ -220,7 +216,7 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
             runtime=self.checker.hasher.runtime,
             stored_runtimes=[f"{runtime}: {count}" for runtime, count in self.store.runtimes().items()],
             model=triton.model,
-            bytes_on_disk=self.store.bytes_on_disk() + snapshots.bytes_on_disk(self.settings.index_dir),
+            bytes_on_disk=self.store.bytes_on_disk() + self.index.bytes_on_disk(),
             input_size=triton.input_size,
             views_per_check=triton.check_views,
             views_per_enroll=triton.enroll_views,
@@ -229,7 +225,5 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
 
     @grpc_errors
     async def ReloadIndex(self, request: pb.ReloadIndexRequest, context) -> pb.ReloadIndexResponse:
-        if self.loader is None:
-            raise SnapshotError("the milvus index backend has no snapshots to reload: Milvus serves every change")
-        reloaded = await asyncio.to_thread(self.loader.load_if_new, True)
+        reloaded = await asyncio.to_thread(self.index.reload)
         return pb.ReloadIndexResponse(index_generation=self.index.stats().generation, reloaded=reloaded)
