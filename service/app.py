@@ -13,6 +13,7 @@ import signal
 from dataclasses import dataclass
 
 import lmdb
+import numpy as np
 from grpc_health.v1 import health
 
 from service import metrics, workers
@@ -21,7 +22,10 @@ from service.api.security import Security, SecurityError
 from service.api.server import PortInUse, add_services, grpc_server
 from service.api.servicer import SERVICE_NAME, NearDupServicer
 from service.config import Settings
+from service.core.catalogue import Catalogue
 from service.core.checking import Checker
+from service.core.collections import Collections
+from service.core.dismissing import Dismissing
 from service.core.enrollment import Enroller, ItemLimits
 from service.core.judging import Judge
 from service.media.imaging import DecodeBudget, Limits
@@ -124,15 +128,23 @@ def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readine
     )
     background = Background.load(settings.server.data_dir, settings.model_identity, settings.index.background_k)
     dismissals = Dismissals(storage.store)
+    judge = Judge(storage.store, policy, dismissals)
     checker = Checker(
         hasher, storage.store, storage.index, preprocessor, background, policy, settings.model_identity,
-        triton.check_views, Judge(storage.store, policy, dismissals), storage.small_views,
+        triton.check_views, judge, storage.small_views,
     )  # fmt: skip
     enroller = Enroller(
         hasher, storage.store, preprocessor.describe, settings.model_identity, triton.enroll_views,
         ItemLimits(limits.max_metadata_entries, limits.max_metadata_bytes),
     )  # fmt: skip
-    return NearDupServicer(settings, checker, enroller, storage.store, storage.index, readiness, dismissals)
+
+    async def embed(image: bytes, timeout_s: float) -> np.ndarray:  # a dismissed picture, as a Check embeds it
+        return (await checker.embed(image, triton.check_views, timeout_s)).feature
+
+    collections = Collections(storage.store, policy, judge.policies)
+    dismissing = Dismissing(storage.store, dismissals, embed)
+    catalogue = Catalogue(storage.store, storage.index, collections, dismissing, judge, limits.duplicates_cpu_share)
+    return NearDupServicer(settings, checker, enroller, catalogue, collections, dismissing, readiness)
 
 
 def serve_metrics(host: str, port: int, storage: Storage) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import grpc
 
+from service.core.errors import KeyNotFound, RequestError
 from service.core.streams import StreamIdle
 from service.media.imaging import ImageError
 from service.overload import DeadlinePassed, Overloaded
@@ -16,14 +17,6 @@ from service.storage.vector_index import IndexUnavailable
 from service.triton.client import TritonRejected, TritonTimeout, TritonUnavailable
 
 log = logging.getLogger(__name__)
-
-
-class RequestError(ValueError):
-    """The request itself is wrong (not the image)."""
-
-
-class KeyNotFound(LookupError):
-    pass
 
 
 STATUS_OF_ERROR: list[tuple[type[Exception], grpc.StatusCode]] = [

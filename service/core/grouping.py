@@ -8,6 +8,7 @@ keep the work to a share of one core, so Checks keep their CPU meanwhile.
 """
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.core.checking import NEIGHBOURS
+from service.core.judging import Judge
 from service.core.searches import Search
+from service.media import verification
 from service.storage.records import Record
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex
@@ -64,6 +67,18 @@ class Joins:
             scores.setdefault(self.root(a), []).append(score)
         found = [Group(sorted(names), scores.get(root, [])) for root, names in members.items() if len(names) > 1]
         return sorted(found, key=lambda group: (-len(group.names), group.names))
+
+
+def judged_as_query(judge: Judge) -> Callable[[Record, list[tuple[Record, float]]], Search]:
+    """An enrolled record judged as a query against its neighbours, verified with its own stored
+    reference for a picture."""
+
+    def judged(record: Record, others: list[tuple[Record, float]]) -> Search:
+        reference = judge.reference(record)
+        picture = functools.cache(lambda: verification.picture_of(reference) if reference else None)
+        return judge.judge(record.feature.astype(np.float32), others, 0.0, picture)
+
+    return judged
 
 
 def record_ids(store: Store) -> np.ndarray:
