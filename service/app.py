@@ -13,6 +13,7 @@ import signal
 from dataclasses import dataclass
 
 import lmdb
+import numpy as np
 from grpc_health.v1 import health
 
 from service import metrics, workers
@@ -21,21 +22,21 @@ from service.api.security import Security, SecurityError
 from service.api.server import PortInUse, add_services, grpc_server
 from service.api.servicer import SERVICE_NAME, NearDupServicer
 from service.config import Settings
+from service.core.catalogue import Catalogue
 from service.core.checking import build_checker
+from service.core.collections import Collections
+from service.core.dismissing import Dismissing
 from service.core.enrollment import Enroller, ItemLimits
 from service.core.judging import Judge
 from service.media.imaging import DecodeBudget, Limits
 from service.media.preprocess import Preprocessor
-from service.storage import snapshots
+from service.storage.backends import BACKENDS
 from service.storage.background import Background
 from service.storage.dismissals import Dismissals
-from service.storage.milvus_index import MilvusUnavailable, keep_pushing, open_milvus, push_while_serving
 from service.storage.ownership import DataDirInUse, DataDirLock
 from service.storage.small_views import SmallViews
-from service.storage.snapshots import SnapshotError, SnapshotLoader
 from service.storage.store import Store
-from service.storage.usearch_index import UsearchIndex
-from service.storage.vector_index import VectorIndex
+from service.storage.vector_index import IndexBackend, IndexUnavailable
 from service.supervision import supervise
 from service.triton.client import Hasher, TritonTls
 from service.triton.process import BundledTriton
@@ -50,8 +51,7 @@ DECODE_WAIT_S = 1.0  # a decode waits this long for room in the decode budget, t
 class Storage:
     lock: DataDirLock | None  # None in a worker: its supervisor holds it
     store: Store
-    index: VectorIndex
-    loader: SnapshotLoader | None  # None on the milvus backend: it has no snapshots
+    index: IndexBackend  # the one --index-backend names (storage/backends.py)
     small_views: SmallViews | None  # None while small views are off (Policy.searches_small_views)
 
     def close(self) -> None:
@@ -93,20 +93,17 @@ def open_storage(settings: Settings) -> Storage:
             settings.model_identity,
         )
     try:
-        index, loader = open_index(settings, store)
+        index = BACKENDS[settings.index.backend].open(settings, store)
         index.apply_changes()
         small_views = SmallViews.following(store) if settings.decision.searches_small_views() else None
-    except (lmdb.Error, MilvusUnavailable, OSError) as error:
+    except (lmdb.Error, IndexUnavailable, OSError) as error:
         store.close()
         if lock:
             lock.release()
         if isinstance(error, lmdb.Error):
             raise StartupError(STORE_DAMAGED.format(path=data_dir, error=error)) from None
         raise StartupError(str(error)) from None
-    if loader is None:  # a change not pushed now is pushed by the background task
-        store.subscribe(lambda: push_while_serving(index, settings.index.poll_s))
-    else:
-        store.subscribe(index.apply_changes)
+    store.subscribe(index.on_commit)
     stats = index.stats()
     log.info(
         "store %s: %d records, index generation %d, %d records not in it, %d small views",
@@ -116,22 +113,7 @@ def open_storage(settings: Settings) -> Storage:
         stats.unindexed,
         len(small_views) if small_views else 0,
     )
-    return Storage(lock, store, index, loader, small_views)
-
-
-def open_index(settings: Settings, store: Store) -> tuple[VectorIndex, SnapshotLoader | None]:
-    """The index the settings name: usearch with its newest snapshot loaded, or a Milvus collection."""
-    chosen = settings.index
-    if chosen.backend == "milvus":
-        milvus = (chosen.milvus_uri, chosen.milvus_collection, chosen.milvus_token_file)
-        return open_milvus(store, *milvus, settings.model_identity), None
-    index = UsearchIndex(store)
-    loader = SnapshotLoader(index, settings.index_dir)
-    try:
-        loader.load_if_new()
-    except SnapshotError as error:
-        log.error("no index snapshot loaded; serving every record from memory: %s", error)
-    return index, loader
+    return Storage(lock, store, index, small_views)
 
 
 def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readiness: Readiness) -> NearDupServicer:
@@ -146,35 +128,33 @@ def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readine
     )
     background = Background.load(settings.server.data_dir, settings.model_identity, settings.index.background_k)
     dismissals = Dismissals(storage.store)
+    judge = Judge(storage.store, policy, dismissals)
     checker = build_checker(
         hasher, storage.store, storage.index, preprocessor, background, policy, settings.model_identity,
-        triton.check_views, Judge(storage.store, policy, dismissals), storage.small_views,
+        triton.check_views, judge, storage.small_views,
     )  # fmt: skip
     enroller = Enroller(
         hasher, storage.store, preprocessor.describe, settings.model_identity, triton.enroll_views,
         ItemLimits(limits.max_metadata_entries, limits.max_metadata_bytes),
     )  # fmt: skip
-    return NearDupServicer(
-        settings, checker, enroller, storage.store, storage.index, storage.loader, readiness, dismissals
-    )
+
+    async def embed(image: bytes, timeout_s: float) -> np.ndarray:  # a dismissed picture, as a Check embeds it
+        return (await checker.embed(image, triton.check_views, timeout_s)).feature
+
+    collections = Collections(storage.store, policy, judge.policies)
+    dismissing = Dismissing(storage.store, dismissals, embed)
+    catalogue = Catalogue(storage.store, storage.index, collections, dismissing, judge, limits.duplicates_cpu_share)
+    return NearDupServicer(settings, checker, enroller, catalogue, collections, dismissing, readiness)
 
 
 def serve_metrics(host: str, port: int, storage: Storage) -> None:
-    metrics.watch_state(storage.index, storage.store, storage.loader, storage.small_views)
+    metrics.watch_state(storage.index, storage.store, storage.small_views)
     try:
         metrics.serve_metrics(host, port)
     except OSError as error:
         raise StartupError(f"cannot serve metrics on {host}:{port}: {error.strerror} (port 0 serves none)") from None
     if port:
         log.info("metrics on http://%s:%d/metrics", host, port)
-
-
-async def watch_index(storage: Storage, poll_s: float, wake: asyncio.Event) -> None:
-    """Loads new snapshots (usearch), or pushes what a failed push left (milvus)."""
-    if storage.loader is not None:
-        await snapshots.watch(storage.loader, poll_s, wake)
-    else:
-        await keep_pushing(storage.index, poll_s)
 
 
 async def serve(settings: Settings) -> None:
@@ -221,7 +201,7 @@ async def serve(settings: Settings) -> None:
     reload_now = asyncio.Event()
     tasks = [
         asyncio.create_task(supervise("readiness", readiness.run)),
-        asyncio.create_task(supervise("index watch", lambda: watch_index(storage, settings.index.poll_s, reload_now))),
+        asyncio.create_task(supervise("index watch", lambda: storage.index.watch(settings.index.poll_s, reload_now))),
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

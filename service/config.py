@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.core.decision import RULES, Policy
+from service.storage.backends import BACKENDS
 from service.triton import contract
 from service.triton.process import default_model_repository
 
@@ -122,7 +123,7 @@ class IndexSettings:
         "where the vectors are searched: usearch (in this process, snapshots from `neardup index rebuild`) or "
         "milvus (a collection several front services share; docs/scaling.md)",
         flag="index-backend",
-        choices=("usearch", "milvus"),
+        choices=tuple(BACKENDS),
     )
     milvus_uri: str = setting("", "milvus backend: the Milvus address, e.g. http://milvus:19530")
     milvus_collection: str = setting("neardup", "milvus backend: the collection (one per model)")

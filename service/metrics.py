@@ -125,11 +125,11 @@ class StateCollector(Collector):
             yield GaugeMetricFamily(name, meaning, value=read())
 
 
-def watch_state(index, store, loader, small_views) -> None:
+def watch_state(index, store, small_views) -> None:
     """Registers the index, small views' and store gauges (once per process)."""
 
     def age() -> float:
-        return time.time() - loader.manifest.created_at if loader and loader.manifest else float("nan")
+        return time.time() - index.manifest.created_at if index.manifest else float("nan")
 
     REGISTRY.register(
         StateCollector(

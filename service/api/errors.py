@@ -7,23 +7,16 @@ from collections.abc import Callable
 
 import grpc
 
+from service.core.errors import KeyNotFound, RequestError
 from service.core.streams import StreamIdle
 from service.media.imaging import ImageError
 from service.overload import DeadlinePassed, Overloaded
-from service.storage.milvus_index import MilvusUnavailable
+from service.storage.manifest import SnapshotError
 from service.storage.records import ModelMismatch, StoreUnwritable
-from service.storage.snapshots import SnapshotError
+from service.storage.vector_index import IndexUnavailable
 from service.triton.client import TritonRejected, TritonTimeout, TritonUnavailable
 
 log = logging.getLogger(__name__)
-
-
-class RequestError(ValueError):
-    """The request itself is wrong (not the image)."""
-
-
-class KeyNotFound(LookupError):
-    pass
 
 
 STATUS_OF_ERROR: list[tuple[type[Exception], grpc.StatusCode]] = [
@@ -38,7 +31,7 @@ STATUS_OF_ERROR: list[tuple[type[Exception], grpc.StatusCode]] = [
     (StreamIdle, grpc.StatusCode.DEADLINE_EXCEEDED),
     (TritonUnavailable, grpc.StatusCode.UNAVAILABLE),
     (TritonTimeout, grpc.StatusCode.UNAVAILABLE),
-    (MilvusUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (IndexUnavailable, grpc.StatusCode.UNAVAILABLE),  # its engine (Milvus) unreachable
     (TritonRejected, grpc.StatusCode.INTERNAL),
 ]
 HANDLED = tuple(error for error, _ in STATUS_OF_ERROR)

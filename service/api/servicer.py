@@ -1,33 +1,26 @@
 """The gRPC servicer: validates requests, calls the core, and maps to and from protobuf."""
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
 
 from service import metrics
-from service.api.catalogue import CatalogueMethods, require_name
-from service.api.collection_stats import collection_stats
-from service.api.errors import CALLER_MISTAKES, KeyNotFound, RequestError, grpc_errors, status_of
+from service.api.catalogue import CatalogueMethods, collection_message
+from service.api.errors import CALLER_MISTAKES, RequestError, grpc_errors, status_of
 from service.api.health import Readiness
 from service.api.interceptors import Malformed
 from service.config import Settings
+from service.core.catalogue import Catalogue
 from service.core.checking import Checker, CheckResult
-from service.core.enrollment import Enroller, EnrollItem, shown
+from service.core.collections import Collections, name_problem
+from service.core.dismissing import Dismissing
+from service.core.enrollment import Enroller, EnrollItem
 from service.core.streams import Window, answered_in_order
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
-from service.storage import snapshots
-from service.storage.collections import name_problem
-from service.storage.dismissals import Dismissals
-from service.storage.snapshots import SnapshotError, SnapshotLoader
-from service.storage.store import Store
-from service.storage.vector_index import VectorIndex
 from service.triton import contract
-
-log = logging.getLogger(__name__)
 
 # CheckStream items checked at once (their Triton requests batch together).
 CHECK_STREAM_PARALLEL = 8
@@ -67,20 +60,18 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
         settings: Settings,
         checker: Checker,
         enroller: Enroller,
-        store: Store,
-        index: VectorIndex,
-        loader: SnapshotLoader | None,
+        catalogue: Catalogue,
+        collections: Collections,
+        dismissing: Dismissing,
         readiness: Readiness,
-        dismissals: Dismissals,
     ):
         self.settings = settings
         self.readiness = readiness
         self.checker = checker
         self.enroller = enroller
-        self.store = store
-        self.index = index
-        self.loader = loader
-        self.dismissals = dismissals
+        self.catalogue = catalogue
+        self.collections = collections
+        self.dismissing = dismissing
 
     def _triton_timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -208,42 +199,33 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
 
     @grpc_errors
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
-        require_name(request.key, request.collection)
-        removed = await asyncio.to_thread(self.store.delete, request.key, request.collection)
-        where = f" in collection {request.collection!r}" if request.collection else ""
-        if removed is None:
-            raise KeyNotFound(f"no image is enrolled under key {shown(request.key)}{where}")
-        forgotten = await asyncio.to_thread(self.dismissals.forget, request.collection, request.key)
-        log.info("deleted %s%s (id %d; %d dismissals against it)", shown(request.key), where, removed.id, forgotten)
+        await asyncio.to_thread(self.catalogue.delete, request.key, request.collection)
         return pb.DeleteResponse()
 
     @grpc_errors
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
-        with self.store.read() as view:
-            records = view.count()
-        index = self.index.stats()
+        stats = await asyncio.to_thread(self.catalogue.stats)
+        index = stats.index
         triton = self.settings.triton
         return pb.StatsResponse(
-            records=records,
+            records=stats.records,
             index_generation=index.generation,
             index_size=index.snapshot_size,
             unindexed_records=index.unindexed,
             removed_records=index.removed,
             not_ready=[f"{name}: {why}" for name, why in self.readiness.problems.items()],
             runtime=self.checker.hasher.runtime,
-            stored_runtimes=[f"{runtime}: {count}" for runtime, count in self.store.runtimes().items()],
+            stored_runtimes=[f"{runtime}: {count}" for runtime, count in stats.runtimes.items()],
             model=triton.model,
-            bytes_on_disk=self.store.bytes_on_disk() + snapshots.bytes_on_disk(self.settings.index_dir),
+            bytes_on_disk=stats.bytes_on_disk,
             input_size=triton.input_size,
             views_per_check=triton.check_views,
             views_per_enroll=triton.enroll_views,
-            collections=await asyncio.to_thread(collection_stats, self.store, self.checker.judge.policies()),
+            collections=[collection_message(collection) for collection in stats.collections],
             stages=[stage_stats(totals) for totals in metrics.stage_totals()],
         )
 
     @grpc_errors
     async def ReloadIndex(self, request: pb.ReloadIndexRequest, context) -> pb.ReloadIndexResponse:
-        if self.loader is None:
-            raise SnapshotError("the milvus index backend has no snapshots to reload: Milvus serves every change")
-        reloaded = await asyncio.to_thread(self.loader.load_if_new, True)
-        return pb.ReloadIndexResponse(index_generation=self.index.stats().generation, reloaded=reloaded)
+        done = await asyncio.to_thread(self.catalogue.reload_index)
+        return pb.ReloadIndexResponse(index_generation=done.generation, reloaded=done.reloaded)

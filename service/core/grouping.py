@@ -8,15 +8,18 @@ keep the work to a share of one core, so Checks keep their CPU meanwhile.
 """
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.core.judging import Judge
 from service.core.searches import Search
 from service.core.stages.search import NEIGHBOURS
-from service.storage.records import Record, from_u64
+from service.media import verification
+from service.storage.records import Record
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex
 
@@ -66,9 +69,21 @@ class Joins:
         return sorted(found, key=lambda group: (-len(group.names), group.names))
 
 
+def judged_as_query(judge: Judge) -> Callable[[Record, list[tuple[Record, float]]], Search]:
+    """An enrolled record judged as a query against its neighbours, verified with its own stored
+    reference for a picture."""
+
+    def judged(record: Record, others: list[tuple[Record, float]]) -> Search:
+        reference = judge.reference(record)
+        picture = functools.cache(lambda: verification.picture_of(reference) if reference else None)
+        return judge.judge(record.feature.astype(np.float32), others, 0.0, picture)
+
+    return judged
+
+
 def record_ids(store: Store) -> np.ndarray:
-    with store.env.begin() as txn:
-        return np.array([from_u64(key) for key in txn.cursor(db=store.records).iternext(values=False)], np.uint64)
+    with store.read() as view:
+        return np.fromiter(view.record_ids(), np.uint64)
 
 
 async def find_groups(

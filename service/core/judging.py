@@ -178,7 +178,7 @@ class Judge:
 
     def reference(self, record: Record) -> bytes:
         """The record's stored verification reference (b"" when it has none here)."""
-        if not record.id:  # another front service's record (Milvus): its reference is not here
+        if not record.stored_here:  # another front service's record (Milvus): its reference is not here
             return b""
         with self.store.read() as view:
             return view.reference(record.id)

@@ -64,7 +64,8 @@ class Dismissals:
         return self.store.write(work, notify=False)
 
     def of_key(self, collection: str, key: str) -> list[Dismissal]:
-        with self.store.env.begin() as txn:
+        with self.store.read() as view:
+            txn = view.txn
             cursor = txn.cursor(db=self.by_key)
             if not cursor.set_key(stored_name(collection, key)):
                 return []
@@ -72,8 +73,8 @@ class Dismissals:
             return [Dismissal.decode(id_, txn.get(u64(id_), db=self.entries)) for id_ in ids]
 
     def every(self) -> list[Dismissal]:
-        with self.store.env.begin() as txn:
-            return [Dismissal.decode(from_u64(id_), data) for id_, data in txn.cursor(db=self.entries)]
+        with self.store.read() as view:
+            return [Dismissal.decode(from_u64(id_), data) for id_, data in view.txn.cursor(db=self.entries)]
 
     def remove(self, id_: int) -> Dismissal | None:
         def work(txn) -> Dismissal | None:

@@ -9,21 +9,26 @@ every commit (an Enroll is answered once its rows are in Milvus), before every C
 searches the collection and builds its candidates from the rows, so a record enrolled through any
 front service is found by all; the features are the store's float16 values, so every decision is
 the same as on usearch. `neardup index rebuild --backend milvus` loads the whole store again.
+MilvusBackend (at the end) is this index as the service's IndexBackend "milvus".
 """
 
+import argparse
 import asyncio
 import fcntl
 import functools
 import logging
+import os
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.storage import change_log
+from service.storage.manifest import SnapshotError
 from service.storage.milvus_rows import (
     ANSWER_FIELDS,
     collection_filter,
@@ -33,9 +38,12 @@ from service.storage.milvus_rows import (
     row_of,
 )
 from service.storage.read_view import ReadView
-from service.storage.records import DELETE, Record, from_u64, u64
+from service.storage.records import DELETE, Record, StoreError, from_u64, u64
 from service.storage.store import Store
-from service.storage.vector_index import IndexStats
+from service.storage.vector_index import IndexStats, IndexUnavailable, RebuildError
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +54,7 @@ PUSH_BATCH = 500
 NOT_LOADED = 101  # Milvus's code for a collection not loaded into memory
 
 
-class MilvusUnavailable(RuntimeError):
+class MilvusUnavailable(IndexUnavailable):
     """Milvus refused or could not be reached; the message says which and why."""
 
 
@@ -61,6 +69,8 @@ class MilvusIndex:
     """A VectorIndex over a Milvus collection, fed from this data directory's store. Thread-safe;
     pushes from several worker processes on one data directory are serialised by a file lock."""
 
+    failure: str | None = None  # why the last push or search failed, until one succeeds
+
     def __init__(self, store: Store, uri: str, collection: str, model: str, token: str = "") -> None:
         self.store = store
         self.milvus_collection = collection  # Milvus's; neardup's collections are a field of its rows
@@ -68,7 +78,6 @@ class MilvusIndex:
         store.set_meta(WRITER, secrets.token_hex(16).encode(), overwrite=False)  # made once per data directory
         with store.read() as view:
             self.writer = view.meta(WRITER).decode()
-        self.failure: str | None = None  # why the last push or search failed, until one succeeds
         self._push_lock = threading.Lock()
         self._lock_path = Path(store.path.parent) / "milvus.lock"
         try:
@@ -238,9 +247,70 @@ async def keep_pushing(index: MilvusIndex, poll_s: float) -> None:
         await asyncio.sleep(poll_s)
 
 
-def open_milvus(store: Store, uri: str, collection: str, token_file: str, model: str) -> MilvusIndex:
-    """The index over a Milvus collection, the token read from its file (never from a flag)."""
-    if not uri:
-        raise MilvusUnavailable("the milvus backend needs --milvus-uri (e.g. http://milvus:19530)")
-    token = Path(token_file).read_text().strip() if token_file else ""
-    return MilvusIndex(store, uri, collection, model, token)
+class MilvusBackend(MilvusIndex):
+    """The Milvus index as an IndexBackend: no snapshots (Milvus serves every change), the store's
+    changes pushed after every commit and, while Milvus was unreachable, every poll; rebuilt by
+    loading every record of the store into the collection."""
+
+    rebuild_help = "load every record into the Milvus collection"
+    manifest = None  # no snapshots
+    poll_s = 1.0  # how often the background push retries (the service's --index-poll-s)
+
+    @classmethod
+    def connect(cls, store: Store, uri: str, collection: str, token_file: str, model: str) -> "MilvusBackend":
+        """The index over a Milvus collection, the token read from its file (never from a flag)."""
+        if not uri:
+            raise MilvusUnavailable("the milvus backend needs --milvus-uri (e.g. http://milvus:19530)")
+        token = Path(token_file).read_text().strip() if token_file else ""
+        return cls(store, uri, collection, model, token)
+
+    @classmethod
+    def open(cls, settings: "Settings", store: Store) -> "MilvusBackend":
+        chosen = settings.index
+        backend = cls.connect(
+            store, chosen.milvus_uri, chosen.milvus_collection, chosen.milvus_token_file, settings.model_identity
+        )
+        backend.poll_s = chosen.poll_s
+        return backend
+
+    def on_commit(self) -> None:
+        push_while_serving(self, self.poll_s)  # a change not pushed now is pushed by `watch`
+
+    def reload(self) -> bool:
+        raise SnapshotError("the milvus index backend has no snapshots to reload: Milvus serves every change")
+
+    async def watch(self, poll_s: float, wake: asyncio.Event) -> None:
+        await keep_pushing(self, poll_s)
+
+    def bytes_on_disk(self) -> int:
+        return 0  # the vectors live in Milvus
+
+    @classmethod
+    def add_rebuild_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--milvus-uri", default=os.environ.get("NEARDUP_MILVUS_URI", ""))
+        parser.add_argument("--milvus-collection", default=os.environ.get("NEARDUP_MILVUS_COLLECTION", "neardup"))
+        parser.add_argument("--milvus-token-file", default=os.environ.get("NEARDUP_MILVUS_TOKEN_FILE", ""))
+
+    @classmethod
+    def rebuild(cls, arguments: argparse.Namespace) -> str:
+        from tqdm import tqdm
+
+        data_dir = arguments.data_dir
+        try:
+            store = Store(data_dir, readonly=not (data_dir / "store.lmdb").exists())
+        except StoreError as error:
+            raise RebuildError(str(error)) from None
+        try:
+            started = time.perf_counter()
+            milvus = (arguments.milvus_uri, arguments.milvus_collection, arguments.milvus_token_file)
+            index = cls.connect(store, *milvus, store.model() or "")
+            with tqdm(total=store.count(), unit="record", disable=arguments.quiet) as bar:
+                loaded = index.push_everything(lambda done: bar.update(done - bar.n))
+        except (MilvusUnavailable, OSError) as error:
+            raise RebuildError(str(error)) from None
+        finally:
+            store.close()
+        return (
+            f"Milvus collection {arguments.milvus_collection}: {loaded} records loaded from {data_dir} "
+            f"in {time.perf_counter() - started:.1f} s"
+        )

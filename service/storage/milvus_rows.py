@@ -72,7 +72,7 @@ def row_of(record: Record, writer: str, load: int) -> dict:
 
 def record_of(row: dict, writer: str) -> Record:
     """The row as a record; another writer's record id means nothing in this store (its keypoints
-    are not here), so it becomes 0."""
+    are not here), so it becomes 0 (Record.stored_here is False)."""
     return Record(
         row["key"],
         np.asarray(row["feature"], dtype=np.float32).astype(FEATURE_DTYPE),

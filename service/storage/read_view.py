@@ -3,6 +3,7 @@
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import lmdb
 import numpy as np
 
 from service.storage.records import FEATURE_DTYPE, Change, Record, from_u64, split_name, stored_name, u64
@@ -12,19 +13,14 @@ if TYPE_CHECKING:
 
 
 class ReadView:
-    """A read transaction: every method sees the same snapshot of the store."""
+    """A read transaction: every method sees the same snapshot of the store.
 
-    def __init__(self, store: "Store"):
+    Made by `Store.read()`, which opens the transaction (under its map lock) and ends it; the
+    view only reads through it."""
+
+    def __init__(self, store: "Store", txn: lmdb.Transaction):
         self.store = store
-
-    def __enter__(self) -> "ReadView":
-        self.store._lock.acquire_read()
-        self.txn = self.store.env.begin(buffers=False)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.txn.abort()
-        self.store._lock.release_read()
+        self.txn = txn
 
     def model(self) -> str | None:
         stored = self.txn.get(b"model", db=self.store.meta)
@@ -64,6 +60,11 @@ class ReadView:
         if not cursor.set_key(sha256):
             return []
         return [record for id_ in cursor.iternext_dup() if (record := self.by_id(from_u64(id_)))]
+
+    def record_ids(self) -> Iterator[int]:
+        """The id of every record, in id order."""
+        for id_ in self.txn.cursor(db=self.store.records).iternext(values=False):
+            yield from_u64(id_)
 
     def records(self) -> Iterator[Record]:
         for _, data in self.txn.cursor(db=self.store.records):

@@ -36,6 +36,13 @@ class Record:
     seq: int = 0
     collection: str = ""  # "" is the default collection
 
+    @property
+    def stored_here(self) -> bool:
+        """Whether this record is in this data directory's store, so its keypoints, reference and
+        small view can be read there. A record another front service enrolled, found through a
+        shared index (Milvus), is not: it carries no id of this store (ids start at 1)."""
+        return self.id != 0
+
     # version, id, seq, threshold, enrolled_at, len(model), len(key), dim; version 2 adds len(collection)
     _HEADER = struct.Struct("<BQQfdHHH")
     _COLLECTION = struct.Struct("<H")

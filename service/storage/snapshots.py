@@ -7,9 +7,11 @@ replaces the manifest the same way, so a reader sees the old or the new one. The
 notices a new manifest (polled, or at once on SIGHUP or ReloadIndex), loads it in the
 background and swaps it in; changes committed meanwhile are replayed from the store's log.
 
-`neardup index rebuild` and tools/rebuild_index.py call `rebuild`.
+UsearchBackend (at the end) is this life cycle as the service's IndexBackend "usearch":
+`neardup index rebuild` and tools/rebuild_index.py reach `rebuild` through it.
 """
 
+import argparse
 import asyncio
 import contextlib
 import fcntl
@@ -18,6 +20,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -25,18 +28,19 @@ from usearch.index import Index
 
 from service.storage import change_log
 from service.storage.manifest import FIX, MANIFEST, Manifest, SnapshotError, file_sha256, fsync_directory
+from service.storage.records import StoreError
 from service.storage.store import Store
 from service.storage.usearch_index import EXPANSION_SEARCH, SNAPSHOT_DTYPE, UsearchIndex, new_index
+from service.storage.vector_index import RebuildError
 from service.triton.contract import DIMENSIONS
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 log = logging.getLogger(__name__)
 
 LOCK = ".rebuild.lock"
 BATCH = 10_000  # records added to the index per call while building
-
-
-class RebuildError(RuntimeError):
-    """A rebuild cannot run now (another is running, or there is nothing to index)."""
 
 
 def generation_of(path: Path) -> int:
@@ -206,3 +210,66 @@ async def watch(loader: SnapshotLoader, poll_s: float, wake: asyncio.Event) -> N
             log.error("index not reloaded, still serving generation %d: %s", loader.index.generation, error)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), poll_s)
+
+
+# The backend --------------------------------------------------------------------------------
+
+
+def at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (the generation just built), got {value}")
+    return value
+
+
+class UsearchBackend(UsearchIndex):
+    """The usearch index in this process with its snapshot life cycle (an IndexBackend): opened
+    with the newest snapshot, following every commit in its live part, reloaded on request and
+    watched for new snapshots; rebuilt as a new snapshot file in DATA_DIR/index."""
+
+    rebuild_help = "a new snapshot in DATA_DIR/index"
+
+    def __init__(self, store: Store, index_dir: Path) -> None:
+        super().__init__(store)
+        self.loader = SnapshotLoader(self, index_dir)
+
+    @classmethod
+    def open(cls, settings: "Settings", store: Store) -> "UsearchBackend":
+        backend = cls(store, settings.index_dir)
+        try:
+            backend.loader.load_if_new()
+        except SnapshotError as error:
+            log.error("no index snapshot loaded; serving every record from memory: %s", error)
+        return backend
+
+    def on_commit(self) -> None:
+        self.apply_changes()
+
+    def reload(self) -> bool:
+        return self.loader.load_if_new(True)
+
+    async def watch(self, poll_s: float, wake: asyncio.Event) -> None:
+        await watch(self.loader, poll_s, wake)
+
+    @property
+    def manifest(self) -> Manifest | None:
+        return self.loader.manifest
+
+    def bytes_on_disk(self) -> int:
+        return bytes_on_disk(self.loader.index_dir)
+
+    @classmethod
+    def add_rebuild_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--dtype", choices=["f32", "f16", "i8"], default=SNAPSHOT_DTYPE, help="vector storage")
+        parser.add_argument("--keep", type=at_least_one, default=2, help="index generations to keep on disk (>= 1)")
+
+    @classmethod
+    def rebuild(cls, arguments: argparse.Namespace) -> str:
+        try:
+            manifest = rebuild(arguments.data_dir, arguments.dtype, arguments.keep, progress=not arguments.quiet)
+        except StoreError as error:
+            raise RebuildError(str(error)) from None
+        return (
+            f"index generation {manifest.generation}: {manifest.count} records of model {manifest.model}, "
+            f"store change {manifest.snapshot_seq}, {manifest.build_seconds:.1f} s -> {arguments.data_dir / 'index'}"
+        )

@@ -20,8 +20,9 @@ record in it survives a crash, and a crash mid-batch leaves none of it (no torn 
 commit calls the store's subscribers (the index), so no writer has to remember to.
 """
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lmdb
@@ -87,9 +88,19 @@ class Store:
 
     # Reads -----------------------------------------------------------------------------------
 
-    def read(self) -> ReadView:
-        """A consistent read-only view; use as a context manager."""
-        return ReadView(self)
+    @contextlib.contextmanager
+    def read(self) -> Iterator[ReadView]:
+        """A consistent read-only view; use as a context manager. Held under the map lock's read
+        side, so the map is never grown under an open transaction."""
+        self._lock.acquire_read()
+        try:
+            txn = self.env.begin(buffers=False)
+            try:
+                yield ReadView(self, txn)
+            finally:
+                txn.abort()
+        finally:
+            self._lock.release_read()
 
     def model(self) -> str | None:
         with self.read() as view:
