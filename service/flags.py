@@ -59,6 +59,8 @@ def flags() -> list[Flag]:
     found = []
     for group in fields(Settings):
         for member in fields(group.default_factory):
+            if "source" in member.metadata:  # a calibration constant, not an operator's setting
+                continue
             flag, choices = member.metadata.get("flag"), member.metadata.get("choices")
             if group.name == "decision":
                 flag, choices = POLICY_FLAGS.get(member.name, (None, None))

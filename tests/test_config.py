@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,13 @@ def test_a_workers_arguments_give_its_supervisors_settings():
     )
     again = settings_from_arguments(build_parser().parse_args(["serve", *as_arguments(changed)]), environ={})
     assert again == changed and again.security.insecure and again.server.port == 6000
+
+
+def test_a_decision_setting_is_a_flag_or_a_calibration_constant_with_its_source_in_the_docs():
+    decision_flags = {flag.name for flag in flags() if flag.group == "decision"}
+    calibration = [member for member in fields(Policy) if "source" in member.metadata]
+    assert calibration and decision_flags.isdisjoint(member.name for member in calibration)
+    assert decision_flags | {member.name for member in calibration} == {member.name for member in fields(Policy)}
+    documented = (Path(__file__).resolve().parent.parent / "docs" / "decision.md").read_text()
+    for member in calibration:
+        assert f"| `{member.name}` | `{member.metadata['stage']}` | {member.default} |" in documented, member.name

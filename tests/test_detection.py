@@ -107,7 +107,7 @@ def test_a_small_copy_the_whole_query_does_not_align_is_confirmed_by_its_region_
 
 def test_a_region_scoring_over_the_threshold_is_confirmed_as_closely_as_a_whole_query_would_be(stub):
     """A cropped copy at 160 px of 600: its region scores over the threshold, and the copy aligns
-    less closely than --verified-residual (its cut edge, its size) but within what a whole query
+    less closely than `verified_residual` (its cut edge, its size) but within what a whole query
     scoring that much is allowed."""
     falcon = picture(PICTURE)
     cropped = falcon.crop((falcon.width * 15 // 100, falcon.height * 15 // 100, falcon.width, falcon.height))

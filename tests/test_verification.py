@@ -284,7 +284,7 @@ def test_a_query_over_most_of_the_candidate_is_not_aligned_as_a_crop(monkeypatch
 
 @pytest.mark.parametrize("box", [(0, 0, 400, 200), (100, 100, 400, 400), (0, 0, 280, 280)])
 def test_an_alignment_covering_less_of_the_candidate_than_asked_does_not_count(box):
-    """A window shows a copy whole (the region stage asks its candidates for --window-cover): a part of
+    """A window shows a copy whole (the region stage asks its candidates for `window_cover`): a part of
     the painting aligns closely where it covers it, but covers half of it; the painting shown whole on
     a page covers all of it."""
     painting, policy = Image.open(IMAGES / PORTRAIT).convert("RGB"), Policy()
@@ -302,7 +302,7 @@ def test_an_alignment_covering_less_of_the_candidate_than_asked_does_not_count(b
 
 def test_a_windows_candidate_is_held_to_its_residual_as_measured(store):
     """A window finds a copy shown small, and a look-alike of the same size: a clock one tick short,
-    76 px, agrees within --verified-residual for the detail it shows (as flat-theme icons that differ
+    76 px, agrees within `verified_residual` for the detail it shows (as flat-theme icons that differ
     by a corner do), but not as measured; the clock itself agrees closely either way. A window's
     candidate gets no allowance for lost detail; a whole query's does."""
     enrolled, policy = unit(60), Policy()
@@ -475,7 +475,7 @@ def test_an_overlay_in_colours_of_its_own_is_forgiven_a_little_under_the_thresho
 
 
 def test_the_nearer_the_threshold_the_less_closely_a_copy_must_agree(store):
-    """A blurred copy (residual ~0.13: more than --verified-residual, less than the 0.2 allowed at the
+    """A blurred copy (residual ~0.13: more than `verified_residual`, less than the 0.2 allowed at the
     threshold) is confirmed near the threshold, and just above it where the band's score alone
     would refuse it, but not far under it; a look-alike is refused everywhere."""
     from PIL import ImageFilter
@@ -546,7 +546,7 @@ def test_a_thumbnail_is_confirmed_against_a_neighbour_further_than_the_nearest(s
 
 def test_a_thumbnail_found_by_a_small_view_is_a_duplicate_only_when_confirmed(store):
     """Whatever the distance to a small view (here the same for a copy and a look-alike), the
-    nearest is declared only when the thumbnail agrees with it within --small-view-residual."""
+    nearest is declared only when the thumbnail agrees with it within `small_view_residual`."""
     enrol(store, "three", unit(80), clock(3))
     enrol(store, "far", unit(81), clock(7).rotate(90))
     query = mixed(unit(80), unit(82), 0.5)

@@ -70,7 +70,7 @@ def embedded(stub, images: list[bytes], workers: int) -> list[np.ndarray | None]
 
 def confirmed(picture: Image.Image, neighbours: list[str], reference, policy: Policy) -> str | None:
     """The first neighbour (nearest first) a small query agrees with closely, as core/judging.py
-    confirms one, simplified: the nearest within --verified-residual whatever its score (the service
+    confirms one, simplified: the nearest within `verified_residual` whatever its score (the service
     allows more near the threshold), each other one also enlarged at least --thumbnail-enlargement;
     None when none does. `reference(key)` is a neighbour's verification reference."""
     for position, key in enumerate(neighbours):

@@ -34,9 +34,13 @@ class Candidate:
         return 1.0 - self.distance**2 / 2.0
 
 
-def setting(default, help: str, stage: str):  # noqa: A002 - argparse's word
-    """A decision parameter of a stage (core/stages/); `neardup serve --help` shows it under that stage."""
-    return field(default=default, metadata={"help": help, "stage": stage})
+def setting(default, help: str, stage: str, source: str = ""):  # noqa: A002 - argparse's word
+    """A decision parameter of a stage (core/stages/). One an operator tunes (a threshold, a stage on
+    or off, what bounds its cost) is a flag, shown by `neardup serve --help` under its stage; a
+    calibration constant names its `source` instead (where docs/quality.md says its value came from)
+    and is no flag: the benchmark, not a deployment, moves it."""
+    metadata = {"help": help, "stage": stage} | ({"source": source} if source else {})
+    return field(default=default, metadata=metadata)
 
 
 # The stages a Check can run without (core/stages/): the embedding and the search it cannot.
@@ -68,6 +72,7 @@ class Policy:
         "enrolled images at least this similar to the nearest are the same picture under another key: "
         "the margin skips them and they share the nearest's decision (above 1: never)",
         stage="search",
+        source='docs/quality.md, "Pictures enrolled twice": twins at 0.95 and more share the nearest\'s decision',
     )
     verification_weight: float = setting(
         0.15,
@@ -76,26 +81,36 @@ class Policy:
         "are stored at enrolment while it is on)",
         stage="verification",
     )
-    verification_cap: float = setting(1.33, "the largest residual verification counts", stage="verification")
+    verification_cap: float = setting(
+        1.33,
+        "the largest residual verification counts",
+        stage="verification",
+        source='docs/quality.md, "How each constant was chosen": threshold, weight, cap (round 2)',
+    )
     verification_reach: float = setting(
         0.32,
         "a score this far under the threshold is verified too, and is a duplicate only when the aligned pictures agree "
-        "closely: residual at most --verified-residual and colour difference at most --verified-colour (0: never)",
+        "closely: residual at most `verified_residual` and colour difference at most `verified_colour` (0: never)",
         stage="verification",
     )
     verified_residual: float = setting(
-        0.08, "the largest residual of a duplicate found under the threshold", stage="verification"
+        0.08,
+        "the largest residual of a duplicate found under the threshold",
+        stage="verification",
+        source='docs/quality.md, "How each constant was chosen": close-match residual (round 4)',
     )
     verified_residual_at_threshold: float = setting(
         0.2,
-        "the largest residual of a close match grows from --verified-residual by one per unit of score up to this "
+        "the largest residual of a close match grows from `verified_residual` by one per unit of score up to this "
         "at the threshold (and in the band above it): the more the descriptors agree, the less the alignment must",
         stage="verification",
+        source='docs/quality.md, "How each constant was chosen": close-match residual (round 4)',
     )
     verified_colour: float = setting(
         8.0,
         "the largest colour difference (for the detail the query shows) of a duplicate found under the threshold",
         stage="verification",
+        source='docs/quality.md, "How each constant was chosen": colour difference (round 7)',
     )
     overlay_reach: float = setting(
         0.22,
@@ -112,7 +127,7 @@ class Policy:
     thumbnail_enlargement: float = setting(
         2.5,
         "a query under --small-query-side that its nearest record does not confirm is compared with its other "
-        "neighbours in turn, and is a duplicate of the first that agrees within --verified-residual once enlarged at "
+        "neighbours in turn, and is a duplicate of the first that agrees within `verified_residual` once enlarged at "
         "least this much to be compared (a thumbnail's descriptor ranks its original near, not first; 0: never)",
         stage="small_views",
     )
@@ -123,16 +138,23 @@ class Policy:
         stage="small_views",
     )
     small_view_residual: float = setting(
-        0.08, "the largest residual of a duplicate found by its small view", stage="small_views"
+        0.08,
+        "the largest residual of a duplicate found by its small view",
+        stage="small_views",
+        source="docs/quality-history.md, round 12: 0.12 bought 0.3 points of recall for one more false alarm (seed 0)",
     )
     pair_twin_similarity: float = setting(
         0.8,
-        "enrolled images at least this similar to the nearest (and under --twin-similarity) are its twins when "
-        "verification finds them the same picture (residual at most --pair-twin-residual)",
+        "enrolled images at least this similar to the nearest (and under `twin_similarity`) are its twins when "
+        "verification finds them the same picture (residual at most `pair_twin_residual`)",
         stage="search",
+        source='docs/quality.md, "Pictures enrolled twice": twins verified from 0.8',
     )
     pair_twin_residual: float = setting(
-        0.08, "the largest residual of two enrolled images that are twins", stage="search"
+        0.08,
+        "the largest residual of two enrolled images that are twins",
+        stage="search",
+        source='docs/quality.md, "Pictures enrolled twice": twins verified within 0.08',
     )
     region_threshold: float = setting(
         0.2,
@@ -156,6 +178,7 @@ class Policy:
         "the least share of a window's candidate its cut-out must cover, aligned: a window shows a copy whole, and "
         "a part of one drawing is often close to a part of another",
         stage="regions",
+        source='docs/quality.md, "How each constant was chosen": window cover (round 16)',
     )
     dismissal_similarity: float = setting(
         0.85,

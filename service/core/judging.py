@@ -1,8 +1,8 @@
 """Judging a feature's nearest records: which of them is the query a near-duplicate of?
 
 In order: each collection's candidates are decided by its own rule (searches.py), the margin's
-"other picture" skipping the nearest one's twins (at cosine >= --twin-similarity, or from
---pair-twin-similarity verified the same picture); a duplicate not far above its threshold is
+"other picture" skipping the nearest one's twins (at cosine >= `twin_similarity`, or from
+`pair_twin_similarity` verified the same picture); a duplicate not far above its threshold is
 verified against the candidate's stored reference (media/verification.py), a score within reach
 under it (any, for a thumbnail, against any of its neighbours) confirmed by a close match or
 not; then the caller's "not a duplicate" memory overrides. Check (checking.py) and FindDuplicates
@@ -85,8 +85,8 @@ class Judge:
     ) -> Search:
         """A thumbnail judged against the records whose small views are `nearest` it (distances to
         those): a duplicate only when confirmed, whatever the score (a thumbnail is as near the small
-        views of look-alikes): the nearest and its twins within --small-view-residual, else the first
-        other neighbour within --verified-residual once enlarged at least --thumbnail-enlargement."""
+        views of look-alikes): the nearest and its twins within `small_view_residual`, else the first
+        other neighbour within `verified_residual` once enlarged at least --thumbnail-enlargement."""
         search = decided(nearest, self.policies(), background_similarity, self._twins)
         if not search.nearest:
             return search
@@ -132,14 +132,14 @@ class Judge:
         window=False,
     ) -> Search:
         """The nearest candidate and its twins as the duplicates if the query agrees closely with it
-        (Residual.is_close: a residual up to `close`, or, an `overlay` forgiven, --verified-residual
+        (Residual.is_close: a residual up to `close`, or, an `overlay` forgiven, `verified_residual`
         beside its own colours), whatever the score; failing that, the first of its next
         CONFIRMED_TWINS twins that does (the nearest may be the picture enrolled small, or a
         look-alike the descriptor took for a twin) alone; for a `small` query, then the first of
-        the other neighbours it agrees with within --verified-residual, enlarged at least
+        the other neighbours it agrees with within `verified_residual`, enlarged at least
         --thumbnail-enlargement to be compared, alone; else no duplicate. Without `as_crops`, the
         query is not aligned as a crop of a candidate (a region shows a candidate whole). For a `window`'s
-        candidates an alignment covering less than --window-cover of a candidate's content does not count,
+        candidates an alignment covering less than `window_cover` of a candidate's content does not count,
         and the residual gets no allowance for a small copy's lost detail (Residual.for_its_detail)."""
         record, score = search.nearest[search.deciding][0], search.scores[search.deciding]
         covered = [  # it and its twins: the candidates of its collection its score covers

@@ -50,7 +50,7 @@ def decided(
     """Each collection's candidates decided by its own policy, as if it had been checked alone;
     the search's decision is that of the nearest collection that found a duplicate (else of the
     nearest one). `twins(nearest, other)` verifies the margin's candidates for "other picture"
-    from --pair-twin-similarity on, until one is not a twin."""
+    from `pair_twin_similarity` on, until one is not a twin."""
     positions: dict[str, list[int]] = {}
     for position, (record, _) in enumerate(nearest):
         positions.setdefault(record.collection, []).append(position)

@@ -3,7 +3,7 @@ again by its parts (a cascade: their views are paid only then): the boxes pasted
 (media/insets.py), 77 windows of the model's feature map of one 448 px view (off with
 --no-region-windows), and a grid of 13 with --region-grid. A region needs its own score
 (--region-threshold) and a close alignment of the whole query, or, from --region-alone, of the
-region cut out; a window must show its candidate whole (--window-cover), at the detail it shows."""
+region cut out; a window must show its candidate whole (`window_cover`), at the detail it shows."""
 
 import asyncio
 import functools
@@ -41,7 +41,7 @@ class RegionSearch:
     async def run(self, query: Query, state: CheckState) -> None:
         """The nearest records of the best regions (REGION_CANDIDATES of them, scoring at least the
         region threshold) are verified against the whole query, then, from --region-alone, against
-        the region alone (a residual up to --verified-residual, or from the threshold up what a
+        the region alone (a residual up to `verified_residual`, or from the threshold up what a
         duplicate in the band agrees by: under it, regions of drawings find look-alike drawings),
         and the first confirmed decides. A collection with its own threshold asks its regions for
         as much less than it as the service's region threshold (and region-alone score) is under
