@@ -12,15 +12,17 @@ called: nothing is enrolled), and every enrolled picture is embedded as it is an
 query as it is. Per band of the query's longest side it prints how often the query's picture ranks
 first, and within the NEIGHBOURS a Check verifies, among the enrolled pictures as they are
 ("plain"), as small views ("small") and by the better of the two ("either"); for the unenrolled
-thumbnails, the median of their best similarity (how close a look-alike comes); and, searched
-"plain" and "either", how many thumbnails a small query's confirmation (`confirmed`, simplified
-from core/judging.py) declares a duplicate of their picture and of another. docs/quality-history.md has
-the figures; tools/evaluate.py measures the service's own decision.
+thumbnails, the median of their best similarity (how close a look-alike comes); and how many
+thumbnails the decision declares a duplicate of their picture and of another, judged by the code
+the service's stages run (core/judging.py over a temporary store of the enrolled pictures): by the
+verification stage alone ("plain"), and then, as a Check goes on, by the small views' stage
+("with small views"). docs/quality-history.md has the figures; tools/evaluate.py measures the
+service's whole decision.
 """
 
 import argparse
 import concurrent.futures
-import functools
+import hashlib
 import io
 import json
 import tempfile
@@ -30,12 +32,17 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from service.config import Settings
 from service.core.decision import Policy
+from service.core.judging import Judge
+from service.core.query import Query
 from service.core.stages.search import NEIGHBOURS
-from service.media import verification
 from service.media.imaging import Limits, decode
-from service.media.preprocess import shrunk
+from service.media.preprocess import Preprocessor, shrunk
 from service.proto.neardup.v1 import neardup_pb2 as pb
+from service.storage.records import Enrolment
+from service.storage.small_views import SmallViews
+from service.storage.store import Store
 from tools.evaluate import add_benchmark_arguments, benchmark_of, image_data
 from tools.evaluation.dataset import Benchmark
 from tools.service_process import RunningService
@@ -43,13 +50,16 @@ from tools.service_process import RunningService
 SMALL_SIDE = Policy().small_view_side  # the longest side of a small view, in pixels
 SIDE_BANDS = ((16, 24), (24, 32), (32, 48), (48, 65))  # a thumbnail's longest side: 16-64 px
 SEARCHES = ("plain", "small", "either")
-CONFIRMED_SEARCHES = ("plain", "either")
+JUDGED = ("plain", "with small views")
+MODEL = "thumbnail-views"  # the temporary store's model identity
+# What the service makes of an image's bytes: its references, a query's picture.
+PREPROCESSOR = Preprocessor(Settings().canvas_size, Limits(), None, keypoints=False, references=True)
 
 
 def small_view(data: bytes) -> bytes:
-    """The picture as enrolment shrinks it for its small view, as a PNG."""
+    """The picture as enrolment shrinks it for its small view (from its decode for the canvas), as a PNG."""
     out = io.BytesIO()
-    shrunk(decode(data, max(Image.open(io.BytesIO(data)).size), Limits()), SMALL_SIDE).save(out, "PNG")
+    shrunk(decode(data, PREPROCESSOR.canvas_size, Limits()), SMALL_SIDE).save(out, "PNG")
     return out.getvalue()
 
 
@@ -68,49 +78,88 @@ def embedded(stub, images: list[bytes], workers: int) -> list[np.ndarray | None]
         return list(pool.map(feature, images))
 
 
-def confirmed(picture: Image.Image, neighbours: list[str], reference, policy: Policy) -> str | None:
-    """The first neighbour (nearest first) a small query agrees with closely, as core/judging.py
-    confirms one, simplified: the nearest within `verified_residual` whatever its score (the service
-    allows more near the threshold), each other one also enlarged at least --thumbnail-enlargement;
-    None when none does. `reference(key)` is a neighbour's verification reference."""
-    for position, key in enumerate(neighbours):
-        found = verification.residual(picture, reference(key))
-        if found is None or not found.is_close(policy.verified_residual, policy.verified_colour):
-            continue
-        if position == 0 or found.judged.upscale >= policy.thumbnail_enlargement:
-            return key
-    return None
+class Judged:
+    """The enrolled pictures in a temporary store (their features, references and small views), and
+    what the verification and small-views stages (core/judging.py) declare a thumbnail a duplicate of."""
+
+    def __init__(self, folder: Path, keys: list[str], sources: list[bytes], plain: np.ndarray, small: np.ndarray):
+        self.store = Store(folder)
+        enrolments = [
+            Enrolment(
+                key,
+                hashlib.sha256(data).digest(),
+                feature,
+                0.0,
+                {},
+                reference=PREPROCESSOR.describe(data).reference,
+                small_view=view,
+            )
+            for key, data, feature, view in zip(keys, sources, plain, small, strict=True)
+        ]
+        self.store.enroll(MODEL, enrolments)
+        with self.store.read() as view:
+            self.records = [view.by_key(key) for key in keys]
+        self.small_views = SmallViews.following(self.store)
+        self.judge = Judge(self.store, Policy())
+
+    def declared(self, query: Query, feature: np.ndarray, similarities: np.ndarray) -> dict:
+        """Per stage (JUDGED), the keys declared duplicates of the query ([]: none)."""
+        judge, policy_of = self.judge, self.judge.policies()
+        nearest = [
+            (self.records[at], float(np.sqrt(max(2.0 - 2.0 * similarities[at], 0.0))))
+            for at in np.argsort(-similarities)[:NEIGHBOURS]
+        ]
+        search = judge.verified(judge.decided(nearest, policy_of, 0.0), lambda: query.picture, policy_of, query.side)
+        plain = [match.record.key for match in search.matches(search.decision.each) if match.is_duplicate]
+        if plain:
+            return {"plain": plain, "with small views": plain}
+        with self.store.read() as view:
+            found = [(view.by_id(id_), distance) for id_, distance in self.small_views.nearest(feature, NEIGHBOURS)]
+        small = judge.through_small_views(feature, found, 0.0, lambda: query.picture)
+        return {
+            "plain": [],
+            "with small views": [m.record.key for m in small.matches(small.decision.each) if m.is_duplicate],
+        }
+
+    def close(self) -> None:
+        self.store.close()
 
 
 def measure(benchmark: Benchmark, stub, workers: int = 4) -> dict:
     """Ranks of the thumbnails' pictures under each search, by band of the query's longest side;
-    the unenrolled thumbnails' best similarities; what confirmation declares under two searches."""
+    the unenrolled thumbnails' best similarities; what the verification and small-views stages declare."""
     keys = list(benchmark.enrol)
     sources = [image_data(benchmark.enrol[key]) for key in keys]
     plain = np.stack(embedded(stub, sources, workers))
     small = np.stack(embedded(stub, [small_view(data) for data in sources], workers))
     queries = [query for query in benchmark.queries if query.family == "thumbnail"]
     features = embedded(stub, [query.data for query in queries], workers)
-    bands = {f"{low}-{high - 1} px": {"positives": 0, "refused": 0} | {name: [0, 0] for name in SEARCHES}
-             for low, high in SIDE_BANDS}  # fmt: skip
+    bands = {
+        f"{low}-{high - 1} px": {"positives": 0, "refused": 0} | {name: [0, 0] for name in SEARCHES}
+        for low, high in SIDE_BANDS
+    }
     best_negative: dict[str, list[float]] = {name: [] for name in SEARCHES}
-    declared = {name: {"copies": 0, "wrong": 0} for name in CONFIRMED_SEARCHES}
-    policy, limits = Policy(), Limits()
-    source_of = dict(zip(keys, sources, strict=True))
-    references = functools.cache(
-        lambda key: verification.reference(decode(source_of[key], verification.QUERY_SIDE, limits))
-    )
-    for query, feature in zip(queries, features, strict=True):
+    declared = {name: {"copies": 0, "wrong": 0} for name in JUDGED}
+    with tempfile.TemporaryDirectory() as folder:
+        judged = Judged(Path(folder), keys, sources, plain, small)
+        try:
+            answers = [
+                judged.declared(Query(query.data, PREPROCESSOR), feature, plain @ feature)
+                if feature is not None
+                else None
+                for query, feature in zip(queries, features, strict=True)
+            ]
+        finally:
+            judged.close()
+    for query, feature, answer in zip(queries, features, answers, strict=True):
         similarities = {}
         if feature is not None:  # else refused: a side under --min-image-side
             similarities = {"plain": plain @ feature, "small": small @ feature}
             similarities["either"] = np.maximum(similarities["plain"], similarities["small"])
-            picture = decode(query.data, verification.QUERY_SIDE, limits)
-            for name in CONFIRMED_SEARCHES:
-                neighbours = [keys[at] for at in np.argsort(-similarities[name])[:NEIGHBOURS]]
-                key = confirmed(picture, neighbours, references, policy)
-                declared[name]["copies"] += key in query.expected
-                declared[name]["wrong"] += key is not None and key not in query.expected
+            for name, keys_declared in answer.items():
+                right = any(key in query.expected for key in keys_declared)
+                declared[name]["copies"] += right
+                declared[name]["wrong"] += bool(keys_declared) and not right
         if not query.positive:
             for name, values in similarities.items():
                 best_negative[name].append(float(values.max()))
@@ -152,7 +201,7 @@ def report(result: dict) -> str:
         + ", ".join(f"{name} {value:.2f}" if value is not None else f"{name} -" for name, value in medians.items())
     )
     lines.append(
-        "confirmed as a small query is (simplified), copies of their picture / wrong: "
+        "declared by the stages, copies of their picture / wrong: "
         + ", ".join(f"{name} {counts['copies']} / {counts['wrong']}" for name, counts in result["declared"].items())
     )
     return "\n".join(lines)
