@@ -43,6 +43,7 @@ def test_the_service_runs_the_check_for_borderline_scores(start_service):
     cropped = encode_jpeg(rgb(PICTURE).crop((60, 40, 380, 400)))
     reply = service.stub.Check(pb.CheckRequest(image=cropped), timeout=60)
     assert reply.matches[0].key == "falcon" and reply.matches[0].inliers >= MIN_INLIERS and reply.is_duplicate
+    assert reply.decided_by == "geometric"
     unrelated = service.stub.Check(pb.CheckRequest(image=image_bytes(OTHER)), timeout=60)
     assert 0 <= unrelated.matches[0].inliers < MIN_INLIERS and not unrelated.is_duplicate
 

@@ -122,7 +122,7 @@ def check(stub, image: bytes) -> pb.CheckResponse:
 @pytest.mark.parametrize("side", [16, 20, 28])
 def test_a_thumbnail_its_nearest_records_do_not_confirm_is_found_through_its_small_view(stub, side):
     reply = check(stub, thumbnail(THUMBNAILED, side))
-    assert reply.is_duplicate and reply.small_view
+    assert reply.is_duplicate and reply.small_view and reply.decided_by == "small_views"
     assert reply.matches[0].key == THUMBNAILED and reply.matches[0].is_duplicate
     assert reply.residual <= Policy().small_view_residual and reply.views == 1  # no view more than the query's
 
