@@ -595,3 +595,36 @@ def test_a_stretched_look_alike_is_not_a_twin(store):
     found = verification.residual(verification.picture_of(verification.reference(clock(3))),
                                   verification.reference(clock(3).resize((300, 200))))  # fmt: skip
     assert found.lightness < Policy().pair_twin_residual and found.stretch > 1.3  # a twin by lightness alone
+
+
+def test_a_query_prepared_once_and_a_kept_candidate_give_the_residuals_made_afresh():
+    """What the service reuses within a Check (the query's side, verification.QueryPicture) and across
+    Checks (the record's side, verification.Candidate, kept as uint8) changes no residual: each is the
+    residual made from the picture and the reference's bytes, to the last digit, however often reused."""
+    reference = verification.reference(clock(3))
+    grey = verification._grey(verification.picture_of(reference), verification.REFERENCE_SIDE)
+    kept = verification.candidate(reference)
+    assert np.array_equal(kept.descriptors.astype(np.float32), alignment.keypoints(grey)[1])
+    queries = [jpeg(clock(3), 60), clock(11), thumbnail(clock(3), 40), ImageOps.grayscale(clock(3)).convert("RGB")]
+    for query in queries:
+        prepared = verification.QueryPicture(query)
+        candidate = verification.candidate(reference, prepared.has_no_colour)
+        for _ in range(2):
+            assert repr(verification.compared(prepared, candidate)) == repr(verification.residual(query, reference))
+    assert verification.candidate(verification.reference(Image.new("RGB", (200, 200), "white"))) is None
+
+
+def test_the_judge_keeps_each_candidate_once_within_its_budget():
+    made = []
+    kept = judging.Kept(budget=250)
+
+    class Sized:
+        nbytes = 100
+
+    def make(key):
+        made.append(key)
+        return Sized()
+
+    for key in ["a", "b", "a", "c", "a", "b"]:
+        kept.get(key, lambda key=key: make(key))
+    assert made == ["a", "b", "c", "b"] and kept.used <= 250  # "b" was the least recently used when "c" came

@@ -75,7 +75,9 @@ def judged_as_query(judge: Judge) -> Callable[[Record, list[tuple[Record, float]
 
     def judged(record: Record, others: list[tuple[Record, float]]) -> Search:
         reference = judge.reference(record)
-        picture = functools.cache(lambda: verification.picture_of(reference) if reference else None)
+        picture = functools.cache(
+            lambda: verification.QueryPicture(verification.picture_of(reference)) if reference else None
+        )
         return judge.judge(record.feature.astype(np.float32), others, 0.0, picture)
 
     return judged

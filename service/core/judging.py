@@ -30,6 +30,40 @@ from service.storage.store import Store
 UNVERIFIABLE_MARGIN = 0.08
 PAIR_CACHE = 50_000  # enrolled pairs whose twin verdict is remembered
 CONFIRMED_TWINS = 2  # twins of the nearest verified when the nearest itself is not a close match
+# What is kept of the references verified against (verification.Candidate, about 120 KB each: some
+# 2,000 records), so that a record compared again costs no decode, keypoints or Lab of it.
+CANDIDATE_CACHE_BYTES = 256 * 2**20
+# A picture to verify, made when first asked for (None: none); prepared once for several candidates
+# (verification.QueryPicture) or a plain picture.
+Query = Callable[[], "verification.QueryPicture | Image.Image | None"]
+
+
+class Kept:
+    """Values made once by key and kept, least recently used first out, within a budget of bytes
+    (a value's `nbytes`; None counts nothing). Thread-safe; two threads may make the same value."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+        self._values: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, make: Callable):
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                return self._values[key]
+        value = make()
+        with self._lock:
+            if key not in self._values:
+                self._values[key] = value
+                self.used += _size(value)
+            while self.used > self.budget and self._values:
+                self.used -= _size(self._values.popitem(last=False)[1])
+        return value
+
+
+def _size(value) -> int:
+    return value.nbytes if value is not None else 0
 
 
 class Judge:
@@ -41,6 +75,7 @@ class Judge:
         self.dismissals = dismissals
         self._pairs: collections.OrderedDict[tuple[bytes, bytes], bool] = collections.OrderedDict()
         self._pairs_lock = threading.Lock()
+        self._candidates = Kept(CANDIDATE_CACHE_BYTES)
 
     def policies(self) -> Callable[[str], Policy]:
         """Each collection's policy: its own settings (SetCollection), or the service's."""
@@ -57,7 +92,7 @@ class Judge:
         feature: np.ndarray,
         nearest: list[tuple[Record, float]],
         background_similarity: float,
-        query: Callable[[], Image.Image | None] | None = None,
+        query: Query | None = None,
         query_side: int = 0,
     ) -> Search:
         """The search, verification and memory stages of a Check (core/stages/) on neighbours found
@@ -81,7 +116,7 @@ class Judge:
         feature: np.ndarray,
         nearest: list[tuple[Record, float]],
         background_similarity: float,
-        query: Callable[[], Image.Image | None],
+        query: Query,
     ) -> Search:
         """A thumbnail judged against the records whose small views are `nearest` it (distances to
         those): a duplicate only when confirmed, whatever the score (a thumbnail is as near the small
@@ -93,7 +128,7 @@ class Judge:
         confirmed = self.confirmed(search, query, self.policy.small_view_residual, small=True)
         return self.without_dismissed(feature, confirmed)
 
-    def verified(self, search: Search, query: Callable[[], Image.Image | None], policy_of, query_side: int) -> Search:
+    def verified(self, search: Search, query: Query, policy_of, query_side: int) -> Search:
         """A duplicate near its threshold must survive its residual or agree closely; a score under it
         that Policy.verified_under is confirmed or not (Policy.close_residual: how closely)."""
         if not search.nearest:
@@ -124,7 +159,7 @@ class Judge:
     def confirmed(
         self,
         search: Search,
-        query: Callable[[], Image.Image | None],
+        query: Query,
         close: float,
         overlay=False,
         small=False,
@@ -169,12 +204,21 @@ class Judge:
         return replace(search, decision=decision, residual=found.lightness if found is not None else None)
 
     def _residual(
-        self, query: Callable[[], Image.Image | None], record: Record, as_crops: bool = True, least_cover: float = 0.0
+        self, query: Query, record: Record, as_crops: bool = True, least_cover: float = 0.0
     ) -> verification.Residual | None:
         """None: nothing to compare (no query picture, no stored reference, too little structure)."""
         reference = self.reference(record)
         picture = query() if reference else None
-        return verification.residual(picture, reference, as_crops, least_cover) if picture is not None else None
+        if picture is None:
+            return None
+        shown = picture if isinstance(picture, verification.QueryPicture) else verification.QueryPicture(picture)
+        return verification.compared(
+            shown, self._candidate(record, reference, shown.has_no_colour), as_crops, least_cover
+        )
+
+    def _candidate(self, record: Record, reference: bytes, grey: bool) -> verification.Candidate | None:
+        """The record's side of verification, made once and kept (within CANDIDATE_CACHE_BYTES)."""
+        return self._candidates.get((record.sha256, grey), lambda: verification.candidate(reference, grey))
 
     def reference(self, record: Record) -> bytes:
         """The record's stored verification reference (b"" when it has none here)."""
@@ -191,7 +235,7 @@ class Judge:
                 self._pairs.move_to_end(pair)
                 return self._pairs[pair]
         first, second = self.reference(nearest), self.reference(other)
-        found = verification.residual(verification.picture_of(first), second) if first and second else None
+        found = self._residual(lambda: verification.picture_of(first), other) if first and second else None
         same = found is not None and found.is_close(self.policy.pair_twin_residual, self.policy.verified_colour)
         with self._pairs_lock:
             self._pairs[pair] = same

@@ -9,6 +9,7 @@ import hashlib
 import numpy as np
 from PIL import Image
 
+from service.media import verification
 from service.media.imaging import is_jpeg, is_low_information, longest_side
 from service.media.preprocess import Preprocessor, Regions
 
@@ -37,6 +38,11 @@ class Query:
     def picture(self) -> Image.Image:
         """What verification compares, regions are cut from and geometry matches."""
         return self._preprocessor.decode(self.data) if is_jpeg(self.data) else self._for_canvas
+
+    @functools.cached_property
+    def verification_picture(self) -> verification.QueryPicture:
+        """The picture as verification compares it with each candidate (prepared once)."""
+        return verification.QueryPicture(self.picture)
 
     @functools.cached_property
     def canvas(self) -> np.ndarray:

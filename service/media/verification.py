@@ -23,6 +23,7 @@ are not differences), and a repeating pattern is not judged at all.
 """
 
 import contextlib
+import functools
 import io
 from dataclasses import dataclass, field, replace
 
@@ -112,30 +113,100 @@ def picture_of(reference_bytes: bytes) -> Image.Image:
     return Image.open(io.BytesIO(reference_bytes)).convert("RGB")
 
 
+class QueryPicture:
+    """A query's side of verification (its lightness, Lab and keypoints, and its mirror's), made
+    once however many candidates it is compared with (not thread-safe: one Check's)."""
+
+    def __init__(self, picture: Image.Image):
+        self.picture = picture
+
+    @functools.cached_property
+    def has_no_colour(self) -> bool:
+        return _has_no_colour(self.picture)
+
+    @functools.cached_property
+    def shown(self) -> list["_Shown"]:
+        """The query and its mirror."""
+        grey, mirror = _grey(self.picture, QUERY_SIDE), self.picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return [
+            _Shown(picture, lightness) for picture, lightness in ((self.picture, grey), (mirror, grey[:, ::-1].copy()))
+        ]
+
+
+class _Shown:
+    """One way the query is shown (as it is, or mirrored): its lightness and Lab at QUERY_SIDE, and
+    what the keypoint and ECC alignments take of it, each made on first use."""
+
+    def __init__(self, picture: Image.Image, grey: np.ndarray):
+        self.picture, self.grey = picture, grey
+
+    @functools.cached_property
+    def lab(self) -> np.ndarray:
+        return _lab(self.picture, QUERY_SIDE)
+
+    @functools.cached_property
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        return alignment.keypoints(self.grey)
+
+    @functools.cached_property
+    def ecc_lab(self) -> np.ndarray:
+        return _lab(self.picture, REFERENCE_SIDE)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A stored reference's side of verification, made once per record (and per colour mode: made
+    grey for a query without colour) and kept by the Judge: the width of its lightness at
+    REFERENCE_SIDE, its SIFT keypoints, and its Lab at WORK (both integer-valued: kept as uint8)."""
+
+    grey_width: int
+    points: np.ndarray
+    descriptors: np.ndarray  # uint8
+    lab: np.ndarray  # uint8
+
+    @property
+    def nbytes(self) -> int:
+        return self.points.nbytes + self.descriptors.nbytes + self.lab.nbytes
+
+
+def candidate(reference_bytes: bytes, grey: bool = False) -> Candidate | None:
+    """What verification compares a query with, of a stored reference (`grey`: made grey, for a query
+    without colour); None when the reference has too little structure to tell, or repeats itself."""
+    picture = picture_of(reference_bytes)
+    if grey:
+        picture = ImageOps.grayscale(picture).convert("RGB")
+    lightness = _grey(picture, REFERENCE_SIDE)
+    if lightness.std() < cells.MIN_STRUCTURE or alignment.repeats(lightness, WORK):
+        return None
+    points, descriptors = alignment.keypoints(lightness)
+    return Candidate(lightness.shape[1], points, descriptors.astype(np.uint8), _lab(picture, WORK).astype(np.uint8))
+
+
 def residual(
     query: Image.Image, reference_bytes: bytes, as_crops: bool = True, least_cover: float = 0.0
 ) -> Residual | None:
-    """The query's residual against a stored reference for its best alignment covering `least_cover` of its content
+    """The query's residual against a stored reference (compared)."""
+    shown = QueryPicture(query)
+    return compared(shown, candidate(reference_bytes, shown.has_no_colour), as_crops, least_cover)
+
+
+def compared(
+    query: QueryPicture, reference: Candidate | None, as_crops: bool = True, least_cover: float = 0.0
+) -> Residual | None:
+    """The query's residual against a reference for its best alignment covering `least_cover` of its content
     or more (lower lightness: more surely the same picture), the query aligned as a crop of it too if `as_crops`;
-    None when the reference has too little structure to tell, or repeats itself."""
-    candidate = picture_of(reference_bytes)
-    if _has_no_colour(query):
-        candidate = ImageOps.grayscale(candidate).convert("RGB")
-    candidate_grey = _grey(candidate, REFERENCE_SIDE)
-    if candidate_grey.std() < cells.MIN_STRUCTURE or alignment.repeats(candidate_grey, WORK):
+    None when the reference cannot be judged (`candidate`)."""
+    if reference is None:
         return None
-    candidate_points = alignment.keypoints(candidate_grey)
-    candidate_lab = _lab(candidate, WORK)
-    query_grey, mirror = _grey(query, QUERY_SIDE), query.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    # the query and its mirror: each picture, its lightness and its Lab at QUERY_SIDE
-    shown = [(p, g, _lab(p, QUERY_SIDE)) for p, g in ((query, query_grey), (mirror, query_grey[:, ::-1].copy()))]
+    candidate_lab = reference.lab.astype(np.float32)
+    candidate_points = (reference.points, reference.descriptors.astype(np.float32))
     found = []
-    for picture, grey, lab in shown:
-        found += _by_keypoints(lab, grey, candidate_grey, candidate_points, candidate_lab)
-        found.append(_by_ecc(picture, candidate_lab))
+    for shown in query.shown:
+        found += _by_keypoints(shown, reference.grey_width, candidate_points, candidate_lab)
+        found.append(_by_ecc(shown, candidate_lab))
     found = [pair for pair in found if pair[0].cover >= least_cover] or [(NOT_ALIGNED, None)]
     if as_crops and not _agrees(min(found, key=lambda pair: pair[0])[0], CROP_RESIDUAL):
-        crops = [crop for _, grey, lab in shown if (crop := _as_crop(lab, grey, candidate_lab))]
+        crops = [crop for shown in query.shown if (crop := _as_crop(shown.lab, shown.grey, candidate_lab))]
         found += [crop for crop in crops if crop[0].cover >= least_cover]
     best, aligned = min(found, key=lambda pair: pair[0])
     if aligned is None:
@@ -165,15 +236,15 @@ def _lab(picture: Image.Image, side: int) -> np.ndarray:
     return cv2.cvtColor(np.asarray(small), cv2.COLOR_RGB2LAB).astype(np.float32)
 
 
-def _by_keypoints(lab, grey, candidate_grey, candidate_points, candidate_lab) -> list[tuple[Residual, Aligned]]:
-    """Aligned by SIFT matches (alignment.fits) of the query's lightness `grey`: its `lab` warped
-    onto the candidate's thumbnail."""
-    transforms = alignment.fits(alignment.keypoints(grey), candidate_points)
+def _by_keypoints(shown: _Shown, grey_width: int, candidate_points, candidate_lab) -> list[tuple[Residual, Aligned]]:
+    """Aligned by SIFT matches (alignment.fits) of the query's lightness: its Lab warped onto the
+    candidate's thumbnail (whose lightness, the keypoints' frame, is `grey_width` wide)."""
+    transforms = alignment.fits(shown.points, candidate_points)
     if not transforms:
         return [(NOT_ALIGNED, None)]
-    scale = candidate_lab.shape[1] / candidate_grey.shape[1]
+    scale = candidate_lab.shape[1] / grey_width
     return [
-        _warped(lab, (np.diag([scale, scale, 1.0]) @ np.vstack([transform, [0, 0, 1]]))[:2], candidate_lab)
+        _warped(shown.lab, (np.diag([scale, scale, 1.0]) @ np.vstack([transform, [0, 0, 1]]))[:2], candidate_lab)
         for transform in transforms
     ]
 
@@ -212,9 +283,9 @@ def _agrees(found: Residual, residual: float) -> bool:
     return found.for_its_detail(found.lightness) <= residual
 
 
-def _by_ecc(query, candidate_lab) -> tuple[Residual, Aligned]:
+def _by_ecc(shown: _Shown, candidate_lab) -> tuple[Residual, Aligned]:
     """Aligned by ECC (affine) on both pictures trimmed of plain margins and squashed square."""
-    query_lab = _lab(query, REFERENCE_SIDE)
+    query_lab = shown.ecc_lab
     boxes = [alignment.trimmed(image[..., 0]) for image in (query_lab, candidate_lab)]
     squashed = [
         alignment.squash(image, box, WORK) for image, box in zip((query_lab, candidate_lab), boxes, strict=True)

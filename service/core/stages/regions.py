@@ -75,7 +75,7 @@ class RegionSearch:
             close = policy.close_residual(found.decision.score, threshold) if at_threshold else policy.verified_residual
             window = regions.is_window(region)  # held to show a copy whole, at its own detail
             confirm = functools.partial(self.judge.confirmed, found, close=close, as_crops=False, window=window)
-            confirmed = await asyncio.to_thread(confirm, lambda: query.picture)
+            confirmed = await asyncio.to_thread(confirm, lambda: query.verification_picture)
             by_itself = policy.region_alone > 0 and found.decision.score >= threshold - alone_reach
             if by_itself and not confirmed.decision.is_duplicate:  # the copy may be too small in the whole
                 cut_out = functools.partial(regions.crop, region)

@@ -31,7 +31,7 @@ class SmallViewSearch:
             with self.store.read() as view:
                 nearest = [(record, distance) for id_, distance in found if (record := view.by_id(id_)) is not None]
             return self.judge.through_small_views(
-                state.feature, nearest, state.background_similarity, lambda: query.picture
+                state.feature, nearest, state.background_similarity, lambda: query.verification_picture
             )
 
         small = await asyncio.to_thread(searched)

@@ -22,6 +22,6 @@ class Verification:
 
     async def run(self, query: Query, state: CheckState) -> None:
         def verified():
-            return self.judge.verified(state.whole, lambda: query.picture, state.policy_of, query.side)
+            return self.judge.verified(state.whole, lambda: query.verification_picture, state.policy_of, query.side)
 
         state.judged(self.name, await asyncio.to_thread(verified))
