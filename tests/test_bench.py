@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from service.core.decision import SKIPPABLE_STAGES
 from service.triton import contract
 
 ROOT = Path(__file__).parent.parent
@@ -75,3 +76,16 @@ def test_the_windows_benchmark_prints_each_request_beside_the_whole_query():
     rows = [line for line in done.stdout.splitlines() if "x the boxes only" in line]
     views = [float(row.split(" views")[0].split()[-1]) for row in rows]
     assert len(views) == 2 and views[1] == pytest.approx(views[0] + contract.WINDOW_VIEW_COST)  # every one paid them
+
+
+def test_the_check_cost_benchmark_prints_each_code_and_its_stages():
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.check_cost", "--images", str(ROOT / "tests" / "images"), "--queries", "8"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "x (mean over 8 queries)" in done.stdout and "per image (one stream)" in done.stdout
+    assert "records/s" in done.stdout
+    for stage in SKIPPABLE_STAGES + ("embedding", "search"):
+        assert f"  {stage:16s} reached by" in done.stdout, stage
+    assert "embedding        reached by 100.0% of Checks" in done.stdout

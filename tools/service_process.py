@@ -51,7 +51,9 @@ class RunningService:
         *flags: str,
         port: int | None = None,
         credentials: channels.Credentials | None = None,
+        cwd: Path | None = None,
     ):
+        """`cwd`: the checkout whose code serves (`python -m service.cli` runs from there; default: this one's)."""
         self.port = port or free_port()
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"service-{self.port}.log"
@@ -69,7 +71,7 @@ class RunningService:
         if "--metrics-port" not in flags:  # several services run at once in the tests
             self.metrics_port = free_port()
             flags = (*flags, "--metrics-port", str(self.metrics_port))
-        self.process = subprocess.Popen([*command, *flags], stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen([*command, *flags], stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd)
         self.channel = channels.channel(f"127.0.0.1:{self.port}", credentials)
         self.stub = neardup_pb2_grpc.NearDupStub(self.channel)
 
