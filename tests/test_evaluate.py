@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tools import compare_runs
 from tools.evaluation.dataset import Query, add_same_pictures, build
 from tools.thumbnail_views import SEARCHES, SMALL_SIDE, measure, small_view
 from tools.twin_recall import paired, rows_of
@@ -191,6 +192,32 @@ def test_a_catalogue_enrolled_once_sends_the_same_queries_with_fewer_right_keys(
     assert len(once.enrol) == len(every.enrol) - every.counts["catalogue_files"] + once.counts["catalogue_files"]
     fewer = [a.source for a, b in zip(every.queries, once.queries, strict=True) if len(b.expected) < len(a.expected)]
     assert fewer and all(source.startswith("catalogue/") for source in fewer)
+
+
+def test_compare_runs_sorts_each_query_by_what_differs():
+    """tools/compare_runs.py: the same answer, another decision, other keys, or only a number."""
+
+    def row(source: str, declared: str | None, score: float, keys: list[str]) -> dict:
+        answer = {"is_duplicate": bool(declared), "declared": declared, "score": score, "residual": None}
+        return {"source": source, "family": "jpeg", "keys": keys, "distances": [0.5] * len(keys)} | answer
+
+    first = [
+        row("a", "a", 0.6, ["a"]),
+        row("b", None, 0.3, ["b"]),
+        row("c", "c", 0.7, ["c", "x"]),
+        row("d", None, 0.1, ["d"]),
+    ]
+    second = [
+        row("a", "a", 0.6, ["a"]),
+        row("b", "b", 0.5, ["b"]),
+        row("c", "c", 0.7, ["c", "y"]),
+        row("d", None, 0.1001, ["d"]),
+    ]
+    result = compare_runs.compared(first, second)
+    assert result["counts"] == {"same": 1, "decision": 1, "keys": 1, "numbers": 1}
+    assert result["largest"]["score"] == pytest.approx(0.2) and [a["source"] for a, _ in result["decisions"]] == ["b"]
+    with pytest.raises(ValueError, match="same queries"):
+        compare_runs.compared(first, list(reversed(second)))
 
 
 def test_twin_recall_compares_each_twinned_pictures_copies_with_themselves():
