@@ -71,37 +71,32 @@ class CheckState:
 
     def confirmed(self, stage: str, search: Search, **where) -> None:
         """`stage` found the answer in `search`, a duplicate it confirmed (`where`: the region, or small views)."""
-        found = CheckResult(
-            is_duplicate=True,
+        self.answered(stage, self._answer(search, inliers=-1, **where))
+
+    def result(self) -> CheckResult:
+        if self.found is not None:
+            return replace(self.found, decided_by=self.decided_by)
+        return self._answer(
+            self.whole,
+            inliers=self.inliers,
+            low_information=self.low_information,
+            region_score=self.region_score,
+            decided_by=self.decided_by,
+        )
+
+    def _answer(self, search: Search, inliers: int, **more) -> CheckResult:
+        each = search.decision.each
+        return CheckResult(
+            is_duplicate=any(each),
             identical=False,
-            matches=search.matches(search.decision.each)[: self.top_k],
+            matches=search.matches(each, inliers)[: self.top_k],
             score=search.decision.score,
             background_similarity=self.background_similarity,
             index_generation=self.index_generation,
             views=self.views,
             rule=search.rule,
             residual=search.residual,
-            **where,
-        )
-        self.answered(stage, found)
-
-    def result(self) -> CheckResult:
-        if self.found is not None:
-            return replace(self.found, decided_by=self.decided_by)
-        whole, each = self.whole, self.whole.decision.each
-        return CheckResult(
-            is_duplicate=any(each),
-            identical=False,
-            matches=whole.matches(each, self.inliers)[: self.top_k],
-            score=whole.decision.score,
-            background_similarity=self.background_similarity,
-            index_generation=self.index_generation,
-            low_information=self.low_information,
-            region_score=self.region_score,
-            views=self.views,
-            rule=whole.rule,
-            residual=whole.residual,
-            decided_by=self.decided_by,
+            **more,
         )
 
 
