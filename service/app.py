@@ -130,13 +130,25 @@ def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readine
     dismissals = Dismissals(storage.store)
     judge = Judge(storage.store, policy, dismissals)
     checker = build_checker(
-        hasher, storage.store, storage.index, preprocessor, background, policy, settings.model_identity,
-        triton.check_views, judge, storage.small_views,
-    )  # fmt: skip
+        hasher,
+        storage.store,
+        storage.index,
+        preprocessor,
+        background,
+        policy,
+        settings.model_identity,
+        triton.check_views,
+        judge,
+        storage.small_views,
+    )
     enroller = Enroller(
-        hasher, storage.store, preprocessor.describe, settings.model_identity, triton.enroll_views,
+        hasher,
+        storage.store,
+        preprocessor.describe,
+        settings.model_identity,
+        triton.enroll_views,
         ItemLimits(limits.max_metadata_entries, limits.max_metadata_bytes),
-    )  # fmt: skip
+    )
 
     async def embed(image: bytes, timeout_s: float) -> np.ndarray:  # a dismissed picture, as a Check embeds it
         return (await checker.embed(image, triton.check_views, timeout_s)).feature
@@ -191,9 +203,14 @@ async def serve(settings: Settings) -> None:
     )
     health_servicer = health.aio.HealthServicer()
     readiness = Readiness(
-        hasher, storage.store, storage.index, health_servicer, SERVICE_NAME, settings.triton.health_poll_s,
+        hasher,
+        storage.store,
+        storage.index,
+        health_servicer,
+        SERVICE_NAME,
+        settings.triton.health_poll_s,
         settings.index.stale_records,
-    )  # fmt: skip
+    )
     add_services(server, build_servicer(settings, storage, hasher, readiness), health_servicer)
     await server.start()
     model = settings.triton.model

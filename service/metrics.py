@@ -31,9 +31,11 @@ RPC_SECONDS = Histogram(
     registry=REGISTRY,
 )
 TRITON_SECONDS = Histogram(
-    "neardup_triton_request_duration_seconds", "one inference request to Triton", buckets=LATENCY_BUCKETS,
+    "neardup_triton_request_duration_seconds",
+    "one inference request to Triton",
+    buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
-)  # fmt: skip
+)
 TRITON_REQUESTS = Counter(
     "neardup_triton_requests", "inference requests answered, by Triton (--triton-url)", ["url"], registry=REGISTRY
 )

@@ -39,9 +39,13 @@ class CatalogueMethods:
     @grpc_errors
     async def Dismiss(self, request: pb.DismissRequest, context) -> pb.Dismissal:
         entry = await self.dismissing.dismiss(
-            request.key, request.collection, lambda: self._triton_timeout(context), request.image, request.query_key,
+            request.key,
+            request.collection,
+            lambda: self._triton_timeout(context),
+            request.image,
+            request.query_key,
             request.query_collection,
-        )  # fmt: skip
+        )
         return _message(entry)
 
     @grpc_errors
@@ -67,7 +71,10 @@ class CatalogueMethods:
                 continue
             groups += 1
             yield pb.DuplicateGroup(
-                keys=[key for _, key in item.names], collections=[c for c, _ in item.names], scores=item.scores,
-                records_checked=checked, records_total=total,
-            )  # fmt: skip
+                keys=[key for _, key in item.names],
+                collections=[c for c, _ in item.names],
+                scores=item.scores,
+                records_checked=checked,
+                records_total=total,
+            )
         log.info("FindDuplicates%s: %d records, %d groups", f" in {collection!r}" if collection else "", total, groups)

@@ -32,7 +32,7 @@ class Query:
 
     @functools.cached_property
     def _for_canvas(self) -> Image.Image:
-        return self._preprocessor.decode(self.data, for_canvas=True)
+        return self._preprocessor.decode(self.data, side=self._preprocessor.canvas_size)
 
     @functools.cached_property
     def picture(self) -> Image.Image:

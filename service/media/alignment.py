@@ -46,8 +46,9 @@ def fits(query: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.n
         return []
     source = query_points[[m.queryIdx for m in good]]
     target = candidate_points[[m.trainIdx for m in good]]
-    transform, mask = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=4.0,
-                                                  maxIters=2000)  # fmt: skip
+    transform, mask = cv2.estimateAffinePartial2D(
+        source, target, method=cv2.RANSAC, ransacReprojThreshold=4.0, maxIters=2000
+    )
     if transform is None or mask.sum() < MIN_INLIERS or not plausible(transform):
         return []
     inliers = mask.ravel().astype(bool)

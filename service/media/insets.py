@@ -25,8 +25,11 @@ def boxes(picture: Image.Image, most: int = 3) -> list[Box]:
     """The `most` best boxes, those with the most steady edges first."""
     grey = np.asarray(picture.convert("L"), np.float32)
     scale = SIDE / max(grey.shape)
-    grey = cv2.resize(grey, (max(16, round(grey.shape[1] * scale)), max(16, round(grey.shape[0] * scale))),
-                      interpolation=cv2.INTER_AREA)  # fmt: skip
+    grey = cv2.resize(
+        grey,
+        (max(16, round(grey.shape[1] * scale)), max(16, round(grey.shape[0] * scale))),
+        interpolation=cv2.INTER_AREA,
+    )
     height, width = grey.shape
     across_rows, across_columns = _steps(grey) >= STEP, _steps(grey.T).T >= STEP
     across_rows[[0, height]], across_columns[:, [0, width]] = True, True  # the border is an edge
@@ -41,12 +44,14 @@ def boxes(picture: Image.Image, most: int = 3) -> list[Box]:
         return []
     top, bottom, left, right = top[:, None], bottom[:, None], left[None, :], right[None, :]
     wide, high = (right - left).astype(np.float32), (bottom - top).astype(np.float32)
-    cover = np.minimum.reduce([
-        (along_rows[top, right] - along_rows[top, left]) / wide,
-        (along_rows[bottom, right] - along_rows[bottom, left]) / wide,
-        (along_columns[bottom, left] - along_columns[top, left]) / high,
-        (along_columns[bottom, right] - along_columns[top, right]) / high,
-    ])  # fmt: skip
+    cover = np.minimum.reduce(
+        [
+            (along_rows[top, right] - along_rows[top, left]) / wide,
+            (along_rows[bottom, right] - along_rows[bottom, left]) / wide,
+            (along_columns[bottom, left] - along_columns[top, left]) / high,
+            (along_columns[bottom, right] - along_columns[top, right]) / high,
+        ]
+    )
     borders = (top == 0).astype(int) + (bottom == height) + (left == 0) + (right == width)
     found: list[Box] = []
     for i, j in sorted(np.argwhere((cover >= COVER) & (borders <= 2)), key=lambda at: -cover[at[0], at[1]]):

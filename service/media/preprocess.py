@@ -2,6 +2,7 @@
 its regions (for copies shown inside a larger picture: the boxes pasted on it, and a grid and the
 windows' larger canvas when asked), and the ORB keypoints or the full-size picture for the geometric check."""
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,11 +88,12 @@ def cut(picture: Image.Image, box: Box) -> Image.Image:
 
 @dataclass(frozen=True)
 class Preprocessor:
-    """What is made of an image comes from at most two decodes: the canvas from one at the canvas's
-    side (a JPEG's DCT scaling makes it cheap, and every stored feature was made so), everything
-    else (the verification picture, the regions, the geometric check's keypoints) from one at
-    `decode_side`, the side the largest of them needs. An image that is not a JPEG decodes whole
-    whatever the side: its one decode serves both."""
+    """What a Check makes of an image comes from at most two decodes: the canvas from one at the
+    canvas's side (a JPEG's DCT scaling makes it cheap, and every stored feature was made so),
+    everything else (the verification picture, the regions, the geometric check's picture) from one
+    at `decode_side`, the side the largest of them needs. An image that is not a JPEG decodes whole
+    whatever the side: its one decode serves both. Enrolment (`describe`) keeps the decodes its
+    stored data was always made from."""
 
     canvas_size: int  # the square canvas Triton embeds
     limits: Limits
@@ -105,26 +107,28 @@ class Preprocessor:
         sides = [self.canvas_size * REGION_DECODE_SCALE, verification.QUERY_SIDE]
         return max(sides + [geometry.MAX_SIDE] if self.keypoints else sides)
 
-    def decode(self, data: bytes, for_canvas: bool = False) -> Image.Image:
-        """The image decoded at the canvas's side, or at `decode_side`."""
+    def decode(self, data: bytes, side: int = 0) -> Image.Image:
+        """The image decoded for `side` (a JPEG's draft scale; 0: `decode_side`)."""
         metrics.DECODES.inc()
-        return decode(data, self.canvas_size if for_canvas else self.decode_side, self.limits, self.budget)
+        return decode(data, side or self.decode_side, self.limits, self.budget)
 
     def canvas_of(self, picture: Image.Image) -> np.ndarray:
         """A picture decoded for the canvas as the canvas_size x canvas_size RGB uint8 array Triton embeds."""
         return to_canvas(picture, self.canvas_size)
 
     def canvas(self, data: bytes) -> np.ndarray:
-        return self.canvas_of(self.decode(data, for_canvas=True))
+        return self.canvas_of(self.decode(data, side=self.canvas_size))
 
     def describe(self, data: bytes) -> "Described":
-        """The canvas, and what enrolment stores beside the feature when it is on."""
-        for_canvas = self.decode(data, for_canvas=True)
-        picture = None
-        if self.keypoints or self.references:
-            picture = for_canvas if not is_jpeg(data) else self.decode(data)
-        keypoints = geometry.keypoints(picture) if self.keypoints else b""
-        reference = verification.reference(picture) if self.references else b""
+        """The canvas, and what enrolment stores beside the feature when it is on, each from the
+        decode it was always made from (stored records stay alike whenever they were enrolled): the
+        small view from the canvas's, the reference from one at verification's QUERY_SIDE, the
+        keypoints from one at the geometric check's side (one decode serves all for an image that
+        is not a JPEG)."""
+        for_canvas = self.decode(data, side=self.canvas_size)
+        at = functools.cache(lambda side: self.decode(data, side=side) if is_jpeg(data) else for_canvas)
+        keypoints = geometry.keypoints(at(geometry.MAX_SIDE)) if self.keypoints else b""
+        reference = verification.reference(at(verification.QUERY_SIDE)) if self.references else b""
         small = to_canvas(shrunk(for_canvas, self.small_view_side), self.canvas_size) if self.small_view_side else None
         return Described(self.canvas_of(for_canvas), keypoints, reference, small)
 

@@ -295,8 +295,9 @@ def _by_ecc(shown: _Shown, candidate_lab) -> tuple[Residual, Aligned]:
     transform = np.eye(2, 3, dtype=np.float32)
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
     with contextlib.suppress(cv2.error):  # not converged: compared as they are
-        _, transform = cv2.findTransformECC(squashed[1][..., 0], squashed[0][..., 0], transform,
-                                            cv2.MOTION_AFFINE, criteria, None, 3)  # fmt: skip
+        _, transform = cv2.findTransformECC(
+            squashed[1][..., 0], squashed[0][..., 0], transform, cv2.MOTION_AFFINE, criteria, None, 3
+        )
     if not alignment.plausible(transform):
         return NOT_ALIGNED, None
     inverse = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP

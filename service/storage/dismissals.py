@@ -41,9 +41,13 @@ class Dismissal:
         header, _, feature = bytes(data).partition(b"\n")
         fields = json.loads(header)
         return cls(
-            id_, fields["collection"], fields["key"], bytes.fromhex(fields["sha256"]), fields["at"],
+            id_,
+            fields["collection"],
+            fields["key"],
+            bytes.fromhex(fields["sha256"]),
+            fields["at"],
             np.frombuffer(feature, FEATURE_DTYPE),
-        )  # fmt: skip
+        )
 
 
 class Dismissals:

@@ -55,9 +55,17 @@ class Record:
         )
         metadata = json.dumps(self.metadata, ensure_ascii=False, sort_keys=True).encode()
         return b"".join(
-            [header, self._COLLECTION.pack(len(collection)), self.sha256, feature.tobytes(), model, key, collection,
-             metadata]
-        )  # fmt: skip
+            [
+                header,
+                self._COLLECTION.pack(len(collection)),
+                self.sha256,
+                feature.tobytes(),
+                model,
+                key,
+                collection,
+                metadata,
+            ]
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> "Record":

@@ -60,9 +60,13 @@ class Store:
         self.path.mkdir(parents=True, exist_ok=True)
         existing = (self.path / "data.mdb").stat().st_size if (self.path / "data.mdb").exists() else 0
         self.env = lmdb.open(
-            str(self.path), map_size=max(map_size, 2 * existing), max_dbs=16, readonly=readonly, subdir=True,
+            str(self.path),
+            map_size=max(map_size, 2 * existing),
+            max_dbs=16,
+            readonly=readonly,
+            subdir=True,
             max_readers=1024,
-        )  # fmt: skip
+        )
         self.records = self.env.open_db(b"records", create=not readonly)
         self.keys = self.env.open_db(b"keys", create=not readonly)
         self.digests = self.env.open_db(b"digests", dupsort=True, create=not readonly)
@@ -193,9 +197,17 @@ class Store:
                     self._remove(txn, old, seq)
                 seq += 1
                 record = Record(
-                    item.key, item.feature, item.threshold, item.sha256, model, now, item.metadata, next_id, seq,
+                    item.key,
+                    item.feature,
+                    item.threshold,
+                    item.sha256,
+                    model,
+                    now,
+                    item.metadata,
+                    next_id,
+                    seq,
                     item.collection,
-                )  # fmt: skip
+                )
                 next_id += 1
                 txn.put(u64(record.id), record.encode(), db=self.records)
                 txn.put(name, u64(record.id), db=self.keys)
@@ -206,8 +218,10 @@ class Store:
                 txn.put(u64(seq), ENROLL + u64(record.id), db=self.changes)
                 small_view = item.small_view.astype(FEATURE_DTYPE).tobytes() if item.small_view is not None else b""
                 for db, extra in (
-                    (self.keypoints, item.keypoints), (self.references, item.reference), (self.small_views, small_view)
-                ):  # fmt: skip
+                    (self.keypoints, item.keypoints),
+                    (self.references, item.reference),
+                    (self.small_views, small_view),
+                ):
                     if extra:
                         txn.put(u64(record.id), extra, db=db)
                 if item.runtime:

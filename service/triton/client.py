@@ -53,8 +53,12 @@ class TritonTls:
     key: str = ""
 
     def client_options(self) -> dict:
-        return {"ssl": True, "root_certificates": self.ca or None, "private_key": self.key or None,
-                "certificate_chain": self.cert or None}  # fmt: skip
+        return {
+            "ssl": True,
+            "root_certificates": self.ca or None,
+            "private_key": self.key or None,
+            "certificate_chain": self.cert or None,
+        }
 
 
 class Endpoint:
@@ -79,9 +83,12 @@ class Endpoint:
         started = time.perf_counter()
         try:
             result = await self.client.infer(
-                self.model, [image, view_counts], outputs=outputs, client_timeout=max(timeout_s, 0.001),
+                self.model,
+                [image, view_counts],
+                outputs=outputs,
+                client_timeout=max(timeout_s, 0.001),
                 headers=self.headers,
-            )  # fmt: skip
+            )
         except InferenceServerException as error:
             classified = self._classify(error)
             metrics.TRITON_ERRORS.labels(type(classified).__name__.removeprefix("Triton").lower()).inc()
