@@ -616,7 +616,7 @@ def test_a_query_prepared_once_and_a_kept_candidate_give_the_residuals_made_afre
 
 def test_the_judge_keeps_each_candidate_once_within_its_budget():
     made = []
-    kept = judging.Kept(budget=250)
+    kept = judging.Kept(budget=250, size=lambda value: value.nbytes)
 
     class Sized:
         nbytes = 100

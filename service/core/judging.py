@@ -39,11 +39,11 @@ Query = Callable[[], "verification.QueryPicture | Image.Image | None"]
 
 
 class Kept:
-    """Values made once by key and kept, least recently used first out, within a budget of bytes
-    (a value's `nbytes`; None counts nothing). Thread-safe; two threads may make the same value."""
+    """Values made once by key and kept, least recently used first out, within a budget (what
+    `size` says each value takes). Thread-safe; two threads may make the same value."""
 
-    def __init__(self, budget: int) -> None:
-        self.budget, self.used = budget, 0
+    def __init__(self, budget: int, size: Callable[[object], int]) -> None:
+        self.budget, self.size, self.used = budget, size, 0
         self._values: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -56,14 +56,14 @@ class Kept:
         with self._lock:
             if key not in self._values:
                 self._values[key] = value
-                self.used += _size(value)
+                self.used += self.size(value)
             while self.used > self.budget and self._values:
-                self.used -= _size(self._values.popitem(last=False)[1])
+                self.used -= self.size(self._values.popitem(last=False)[1])
         return value
 
 
-def _size(value) -> int:
-    return value.nbytes if value is not None else 0
+def _bytes(candidate: "verification.Candidate | None") -> int:
+    return candidate.nbytes if candidate is not None else 0
 
 
 class Judge:
@@ -73,9 +73,8 @@ class Judge:
         self.store = store
         self.policy = policy
         self.dismissals = dismissals
-        self._pairs: collections.OrderedDict[tuple[bytes, bytes], bool] = collections.OrderedDict()
-        self._pairs_lock = threading.Lock()
-        self._candidates = Kept(CANDIDATE_CACHE_BYTES)
+        self._pairs = Kept(PAIR_CACHE, size=lambda _: 1)
+        self._candidates = Kept(CANDIDATE_CACHE_BYTES, size=_bytes)
 
     def policies(self) -> Callable[[str], Policy]:
         """Each collection's policy: its own settings (SetCollection), or the service's."""
@@ -229,19 +228,13 @@ class Judge:
 
     def _twins(self, nearest: Record, other: Record) -> bool:
         """Are two enrolled images the same picture? Verified once, then remembered."""
-        pair = (nearest.sha256, other.sha256)
-        with self._pairs_lock:
-            if pair in self._pairs:
-                self._pairs.move_to_end(pair)
-                return self._pairs[pair]
-        first, second = self.reference(nearest), self.reference(other)
-        found = self._residual(lambda: verification.picture_of(first), other) if first and second else None
-        same = found is not None and found.is_close(self.policy.pair_twin_residual, self.policy.verified_colour)
-        with self._pairs_lock:
-            self._pairs[pair] = same
-            if len(self._pairs) > PAIR_CACHE:
-                self._pairs.popitem(last=False)
-        return same
+
+        def verified() -> bool:
+            first = self.reference(nearest)
+            found = self._residual(lambda: verification.picture_of(first), other) if first else None
+            return found is not None and found.is_close(self.policy.pair_twin_residual, self.policy.verified_colour)
+
+        return self._pairs.get((nearest.sha256, other.sha256), verified)
 
     def without_dismissed(self, feature: np.ndarray, search: Search) -> Search:
         """Duplicates the caller dismissed for this picture, or for one this close to it
