@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.media import verification
 from service.proto.neardup.v1 import neardup_pb2 as pb
+from service.storage.store import Store
 from tests.conftest import IMAGES, mosaic, reencoded, wait_for
 
 ROOT = Path(__file__).parent.parent
@@ -165,3 +167,30 @@ def test_backup_while_an_enroll_stream_runs(tmp_path, start_service):
         assert restored.stub.Check(pb.CheckRequest(image=reencoded(image)), timeout=30).matches[0].key == key
     again = run("-m", "service.cli", "backup", str(tmp_path / "copy"), "--data-dir", str(data_dir))
     assert again.returncode == 1 and "is not empty" in again.stderr
+
+
+def test_reference_points_stored_at_enrolment_outlast_a_restart_a_rebuild_and_a_backup(tmp_path, start_service):
+    """What verification compares a query with is stored once, at enrolment (the reference and its
+    keypoints: media/verification.py), and kept by what ops do to a data directory."""
+    data_dir = tmp_path / "data"
+    service = start_service(*FAST, data_dir=data_dir)
+    images = {f"p/{i}": mosaic(1400 + i) for i in range(4)}
+    list(service.stub.Enroll(iter(pb.EnrollRequest(key=k, image=v) for k, v in images.items()), timeout=120))
+    service.stop()
+    assert run("-m", "service.cli", "index", "rebuild", "--data-dir", str(data_dir), "--quiet").returncode == 0
+    copied = run("-m", "service.cli", "backup", str(tmp_path / "copy"), "--data-dir", str(data_dir))
+    assert copied.returncode == 0, copied.stderr
+    for folder in (data_dir, tmp_path / "copy"):
+        store = Store(folder, readonly=True)
+        try:
+            with store.read() as view:
+                for key in images:
+                    id_ = view.by_key(key).id
+                    points = view.reference_points(id_)
+                    assert len(points) > 5 and points == verification.reference_points(view.reference(id_))
+        finally:
+            store.close()
+    restarted = start_service(*FAST, data_dir=tmp_path / "copy")
+    for key, image in images.items():
+        reply = restarted.stub.Check(pb.CheckRequest(image=reencoded(image)), timeout=30)
+        assert reply.is_duplicate and reply.matches[0].key == key

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2
 
 from service.core.decision import RULES, Candidate, Policy, decide
 from service.proto.neardup.v1 import neardup_pb2 as pb
+from service.storage.store import Store
 from tests.conftest import MilvusLite, committed_image_names, health_status, image_bytes, mosaic, reencoded, wait_for
 
 FAST = ("--enroll-views", "1", "--check-views", "1")
@@ -19,6 +20,15 @@ FAST = ("--enroll-views", "1", "--check-views", "1")
 
 def on_milvus(uri: str, collection: str) -> tuple[str, ...]:
     return (*FAST, "--index-backend", "milvus", "--milvus-uri", uri, "--milvus-collection", collection)
+
+
+def reference_points_of(data_dir, key: str) -> bytes:
+    store = Store(data_dir, readonly=True)
+    try:
+        with store.read() as view:
+            return view.reference_points(view.by_key(key).id)
+    finally:
+        store.close()
 
 
 def enroll(service, key: str, image: bytes) -> pb.EnrollResult:
@@ -37,6 +47,8 @@ def test_two_front_services_on_one_collection_see_each_others_enrolments(milvus_
     one, two = mosaic(5001), mosaic(5002)
     assert enroll(first, "from/first", one).status == pb.EnrollResult.ENROLLED
     assert enroll(second, "from/second", two).status == pb.EnrollResult.ENROLLED
+    for folder, key in ((tmp_path / "first", "from/first"), (tmp_path / "second", "from/second")):
+        assert reference_points_of(folder, key), "verification's data stays in the enrolling service's store"
 
     # Visible through the other at once: by features, and byte-identical by digest.
     for service, image, key in [(second, one, "from/first"), (first, two, "from/second")]:

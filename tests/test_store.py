@@ -97,17 +97,19 @@ def test_records_persist_across_reopening(tmp_path):
     reopened.close()
 
 
-def test_a_store_written_before_small_views_opens_read_only_without_them(tmp_path):
+def test_a_store_written_before_small_views_and_reference_points_opens_read_only_without_them(tmp_path):
     """A rebuild may open a store read-only before any service of this version has opened it to write."""
     writable = Store(tmp_path)
     writable.enroll(MODEL, [item("a", "one")])
     with writable.env.begin(write=True) as txn:
         txn.drop(writable.small_views, delete=True)  # as a store of an earlier version is
+        txn.drop(writable.reference_points, delete=True)
     writable.close()
     older = Store(tmp_path, readonly=True)
     try:
-        assert older.small_views is None
+        assert older.small_views is None and older.reference_points is None
         with older.read() as view:
             assert view.count() == 1 and view.small_view(1) is None and list(view.small_views()) == []
+            assert view.reference_points(1) == b""
     finally:
         older.close()

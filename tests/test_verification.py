@@ -628,3 +628,39 @@ def test_the_judge_keeps_each_candidate_once_within_its_budget():
     for key in ["a", "b", "a", "c", "a", "b"]:
         kept.get(key, lambda key=key: make(key))
     assert made == ["a", "b", "c", "b"] and kept.used <= 250  # "b" was the least recently used when "c" came
+
+
+def test_points_stored_at_enrolment_give_the_residuals_made_from_the_reference(store):
+    """A record enrolled with its reference's points (verification.reference_points) and one enrolled
+    before they were stored (none: made from the reference when first compared) give every query the
+    residual made afresh from the reference's bytes, as verification made it before points were stored."""
+    falcon = Image.open(IMAGES / "portrait-portraits-monsters-falcon.jpg").convert("RGB")
+    pictures = {"clock": clock(3), "falcon": falcon}
+    queries = {
+        "clock": [jpeg(clock(3), 60), clock(11), thumbnail(clock(3), 40), ImageOps.grayscale(clock(3)).convert("RGB")],
+        "falcon": [jpeg(falcon.resize((200, 150)), 50), falcon.transpose(Image.Transpose.FLIP_LEFT_RIGHT)],
+    }
+    for number, (name, picture) in enumerate(pictures.items()):
+        reference = verification.reference(picture)
+        for stored, points in (("with-points", verification.reference_points(reference)), ("before-points", b"")):
+            digest = hashlib.sha256(f"{name}/{stored}".encode()).digest()
+            enrolment = Enrolment(f"{name}/{stored}", digest, unit(number), 0.0, {}, reference=reference)
+            store.enroll(MODEL, [replace(enrolment, reference_points=points)])
+        judge = Judge(store, Policy())
+        with store.read() as view:
+            records = [view.by_key(f"{name}/{stored}") for stored in ("with-points", "before-points")]
+            assert view.reference_points(records[0].id) and not view.reference_points(records[1].id)
+        for query in queries[name]:
+            afresh = verification.residual(query, reference)
+            assert afresh is not None
+            for record in records:
+                assert measured(judge._residual(lambda query=query: query, record)) == pytest.approx(
+                    measured(afresh), abs=1e-3
+                )
+    plain = verification.reference(Image.new("RGB", (200, 200), "white"))
+    assert verification.reference_points(plain) == verification.UNJUDGEABLE
+    assert verification.candidate(plain, stored_points=verification.UNJUDGEABLE) is None
+
+
+def measured(found: verification.Residual) -> tuple[float, ...]:
+    return found.lightness, found.colour, found.beside_overlays, found.upscale, found.stretch

@@ -84,6 +84,7 @@ class Judged:
 
     def __init__(self, folder: Path, keys: list[str], sources: list[bytes], plain: np.ndarray, small: np.ndarray):
         self.store = Store(folder)
+        described = [PREPROCESSOR.describe(data) for data in sources]
         enrolments = [
             Enrolment(
                 key,
@@ -91,10 +92,11 @@ class Judged:
                 feature,
                 0.0,
                 {},
-                reference=PREPROCESSOR.describe(data).reference,
+                reference=made.reference,
+                reference_points=made.reference_points,
                 small_view=view,
             )
-            for key, data, feature, view in zip(keys, sources, plain, small, strict=True)
+            for key, data, made, feature, view in zip(keys, sources, described, plain, small, strict=True)
         ]
         self.store.enroll(MODEL, enrolments)
         with self.store.read() as view:

@@ -61,6 +61,7 @@ class Item:
     canvas: np.ndarray | None = None
     keypoints: bytes = b""
     reference: bytes = b""
+    reference_points: bytes = b""
     small_canvas: np.ndarray | None = None
     result: EnrollOutcome | None = None
 
@@ -205,6 +206,7 @@ class Enroller:
                     d.runtime,
                     item.request.collection,
                     item.reference,
+                    item.reference_points,
                     small_view,
                 )
                 for item, d, small_view in zip(to_hash, descriptors, small_views, strict=True)
@@ -237,7 +239,7 @@ class Enroller:
         try:
             described = await asyncio.to_thread(self.describe, item.request.image)
             item.canvas, item.keypoints, item.reference = described.canvas, described.keypoints, described.reference
-            item.small_canvas = described.small_canvas
+            item.reference_points, item.small_canvas = described.reference_points, described.small_canvas
         except ImageError as error:
             item.result = self._invalid(item, str(error))
 

@@ -31,7 +31,8 @@ UNVERIFIABLE_MARGIN = 0.08
 PAIR_CACHE = 50_000  # enrolled pairs whose twin verdict is remembered
 CONFIRMED_TWINS = 2  # twins of the nearest verified when the nearest itself is not a close match
 # What is kept of the references verified against (verification.Candidate, about 120 KB each: some
-# 2,000 records), so that a record compared again costs no decode, keypoints or Lab of it.
+# 2,000 records), so that a record compared again costs no decode or Lab of it (nor, for a record
+# enrolled before its points were stored, its keypoints).
 CANDIDATE_CACHE_BYTES = 256 * 2**20
 # A picture to verify, made when first asked for (None: none); prepared once for several candidates
 # (verification.QueryPicture) or a plain picture.
@@ -216,8 +217,15 @@ class Judge:
         )
 
     def _candidate(self, record: Record, reference: bytes, grey: bool) -> verification.Candidate | None:
-        """The record's side of verification, made once and kept (within CANDIDATE_CACHE_BYTES)."""
-        return self._candidates.get((record.sha256, grey), lambda: verification.candidate(reference, grey))
+        """The record's side of verification, from its reference and the points stored beside it, made
+        once and kept (within CANDIDATE_CACHE_BYTES)."""
+
+        def made() -> verification.Candidate | None:
+            with self.store.read() as view:
+                points = view.reference_points(record.id)
+            return verification.candidate(reference, grey, points)
+
+        return self._candidates.get((record.sha256, grey), made)
 
     def reference(self, record: Record) -> bytes:
         """The record's stored verification reference (b"" when it has none here)."""

@@ -4,6 +4,8 @@ query placed as a crop of the candidate (template matching), what an alignment d
 picture (its stretch), and the pictures no alignment can be trusted on (repeating patterns).
 media/verification.py compares what they align."""
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -160,13 +162,22 @@ def repeats(grey: np.ndarray, side: int) -> bool:
     square = cv2.resize(grey, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
     detail = square - cv2.GaussianBlur(square, (0, 0), 3)
     padded = (2 * side, 2 * side)  # zero-padded: the correlation does not wrap around
-    spectrum, ones = np.fft.fft2(detail, padded), np.fft.fft2(np.ones_like(detail), padded)
+    spectrum = np.fft.fft2(detail, padded)
     correlation = np.real(np.fft.ifft2(spectrum * np.conj(spectrum)))
-    overlap = np.maximum(np.real(np.fft.ifft2(ones * np.conj(ones))), 1.0)
+    overlap, periods = _overlap_and_periods(side)
     per_pixel = np.fft.fftshift(correlation / overlap)
-    shifts = np.hypot(*np.mgrid[-side:side, -side:side])
-    periods = (shifts >= MIN_PERIOD) & (shifts <= side / 4)
     return float(per_pixel[periods].max()) >= REPEAT_CORRELATION * float(per_pixel[side, side])
+
+
+@functools.cache
+def _overlap_and_periods(side: int) -> tuple[np.ndarray, np.ndarray]:
+    """For `repeats` at `side`: how many pixels overlap at each shift (unshifted order), and which
+    shifts (centred) are periods looked at."""
+    padded = (2 * side, 2 * side)
+    ones = np.fft.fft2(np.ones((side, side), np.float32), padded)
+    overlap = np.maximum(np.real(np.fft.ifft2(ones * np.conj(ones))), 1.0)
+    shifts = np.hypot(*np.mgrid[-side:side, -side:side])
+    return overlap, (shifts >= MIN_PERIOD) & (shifts <= side / 4)
 
 
 def at_resolution(lab: np.ndarray, x_upscale: float, y_upscale: float) -> np.ndarray:

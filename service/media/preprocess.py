@@ -46,6 +46,7 @@ class Described:
     canvas: np.ndarray
     keypoints: bytes  # packed ORB keypoints, or b""
     reference: bytes  # the verification reference (media/verification.py), or b""
+    reference_points: bytes = b""  # its keypoints (verification.reference_points), with it
     small_canvas: np.ndarray | None = None  # the canvas of its small view, when small views are on
 
 
@@ -129,8 +130,9 @@ class Preprocessor:
         at = functools.cache(lambda side: self.decode(data, side=side) if is_jpeg(data) else for_canvas)
         keypoints = geometry.keypoints(at(geometry.MAX_SIDE)) if self.keypoints else b""
         reference = verification.reference(at(verification.QUERY_SIDE)) if self.references else b""
+        points = verification.reference_points(reference) if reference else b""
         small = to_canvas(shrunk(for_canvas, self.small_view_side), self.canvas_size) if self.small_view_side else None
-        return Described(self.canvas_of(for_canvas), keypoints, reference, small)
+        return Described(self.canvas_of(for_canvas), keypoints, reference, points, small)
 
     def regions(self, picture: Image.Image, with_grid: bool, with_windows: bool = False) -> Regions:
         """The boxes pasted on the (decoded) picture (media/insets.py), then REGIONS if `with_grid`,

@@ -3,15 +3,15 @@
 A global descriptor puts another pose of a stick figure, a locked padlock for an open one or a flag with another
 emblem as close to a drawing as a cropped copy is. After aligning the two pictures, though, a copy agrees with its
 original almost everywhere, while a look-alike leaves at least one region that disagrees. The residual: align the
-query to the candidate's stored reference (a 256 px colour thumbnail, ~10 KB per record) by SIFT matches (a RANSAC
-similarity, and its refinement to affine), by ECC on the trimmed pictures squashed square, and, where neither agrees
-closely, as a crop placed inside the candidate, each with the query and its mirror; fit brightness and contrast on
-the lightness; the residual is the worst cell of an 8 x 8 grid of |difference| / the candidate's contrast, for the
-best alignment, and beside the few cells an overlay explains (media/cells.py). Copies (re-encoded, cropped,
-bordered, rotated) score ~0.02-0.1; look-alikes 0.6 and more. docs/quality.md has the measurements; the Judge
-(core/judging.py) uses the residual beside overlays as score - weight x min(residual, cap) near the threshold, and
-under it asks for a close match everywhere, or, nearer the threshold, beside an overlay's own colours
-(Residual.is_close).
+query to the candidate's stored reference (a 256 px colour thumbnail, ~10 KB per record, and its keypoints stored
+beside it) by SIFT matches (a RANSAC similarity, and its refinement to affine), by ECC on the trimmed pictures
+squashed square, and, where neither agrees closely, as a crop placed inside the candidate, each with the query and,
+unless it agrees closely as it is, its mirror; fit brightness and contrast on the lightness; the residual is the
+worst cell of an 8 x 8 grid of |difference| / the candidate's contrast, for the best alignment, and beside the few
+cells an overlay explains (media/cells.py). Copies (re-encoded, cropped, bordered, rotated) score ~0.02-0.1;
+look-alikes 0.6 and more. docs/quality.md has the measurements; the Judge (core/judging.py) uses the residual beside
+overlays as score - weight x min(residual, cap) near the threshold, and under it asks for a close match everywhere,
+or, nearer the threshold, beside an overlay's own colours (Residual.is_close).
 
 What makes a low residual trustworthy that far down: the candidate is compared at the query's resolution (a
 thumbnail or an inset is not blamed for detail it lost); mean colours per cell are compared, fitted by one chroma
@@ -25,6 +25,7 @@ are not differences), and a repeating pattern is not judged at all.
 import contextlib
 import functools
 import io
+import struct
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -113,6 +114,38 @@ def picture_of(reference_bytes: bytes) -> Image.Image:
     return Image.open(io.BytesIO(reference_bytes)).convert("RGB")
 
 
+# What a record stores beside its reference, made from it at enrolment (`reference_points`): the
+# part of its Candidate that costs (SIFT, the repetition test: ~18 ms of a ~20 ms Candidate), or
+# UNJUDGEABLE. A record enrolled before has none, and its Candidate is made whole from the reference.
+UNJUDGEABLE = b"\x00"
+_POINTS_HEADER = struct.Struct("<BHH")  # version, the lightness's width, the number of keypoints
+_POINTS_VERSION = 1
+
+
+def reference_points(reference_bytes: bytes) -> bytes:
+    """A reference's keypoints (and the width of the lightness they are in), packed to be stored
+    beside it: UNJUDGEABLE when it has too little structure to tell, or repeats itself."""
+    return _packed_points(_grey(picture_of(reference_bytes), REFERENCE_SIDE))
+
+
+def _packed_points(lightness: np.ndarray) -> bytes:
+    if lightness.std() < cells.MIN_STRUCTURE or alignment.repeats(lightness, WORK):
+        return UNJUDGEABLE
+    points, descriptors = alignment.keypoints(lightness)
+    header = _POINTS_HEADER.pack(_POINTS_VERSION, lightness.shape[1], len(points))
+    return header + points.astype(np.float32).tobytes() + descriptors.astype(np.uint8).tobytes()
+
+
+def _unpacked_points(packed: bytes) -> tuple[int, np.ndarray, np.ndarray]:
+    version, grey_width, count = _POINTS_HEADER.unpack_from(packed)
+    if version != _POINTS_VERSION:
+        raise ValueError(f"stored reference points of version {version}; this code reads {_POINTS_VERSION}")
+    start = _POINTS_HEADER.size
+    points = np.frombuffer(packed, np.float32, 2 * count, start).reshape(count, 2)
+    descriptors = np.frombuffer(packed, np.uint8, 128 * count, start + points.nbytes).reshape(count, 128)
+    return grey_width, points, descriptors
+
+
 class QueryPicture:
     """A query's side of verification (its lightness, Lab and keypoints, and its mirror's), made
     once however many candidates it is compared with (not thread-safe: one Check's)."""
@@ -169,17 +202,19 @@ class Candidate:
         return self.points.nbytes + self.descriptors.nbytes + self.lab.nbytes
 
 
-def candidate(reference_bytes: bytes, grey: bool = False) -> Candidate | None:
-    """What verification compares a query with, of a stored reference (`grey`: made grey, for a query
-    without colour); None when the reference has too little structure to tell, or repeats itself."""
+def candidate(reference_bytes: bytes, grey: bool = False, stored_points: bytes = b"") -> Candidate | None:
+    """What verification compares a query with, of a stored reference and the points stored beside it
+    (b"": none stored, made from the reference); `grey`: made grey, for a query without colour (its
+    lightness, and so its points, stay the same). None when the reference has too little structure to
+    tell, or repeats itself."""
     picture = picture_of(reference_bytes)
+    packed = stored_points or _packed_points(_grey(picture, REFERENCE_SIDE))
+    if packed == UNJUDGEABLE:
+        return None
+    grey_width, points, descriptors = _unpacked_points(packed)
     if grey:
         picture = ImageOps.grayscale(picture).convert("RGB")
-    lightness = _grey(picture, REFERENCE_SIDE)
-    if lightness.std() < cells.MIN_STRUCTURE or alignment.repeats(lightness, WORK):
-        return None
-    points, descriptors = alignment.keypoints(lightness)
-    return Candidate(lightness.shape[1], points, descriptors.astype(np.uint8), _lab(picture, WORK).astype(np.uint8))
+    return Candidate(grey_width, points, descriptors, _lab(picture, WORK).astype(np.uint8))
 
 
 def residual(
@@ -201,11 +236,14 @@ def compared(
     candidate_lab = reference.lab.astype(np.float32)
     candidate_points = (reference.points, reference.descriptors.astype(np.float32))
     found = []
-    for shown in query.shown:
-        found += _by_keypoints(shown, reference.grey_width, candidate_points, candidate_lab)
-        found.append(_by_ecc(shown, candidate_lab))
-    found = [pair for pair in found if pair[0].cover >= least_cover] or [(NOT_ALIGNED, None)]
-    if as_crops and not _agrees(min(found, key=lambda pair: pair[0])[0], CROP_RESIDUAL):
+    for shown in query.shown:  # as it is, then mirrored unless it agrees closely as it is
+        aligned = [*_by_keypoints(shown, reference.grey_width, candidate_points, candidate_lab)]
+        aligned.append(_by_ecc(shown, candidate_lab))
+        found += [pair for pair in aligned if pair[0].cover >= least_cover]
+        if _agrees(_best(found), CROP_RESIDUAL):
+            break
+    found = found or [(NOT_ALIGNED, None)]
+    if as_crops and not _agrees(_best(found), CROP_RESIDUAL):
         crops = [crop for shown in query.shown if (crop := _as_crop(shown.lab, shown.grey, candidate_lab))]
         found += [crop for crop in crops if crop[0].cover >= least_cover]
     best, aligned = min(found, key=lambda pair: pair[0])
@@ -217,6 +255,10 @@ def compared(
     # An overlay's colours are looked for in the best alignment only: the rest are not used.
     foreign = cells.beside_foreign_colours(*aligned)
     return replace(best, beside_overlays=min(best.beside_overlays, foreign[0]), beside_foreign=foreign)
+
+
+def _best(found: list[tuple[Residual, Aligned]]) -> Residual:
+    return min((pair[0] for pair in found), default=NOT_ALIGNED)
 
 
 def _has_no_colour(picture: Image.Image) -> bool:

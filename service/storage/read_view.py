@@ -42,6 +42,12 @@ class ReadView:
     def reference(self, id_: int) -> bytes:
         return self.txn.get(u64(id_), b"", db=self.store.references)
 
+    def reference_points(self, id_: int) -> bytes:
+        """The keypoints stored beside the reference (b"": enrolled before they were, or none)."""
+        if self.store.reference_points is None:
+            return b""
+        return self.txn.get(u64(id_), b"", db=self.store.reference_points)
+
     def small_view(self, id_: int) -> np.ndarray | None:
         data = self.txn.get(u64(id_), db=self.store.small_views) if self.store.small_views is not None else None
         return np.frombuffer(data, FEATURE_DTYPE) if data else None

@@ -120,6 +120,7 @@ class Enrolment:
     runtime: str = ""  # what made the feature; the store counts enrolments per runtime
     collection: str = ""
     reference: bytes = b""  # for verification (media/verification.py), when it is on
+    reference_points: bytes = b""  # the reference's keypoints (verification.reference_points), with it
     small_view: np.ndarray | None = None  # the feature of the picture shrunk (storage/small_views.py), when on
 
 

@@ -7,6 +7,7 @@ Databases in one environment (`DATA_DIR/store.lmdb`):
   changes  seq (u64 BE) -> op + id       every enrolment and deletion, in commit order
   keypoints id (u64 BE) -> packed ORB    for the geometric check, when enabled at enrolment
   references id (u64 BE) -> JPEG         what verification compares a query with, when it is on
+  reference_points id (u64 BE) -> packed its keypoints, made at enrolment (media/verification.py)
   small_views id (u64 BE) -> float16s    the feature of the picture shrunk to a thumbnail (storage/small_views.py)
   collection_of id (u64 BE) -> name      the collection of each record outside the default one
   meta     name -> value                 model identity, next id, last seq, collection counts and settings
@@ -75,13 +76,18 @@ class Store:
         self.keypoints = self.env.open_db(b"keypoints", create=not readonly)
         self.collection_of = self.env.open_db(b"collection_of", create=not readonly)
         self.references = self.env.open_db(b"references", create=not readonly)
-        try:  # a store written before small views has none, and one opened read-only cannot make it
-            self.small_views = self.env.open_db(b"small_views", create=not readonly)
-        except lmdb.NotFoundError:
-            self.small_views = None
+        # A store written before small views (or reference points) has none, and one opened read-only cannot make it.
+        self.small_views = self._optional_db(b"small_views", readonly)
+        self.reference_points = self._optional_db(b"reference_points", readonly)
         self._lock = ReadWriteLock()  # held for writing only while the map grows
         self._subscribers: list[Callable[[], None]] = []
         self.write_failure: str | None = None  # why the last write failed, until one succeeds
+
+    def _optional_db(self, name: bytes, readonly: bool):
+        try:
+            return self.env.open_db(name, create=not readonly)
+        except lmdb.NotFoundError:
+            return None
 
     def subscribe(self, on_commit: Callable[[], None]) -> None:
         """Calls on_commit() after every write transaction commits (in the writer's thread)."""
@@ -220,6 +226,7 @@ class Store:
                 for db, extra in (
                     (self.keypoints, item.keypoints),
                     (self.references, item.reference),
+                    (self.reference_points, item.reference_points),
                     (self.small_views, small_view),
                 ):
                     if extra:
@@ -256,6 +263,7 @@ class Store:
         txn.delete(record.sha256, u64(record.id), db=self.digests)
         txn.delete(u64(record.id), db=self.keypoints)
         txn.delete(u64(record.id), db=self.references)
+        txn.delete(u64(record.id), db=self.reference_points)
         txn.delete(u64(record.id), db=self.small_views)
         txn.delete(u64(record.id), db=self.collection_of)
         self._count(txn, record.collection, -1)
