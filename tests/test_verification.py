@@ -270,7 +270,7 @@ def test_a_query_over_most_of_the_candidate_is_not_aligned_as_a_crop(monkeypatch
     crop it would cover over CROP_MOST_COVER of the candidate shrunk a little, where a thick bar
     lines up with a thinner one; a thumbnail of it, placed at full size, counts."""
     monkeypatch.setattr(alignment, "fits", lambda query, candidate: [])
-    monkeypatch.setattr(verification, "_by_ecc", lambda query, candidate_lab: (verification.NOT_ALIGNED, None))
+    monkeypatch.setattr(verification, "_by_ecc", lambda query, candidate_lab, give_up: (verification.NOT_ALIGNED, None))
     wallpaper = Image.open(IMAGES / "gnome-adwaita.jpg").convert("RGB")
     reference = verification.reference(wallpaper)
     most, half = (jpeg(wallpaper.crop((0, 0, side, side)), 85) for side in (950, 640))
@@ -664,3 +664,25 @@ def test_points_stored_at_enrolment_give_the_residuals_made_from_the_reference(s
 
 def measured(found: verification.Residual) -> tuple[float, ...]:
     return found.lightness, found.colour, found.beside_overlays, found.upscale, found.stretch
+
+
+def test_alignments_given_up_early_change_no_close_match():
+    """Where only a close match counts, ECC is given up on a hopeless pair after a few iterations and a
+    crop nowhere correlated is not refined: no copy or look-alike changes its verdict for that."""
+    falcon = Image.open(IMAGES / "portrait-portraits-monsters-falcon.jpg").convert("RGB")
+    reference = verification.reference(clock(3))
+    copies = [jpeg(clock(3), 40), clock(3).crop((0, 0, 300, 240)), clock(3).transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    for query in [*copies, clock(11), clock(3, without_tick=6), falcon]:
+        prepared = verification.QueryPicture(query)
+        candidate = verification.candidate(reference, prepared.has_no_colour)
+        full, quick = (verification.compared(prepared, candidate, only_close=only) for only in (False, True))
+        for close in (Policy().verified_residual, Policy().verified_residual_at_threshold):
+            assert full.is_close(close, Policy().verified_colour) == quick.is_close(close, Policy().verified_colour)
+    assert all(verification.residual(copy, reference).is_close(0.2, 8.0) for copy in copies)
+    camel = Image.open(IMAGES / "stamp-animals-mammals-camel-camel.jpg").convert("RGB")
+    unrelated = verification.QueryPicture(falcon).shown[0]
+    camel_lab = verification.candidate(verification.reference(camel)).lab.astype(np.float32)
+    aligned = verification._by_ecc(unrelated, camel_lab)[0]
+    assert 1.0 < aligned.lightness < verification.NO_ALIGNMENT  # ECC aligns them, and far apart
+    assert verification._by_ecc(unrelated, camel_lab, give_up=True) == (verification.NOT_ALIGNED, None)
+    assert alignment.as_crop(unrelated.grey, camel_lab[..., 0]) is None

@@ -185,7 +185,7 @@ class Judge:
         policy, found = self.policy, None
         least_cover, for_detail = (policy.window_cover, False) if window else (0.0, True)
         for position in tried:
-            found = self._residual(query, search.nearest[position][0], as_crops, least_cover)
+            found = self._residual(query, search.nearest[position][0], as_crops, least_cover, only_close=not overlay)
             if found is not None and (
                 found.is_close(close, policy.verified_colour, for_detail=for_detail)
                 or (overlay and found.is_close(policy.verified_residual, policy.verified_colour, beside_foreign=True))
@@ -193,7 +193,7 @@ class Judge:
                 return _declared(search, covered if position == tried[0] else _only(position, covered), found)
         others = [position for position in range(len(covered)) if position not in tried]
         for position in others if small and policy.thumbnail_enlargement else []:
-            neighbour = self._residual(query, search.nearest[position][0], as_crops, least_cover)
+            neighbour = self._residual(query, search.nearest[position][0], as_crops, least_cover, only_close=True)
             if (
                 neighbour is not None
                 and neighbour.is_close(policy.verified_residual, policy.verified_colour)
@@ -204,17 +204,17 @@ class Judge:
         return replace(search, decision=decision, residual=found.lightness if found is not None else None)
 
     def _residual(
-        self, query: Query, record: Record, as_crops: bool = True, least_cover: float = 0.0
+        self, query: Query, record: Record, as_crops: bool = True, least_cover: float = 0.0, only_close: bool = False
     ) -> verification.Residual | None:
-        """None: nothing to compare (no query picture, no stored reference, too little structure)."""
+        """None: nothing to compare (no query picture, no stored reference, too little structure).
+        `only_close`: only whether it is a close match counts (verification.compared)."""
         reference = self.reference(record)
         picture = query() if reference else None
         if picture is None:
             return None
         shown = picture if isinstance(picture, verification.QueryPicture) else verification.QueryPicture(picture)
-        return verification.compared(
-            shown, self._candidate(record, reference, shown.has_no_colour), as_crops, least_cover
-        )
+        candidate = self._candidate(record, reference, shown.has_no_colour)
+        return verification.compared(shown, candidate, as_crops, least_cover, only_close)
 
     def _candidate(self, record: Record, reference: bytes, grey: bool) -> verification.Candidate | None:
         """The record's side of verification, from its reference and the points stored beside it, made
@@ -239,7 +239,7 @@ class Judge:
 
         def verified() -> bool:
             first = self.reference(nearest)
-            found = self._residual(lambda: verification.picture_of(first), other) if first else None
+            found = self._residual(lambda: verification.picture_of(first), other, only_close=True) if first else None
             return found is not None and found.is_close(self.policy.pair_twin_residual, self.policy.verified_colour)
 
         return self._pairs.get((nearest.sha256, other.sha256), verified)
