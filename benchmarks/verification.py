@@ -1,22 +1,29 @@
-"""What verification costs per pair, what a record stores for it, and what the region stage's box
-search costs beside it.
+"""What verifying one candidate pair costs as a Check pays it, side by side with another checkout's
+code; what the region stage's box search costs beside it; what a record stores for verification.
 
-  python -m benchmarks.verification [--images DIR] [--pairs 150]
+  python -m benchmarks.verification [--images DIR] [--catalogue DIR] [--pairs 150] [--beside DIR]
 
-For dev images, each checked against its own reference under a few transforms (re-encoded,
-resized, cropped, mirrored) and against another image's: the time of one residual
-(media/verification.py, single-threaded), and the reference's size; and the boxes pasted on each
-original looked for (media/insets.py) at the side the region stage decodes (twice the canvas).
-Both kinds of pair are also timed without the crop stage (tried only where no other alignment
-agrees closely: for an unrelated picture, every time), and as the service pays a pair now: the
-query prepared once per Check (verification.QueryPicture) and the record's side kept by the Judge
-(verification.Candidate), so that one more candidate costs only the alignments; side by side.
+Real pictures, three kinds of pair: a copy of a dev image (re-encoded, resized, cropped or
+mirrored) against the image's reference; another dev image against it (unrelated); and, with
+--catalogue (the clipart set), a drawing against another drawing of its category that is not the
+same picture (a look-alike: what a Check verifies most, since its candidates are its nearest).
+Each pair is timed on one thread as a Check pays it now: the query's side prepared once per Check
+(verification.QueryPicture, not counted), the record's side made from its reference and the
+keypoints stored at enrolment (verification.Candidate), compared as a duplicate's score is
+verified (every residual counts) and as a confirmation asks (only a close match counts:
+`only_close`); then for a record enrolled before keypoints were stored (made from the reference);
+and, with --beside, through that checkout's verification, its query prepared once too and its
+record made from the reference, as that code did. Prints each kind's median and p90 per pair.
 """
 
 import argparse
+import importlib
 import io
+import json
 import random
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -34,6 +41,7 @@ TRANSFORMS = {
     "cropped": lambda image: image.crop((image.width // 8, image.height // 8, image.width, image.height)),
     "mirrored": lambda image: image.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
 }
+LEFT_OUT_CATEGORIES = ("shapes/stars",)  # near-identical rings (the clipart README)
 
 
 def _jpeg(image: Image.Image, quality: int) -> Image.Image:
@@ -42,67 +50,127 @@ def _jpeg(image: Image.Image, quality: int) -> Image.Image:
     return Image.open(io.BytesIO(out.getvalue())).convert("RGB")
 
 
-def _timed(query: Image.Image, reference: bytes, crops: bool) -> tuple[float, verification.Residual | None]:
-    """Seconds for one residual, and the residual, with the crop stage or without."""
-    started = time.perf_counter()
-    found = verification.residual(query, reference, as_crops=crops)
-    return time.perf_counter() - started, found
+def _opened(path: Path, side: int) -> Image.Image:
+    picture = Image.open(path).convert("RGB")
+    picture.thumbnail((side, side))
+    return picture
 
 
-def _timed_kept(query: Image.Image, reference: bytes) -> float:
-    """Seconds for one more pair once the query is prepared and the candidate kept (a second compare)."""
-    prepared = verification.QueryPicture(query)
-    kept = verification.candidate(reference, prepared.has_no_colour)
-    verification.compared(prepared, kept)  # prepares the query's side
+def verification_of(checkout: Path):
+    """That checkout's media/verification.py, with the modules it imports, loaded beside this one's."""
+    ours = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "service"}
+    for name in ours:
+        del sys.modules[name]
+    sys.path.insert(0, str(checkout))
+    try:
+        return importlib.import_module("service.media.verification")
+    finally:
+        sys.path.remove(str(checkout))
+        for name in [name for name in sys.modules if name.split(".")[0] == "service"]:
+            del sys.modules[name]
+        sys.modules.update(ours)
+
+
+def timed(call: Callable) -> float:
     started = time.perf_counter()
-    verification.compared(prepared, kept)
+    call()
     return time.perf_counter() - started
+
+
+def prepared(module, query: Image.Image):
+    """A query's side of verification made, as once per Check."""
+    made = module.QueryPicture(query)
+    for shown in made.shown:
+        _ = (shown.lab, shown.points, shown.ecc_lab)  # made now, not timed
+    return made
+
+
+def pair_costs(query: Image.Image, reference: bytes, beside) -> dict[str, float]:
+    """Seconds for one pair each way (see the module's docstring)."""
+    query_side, points = prepared(verification, query), verification.reference_points(reference)
+    grey = query_side.has_no_colour
+
+    def compared(stored: bytes, only_close: bool):
+        candidate = verification.candidate(reference, grey, stored)
+        return verification.compared(query_side, candidate, only_close=only_close)
+
+    costs = {
+        "verified": timed(lambda: compared(points, False)),
+        "confirmed": timed(lambda: compared(points, True)),
+        "confirmed, no points stored": timed(lambda: compared(b"", True)),
+    }
+    if beside is not None:
+        theirs = prepared(beside, query)
+        costs["beside"] = timed(lambda: beside.compared(theirs, beside.candidate(reference, theirs.has_no_colour)))
+    return costs
+
+
+def look_alikes(catalogue: Path, count: int, rng: random.Random) -> list[tuple[Path, Path]]:
+    """Pairs of drawings of one category that are not the same picture (different groups)."""
+    by_category: dict[str, list[dict]] = {}
+    for entry in json.loads((catalogue / "manifest.json").read_text()):
+        if not entry["category"].startswith(LEFT_OUT_CATEGORIES):
+            by_category.setdefault(entry["category"], []).append(entry)
+    categories = [name for name, entries in by_category.items() if len({e["group"] for e in entries}) > 1]
+    pairs = []
+    while len(pairs) < count:
+        entries = by_category[rng.choice(categories)]
+        first, second = rng.sample(entries, 2)
+        if first["group"] != second["group"]:
+            pairs.append((catalogue / first["file"], catalogue / second["file"]))
+    return pairs
+
+
+def report(kind: str, costs: list[dict[str, float]]) -> None:
+    ms = {way: 1000 * np.array([cost[way] for cost in costs]) for way in costs[0]}
+    print(f"{kind} ({len(costs)} pairs), median / p90 ms per pair:")
+    for way, values in ms.items():
+        ratio = ""
+        if "beside" in ms and way != "beside":
+            ratio = f" ({np.median(ms['beside']) / np.median(values):.2f}x less than beside)"
+        print(f"  {way:28s} {np.median(values):6.1f} / {np.percentile(values, 90):6.1f}{ratio}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
-    parser.add_argument("--pairs", type=int, default=150)
+    parser.add_argument("--catalogue", type=Path, help="the clipart set: look-alike pairs of drawings too")
+    parser.add_argument("--pairs", type=int, default=150, help="pairs of each kind")
+    parser.add_argument("--beside", type=Path, help="another checkout whose verification is timed too")
     arguments = parser.parse_args()
     cv2.setNumThreads(1)
+    beside = verification_of(arguments.beside.resolve()) if arguments.beside else None
     files = sorted(arguments.images.glob("*.jpg"))
     rng = random.Random(0)
-    times, sizes, copies, others, box_times = [], [], [], [], []  # times: (unrelated, with crops, without)
+    kinds: dict[str, list[dict[str, float]]] = {"copy": [], "unrelated": [], "look-alike": []}
+    box_times, sizes, points_sizes = [], [], []
     for _ in range(arguments.pairs):
         original, other = (Image.open(path).convert("RGB") for path in rng.sample(files, 2))
         original.thumbnail((1024, 1024))
         decoded = original.copy()
         decoded.thumbnail((canvas_size(224) * REGION_DECODE_SCALE,) * 2)  # the default input side
-        started = time.perf_counter()
-        insets.boxes(decoded)
-        box_times.append(time.perf_counter() - started)
+        box_times.append(timed(lambda decoded=decoded: insets.boxes(decoded)))
         reference = verification.reference(original)
         sizes.append(len(reference))
+        points_sizes.append(len(verification.reference_points(reference)))
         query = TRANSFORMS[rng.choice(list(TRANSFORMS))](original)
-        query.thumbnail((verification.QUERY_SIDE, verification.QUERY_SIDE))
-        other.thumbnail((verification.QUERY_SIDE, verification.QUERY_SIDE))
-        for pairs, picture in ((copies, query), (others, other)):
-            (seconds, found), (without, _) = (_timed(picture, reference, crops) for crops in (True, False))
-            pairs.append(found)
-            times.append((picture is other, seconds, without, _timed_kept(picture, reference)))
-    for unrelated in (False, True):
-        with_crops, without, kept = (1000 * np.array([t[at] for t in times if t[0] == unrelated]) for at in (1, 2, 3))
-        print(
-            f"residual of one {'unrelated' if unrelated else 'copy'} pair: median {np.median(with_crops):.1f} ms, "
-            f"p90 {np.percentile(with_crops, 90):.1f} ms (one thread); without the crop stage {np.median(without):.1f}"
-            f" ms ({np.median(with_crops) / np.median(without):.2f}x); query prepared and candidate kept "
-            f"{np.median(kept):.1f} ms ({np.median(with_crops) / np.median(kept):.2f}x less)"
-        )
-    ms = 1000 * np.array([t[1] for t in times if not t[0]])
+        for kind, picture in (("copy", query), ("unrelated", other)):
+            picture.thumbnail((verification.QUERY_SIDE, verification.QUERY_SIDE))
+            kinds[kind].append(pair_costs(picture, reference, beside))
+    if arguments.catalogue:
+        for enrolled, query in look_alikes(arguments.catalogue, arguments.pairs, rng):
+            reference = verification.reference(_opened(enrolled, 1024))
+            kinds["look-alike"].append(pair_costs(_opened(query, verification.QUERY_SIDE), reference, beside))
+    for kind, costs in kinds.items():
+        if costs:
+            report(kind, costs)
     box_ms = 1000 * np.array(box_times)
+    print(f"boxes looked for in one picture: median {np.median(box_ms):.1f} ms, p90 {np.percentile(box_ms, 90):.1f} ms")
     print(
-        f"boxes looked for in one picture: median {np.median(box_ms):.1f} ms, p90 {np.percentile(box_ms, 90):.1f} ms"
-        f" ({np.median(box_ms) / np.median(ms):.2f}x a residual)"
+        f"stored per record for verification: reference median {np.median(sizes) / 1024:.1f} KiB (max "
+        f"{max(sizes) / 1024:.1f}), its keypoints median {np.median(points_sizes) / 1024:.1f} KiB (max "
+        f"{max(points_sizes) / 1024:.1f})"
     )
-    print(f"reference per record: median {np.median(sizes) / 1024:.1f} KiB, max {max(sizes) / 1024:.1f} KiB")
-    known = [value.lightness for value in copies if value is not None]
-    unrelated = [value.lightness for value in others if value is not None]
-    print(f"copies: median residual {np.median(known):.2f}; unrelated images: median {np.median(unrelated):.2f}")
 
 
 if __name__ == "__main__":
