@@ -1,6 +1,7 @@
 """The LMDB store, on a real LMDB environment."""
 
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -51,6 +52,20 @@ def test_enrolled_updated_unchanged_and_deleted(store):
     assert store.delete("a") is None
     with store.read() as view:
         assert view.count() == 1 and view.by_key("a") is None
+
+
+def test_a_records_reference_and_its_points_go_with_it(store):
+    def with_reference(key: str, content: str) -> Enrolment:
+        return replace(item(key, content), reference=b"jpeg " + content.encode(), reference_points=b"points")
+
+    [first] = store.enroll(MODEL, [with_reference("a", "one")])
+    [updated] = store.enroll(MODEL, [with_reference("a", "two")])
+    with store.read() as view:
+        assert (view.reference(first.record.id), view.reference_points(first.record.id)) == (b"", b"")
+        assert (view.reference(updated.record.id), view.reference_points(updated.record.id)) == (b"jpeg two", b"points")
+    store.delete("a")
+    with store.read() as view:
+        assert (view.reference(updated.record.id), view.reference_points(updated.record.id)) == (b"", b"")
 
 
 def test_the_change_log_records_every_enrolment_and_removal_in_order(store):
