@@ -18,6 +18,8 @@ record made from the reference, as that code did. Prints each kind's median and 
 
 import argparse
 import importlib
+import importlib.machinery
+import importlib.util
 import io
 import json
 import random
@@ -57,15 +59,17 @@ def _opened(path: Path, side: int) -> Image.Image:
 
 
 def verification_of(checkout: Path):
-    """That checkout's media/verification.py, with the modules it imports, loaded beside this one's."""
+    """That checkout's media/verification.py, with the modules it imports, loaded beside this one's
+    (its `service` package found in that folder; its own imports resolve through the package)."""
     ours = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "service"}
     for name in ours:
         del sys.modules[name]
-    sys.path.insert(0, str(checkout))
     try:
+        spec = importlib.machinery.PathFinder.find_spec("service", [str(checkout)])
+        sys.modules["service"] = package = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(package)
         return importlib.import_module("service.media.verification")
     finally:
-        sys.path.remove(str(checkout))
         for name in [name for name in sys.modules if name.split(".")[0] == "service"]:
             del sys.modules[name]
         sys.modules.update(ours)
