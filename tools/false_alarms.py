@@ -18,20 +18,20 @@ from pathlib import Path
 from PIL import Image
 
 from tools.evaluate import add_benchmark_arguments, benchmark_of, image_data
+from tools.rescore import answered
 from tools.stage_examples import LABEL, SIDE, pair
 
 
 def false_alarms(arguments: argparse.Namespace) -> list[tuple[bytes, Image.Image, str]]:
     """(the query's bytes, the picture it was taken for, a label) for each false alarm of the run."""
-    answers = [json.loads(line) for line in (arguments.run / "queries.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (arguments.run / "queries.jsonl").read_text().splitlines()]
     benchmark = benchmark_of(arguments)
     queries = benchmark.queries
-    if len(answers) < len(queries):  # the run's --sample, drawn as tools/evaluate.py draws it
-        queries = random.Random(arguments.seed).sample(queries, len(answers))
+    if len(rows) < len(queries):  # the run's --sample, drawn as tools/evaluate.py draws it
+        queries = random.Random(arguments.seed).sample(queries, len(rows))
     found = []
-    for query, answer in zip(queries, answers, strict=True):
-        if (query.family, query.source) != (answer["family"], answer["source"]):
-            raise SystemExit(f"{arguments.run} was not made with these arguments ({answer['source']}, {query.source})")
+    for query in answered(queries, rows):
+        answer = query.answer
         if answer["is_duplicate"] and answer["declared"] not in answer["expected"]:
             taken_for = Image.open(io.BytesIO(image_data(benchmark.enrol[answer["declared"]])))
             label = f"{answer['family']} of {Path(answer['source']).name[:28]}: {answer['score']:.3f}"
