@@ -68,6 +68,16 @@ CHECK_DECIDED = Counter(
     ["stage", "decision"],
     registry=REGISTRY,
 )
+STREAM_READ_AHEAD = Gauge(
+    "neardup_stream_read_ahead_requests",
+    "Enroll and CheckStream requests read ahead of their answers (bounded per stream by --enroll-window)",
+    registry=REGISTRY,
+)
+STREAM_READ_AHEAD_BYTES = Gauge(
+    "neardup_stream_read_ahead_bytes",
+    "bytes of those requests (bounded per stream by --enroll-window-bytes)",
+    registry=REGISTRY,
+)
 ENROLLED = Counter("neardup_enroll_results", "Enroll items answered, by status", ["status"], registry=REGISTRY)
 # Every series of a bounded label set exists from the start (at 0), so rates and alerts see it.
 for kind in ("unavailable", "timeout", "rejected"):

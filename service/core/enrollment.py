@@ -161,6 +161,7 @@ class Enroller:
             await reader  # raises what broke the request stream, if anything did
         finally:
             reader.cancel()
+            queue.drop()
             for task, _ in in_flight:  # a later batch fails with the earlier one's error: already raised
                 task.cancel()
                 task.add_done_callback(lambda done: done.cancelled() or done.exception())

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from service import metrics
+
 
 class Sized(Protocol):
     @property
@@ -27,7 +29,8 @@ class StreamIdle(TimeoutError):
 
 class ReadAhead:
     """The requests read but not yet taken into a batch, bounded in count and in bytes (one
-    request always fits, however large). `None` marks the end of the stream."""
+    request always fits, however large, and the end of the stream, `None`, always fits).
+    What it holds is counted in the stream read-ahead gauges until taken or `dropped`."""
 
     def __init__(self, window: Window):
         self.window = window
@@ -38,25 +41,36 @@ class ReadAhead:
     def ready(self) -> bool:
         return bool(self.items)
 
+    def _fits(self, item: Sized | None) -> bool:
+        if item is None or not self.items:
+            return True
+        return len(self.items) < self.window.items and self.bytes + item.size <= self.window.bytes
+
     async def put(self, item: Sized | None) -> None:
-        size = item.size if item is not None else 0
         async with self._changed:
-            await self._changed.wait_for(
-                lambda: (
-                    not self.items or (len(self.items) < self.window.items and self.bytes + size <= self.window.bytes)
-                )
-            )
+            await self._changed.wait_for(lambda: self._fits(item))
             self.items.append(item)
-            self.bytes += size
+            self._count(item, +1)
             self._changed.notify_all()
 
     async def get(self) -> Sized | None:
         async with self._changed:
             await self._changed.wait_for(self.ready)
             item = self.items.popleft()
-            self.bytes -= item.size if item is not None else 0
+            self._count(item, -1)
             self._changed.notify_all()
             return item
+
+    def drop(self) -> None:
+        """Forgets what was read and not taken (the stream ended early)."""
+        while self.items:
+            self._count(self.items.popleft(), -1)
+
+    def _count(self, item: Sized | None, sign: int) -> None:
+        if item is not None:
+            self.bytes += sign * item.size
+            metrics.STREAM_READ_AHEAD.inc(sign)
+            metrics.STREAM_READ_AHEAD_BYTES.inc(sign * item.size)
 
 
 def read_ahead(requests: AsyncIterator[Sized], window: Window) -> tuple[ReadAhead, asyncio.Task]:
@@ -99,5 +113,6 @@ async def answered_in_order(
         await reader
     finally:
         reader.cancel()
+        queue.drop()
         for task in in_flight:
             task.cancel()
