@@ -47,12 +47,19 @@ def test_metrics_count_what_happened(observed):
         observed.stub.Delete(pb.DeleteRequest(key="obs/absent"), timeout=10)
     assert identical.identical and not new.is_duplicate and sum(c.is_duplicate for c in checks) >= 5
 
-    scraped = scrape(observed.metrics_port)
+    ours = "neardup.v1.NearDup"
+    deleted = (("code", "NOT_FOUND"), ("method", "Delete"), ("service", ours))
+    # An aborted call's status reaches the caller before the interceptor counts it (grpc.aio sends
+    # it from context.abort), so a scrape at once can be a moment early: wait for that one count.
+    scraped = wait_for(
+        lambda: (found := scrape(observed.metrics_port)).get(("neardup_rpc_requests_total", deleted)) and found,
+        10,
+        "the refused Delete to be counted",
+    )
 
     def value(name: str, **labels) -> float:
         return scraped.get((name, tuple(sorted(labels.items()))), 0.0)
 
-    ours = "neardup.v1.NearDup"
     assert value("neardup_rpc_requests_total", service=ours, method="Check", code="OK") == 8
     assert value("neardup_rpc_requests_total", service=ours, method="Enroll", code="OK") == 1
     assert value("neardup_rpc_requests_total", service=ours, method="Delete", code="NOT_FOUND") == 1
