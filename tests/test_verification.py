@@ -662,6 +662,23 @@ def test_points_stored_at_enrolment_give_the_residuals_made_from_the_reference(s
     assert verification.candidate(plain, stored_points=verification.UNJUDGEABLE) is None
 
 
+def test_a_reference_as_the_query_with_its_stored_points_gives_the_residuals_made_afresh():
+    """FindDuplicates verifies an enrolled record's reference as the query (QueryPicture.of_reference),
+    taking the keypoints stored at enrolment for its as-is side: each residual is the one made from the
+    reference's picture, with its stored points or without."""
+    falcon = Image.open(IMAGES / "portrait-portraits-monsters-falcon.jpg").convert("RGB")
+    references = [verification.reference(picture) for picture in (clock(3), clock(11), falcon, jpeg(clock(3), 40))]
+    for query in references:
+        afresh = verification.QueryPicture(verification.picture_of(query))
+        stored = verification.QueryPicture.of_reference(query, verification.reference_points(query))
+        assert np.array_equal(stored.shown[0].points[1], afresh.shown[0].points[1])
+        for other in references:
+            candidate = verification.candidate(other, afresh.has_no_colour)
+            made = [verification.compared(prepared, candidate) for prepared in (afresh, stored)]
+            assert repr(made[0]) == repr(made[1])
+    assert verification.QueryPicture.of_reference(references[0], verification.UNJUDGEABLE).shown
+
+
 def measured(found: verification.Residual) -> tuple[float, ...]:
     return found.lightness, found.colour, found.beside_overlays, found.upscale, found.stretch
 

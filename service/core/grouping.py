@@ -8,7 +8,6 @@ keep the work to a share of one core, so Checks keep their CPU meanwhile.
 """
 
 import asyncio
-import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,6 @@ import numpy as np
 from service.core.judging import Judge
 from service.core.searches import Search
 from service.core.stages.search import NEIGHBOURS
-from service.media import verification
 from service.storage.records import Record
 from service.storage.store import Store
 from service.storage.vector_index import VectorIndex
@@ -74,11 +72,7 @@ def judged_as_query(judge: Judge) -> Callable[[Record, list[tuple[Record, float]
     reference for a picture."""
 
     def judged(record: Record, others: list[tuple[Record, float]]) -> Search:
-        reference = judge.reference(record)
-        picture = functools.cache(
-            lambda: verification.QueryPicture(verification.picture_of(reference)) if reference else None
-        )
-        return judge.judge(record.feature.astype(np.float32), others, 0.0, picture)
+        return judge.judge(record.feature.astype(np.float32), others, 0.0, judge.as_query(record))
 
     return judged
 

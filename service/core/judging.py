@@ -9,6 +9,7 @@ not; then the caller's "not a duplicate" memory overrides. Check (checking.py) a
 (grouping.py) judge this way."""
 
 import collections
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -227,6 +228,21 @@ class Judge:
 
         return self._candidates.get((record.sha256, grey), made)
 
+    def as_query(self, record: Record) -> Query:
+        """An enrolled record's stored reference as the picture to verify (FindDuplicates, twins),
+        with the keypoints stored beside it, made when first asked for (None: it has none here)."""
+
+        @functools.cache
+        def made() -> verification.QueryPicture | None:
+            reference = self.reference(record)
+            if not reference:
+                return None
+            with self.store.read() as view:
+                points = view.reference_points(record.id)
+            return verification.QueryPicture.of_reference(reference, points)
+
+        return made
+
     def reference(self, record: Record) -> bytes:
         """The record's stored verification reference (b"" when it has none here)."""
         if not record.stored_here:  # another front service's record (Milvus): its reference is not here
@@ -238,8 +254,7 @@ class Judge:
         """Are two enrolled images the same picture? Verified once, then remembered."""
 
         def verified() -> bool:
-            first = self.reference(nearest)
-            found = self._residual(lambda: verification.picture_of(first), other, only_close=True) if first else None
+            found = self._residual(self.as_query(nearest), other, only_close=True)
             return found is not None and found.is_close(self.policy.pair_twin_residual, self.policy.verified_colour)
 
         return self._pairs.get((nearest.sha256, other.sha256), verified)

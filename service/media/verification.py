@@ -160,6 +160,19 @@ class QueryPicture:
     def __init__(self, picture: Image.Image):
         self.picture = picture
 
+    @classmethod
+    def of_reference(cls, reference_bytes: bytes, stored_points: bytes = b"") -> "QueryPicture":
+        """An enrolled record's reference as the query (FindDuplicates), with the keypoints stored
+        beside it (reference_points) where they are those of its lightness here: a reference is no
+        larger than QUERY_SIDE, so they are (the query's own keypoints, unless none are stored)."""
+        query = cls(picture_of(reference_bytes))
+        if stored_points and stored_points != UNJUDGEABLE:
+            grey_width, points, descriptors = _unpacked_points(stored_points)
+            as_it_is = query.shown[0]
+            if grey_width == as_it_is.grey.shape[1]:
+                as_it_is.points = (points, descriptors.astype(np.float32))
+        return query
+
     @functools.cached_property
     def has_no_colour(self) -> bool:
         return _has_no_colour(self.picture)
@@ -267,6 +280,8 @@ def compared(
     if best.stretch > CLOSE_STRETCH:
         kept = [other for other, aligned_other in found if aligned_other is not None and other.stretch <= CLOSE_STRETCH]
         best = replace(best, unstretched=min(kept, default=None))
+    if only_close:  # beside_overlays and beside_foreign count only where an overlay is forgiven
+        return best
     # An overlay's colours are looked for in the best alignment only: the rest are not used.
     foreign = cells.beside_foreign_colours(*aligned)
     return replace(best, beside_overlays=min(best.beside_overlays, foreign[0]), beside_foreign=foreign)
