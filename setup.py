@@ -15,13 +15,16 @@ OUTPUT = ROOT / "service" / "proto"
 
 def generate_grpc_modules() -> None:
     """protoc into service/proto/, then make the generated imports point inside the package."""
+    import grpc_tools
     from grpc_tools import protoc
 
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     OUTPUT.mkdir(exist_ok=True)
+    well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"  # google/protobuf/timestamp.proto
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
         f"--python_out={OUTPUT}",
         f"--pyi_out={OUTPUT}",
         f"--grpc_python_out={OUTPUT}",

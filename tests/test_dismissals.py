@@ -5,9 +5,11 @@ restart and a rebuild, and goes with the enrolled key."""
 import io
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from PIL import Image, ImageEnhance
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
@@ -40,6 +42,8 @@ def test_a_dismissed_pair_is_no_longer_a_duplicate(start_service, tmp_path):
     assert check(service, reencoded(other)).is_duplicate  # other keys are untouched
     listed = service.stub.ListDismissals(pb.ListDismissalsRequest(), timeout=10).dismissals
     assert [(d.id, d.key) for d in listed] == [(entry.id, "poster")]
+    made = json_format.MessageToDict(listed[0], preserving_proto_field_name=True)["created"]  # RFC 3339 in JSON
+    assert made.endswith("Z") and abs(listed[0].created.ToNanoseconds() / 1e9 - time.time()) < 120
 
     # It survives a restart and an index rebuild.
     service.stop()

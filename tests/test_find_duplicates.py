@@ -58,10 +58,19 @@ def test_every_twin_pair_is_grouped_and_nothing_else(catalogue):
     progress = [reply for reply in replies if not reply.keys]
     assert progress and progress[-1].records_checked == progress[-1].records_total == catalogue.enrolled
     assert all(len(reply.scores) == 1 and reply.scores[0] >= 0.55 for reply in replies if reply.keys)
+    for reply in found_in(replies):  # each score with the pair it belongs to
+        [pair] = reply.pairs
+        assert {pair.first, pair.second} == {0, 1} and pair.score == reply.scores[0]
+
+
+def found_in(replies: list[pb.DuplicateGroup]) -> list[pb.DuplicateGroup]:
+    return [reply for reply in replies if reply.keys]
 
 
 def test_one_collection_alone(catalogue):
-    assert groups_of(catalogue, "other")[0] == []  # its one record has no twin inside it
+    groups, replies = groups_of(catalogue, "other")
+    assert groups == []  # its one record has no twin inside it
+    assert replies[-1].records_checked == replies[-1].records_total == 1  # the progress of that collection
     with pytest.raises(grpc.RpcError) as raised:
         groups_of(catalogue, "no such/name")
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -75,4 +84,8 @@ def test_the_command_prints_groups_and_progress(catalogue):
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(lines) == 3 and all(len(line["members"]) == 2 for line in lines)
+    for line in lines:
+        [pair] = line["pairs"]
+        names = {f"{m['collection']}/{m['key']}" if m["collection"] else m["key"] for m in line["members"]}
+        assert {pair["first"], pair["second"]} == names and pair["score"] >= 0.55
     assert f"{catalogue.enrolled}/{catalogue.enrolled}" in done.stderr  # the progress bar

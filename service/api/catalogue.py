@@ -24,7 +24,9 @@ def collection_message(stats: CollectionStats) -> pb.CollectionStats:
 
 
 def _message(entry: Dismissal) -> pb.Dismissal:
-    return pb.Dismissal(id=entry.id, key=entry.key, collection=entry.collection, created_at=entry.created_at)
+    message = pb.Dismissal(id=entry.id, key=entry.key, collection=entry.collection, created_at=entry.created_at)
+    message.created.FromNanoseconds(round(entry.created_at * 1e9))
+    return message
 
 
 class CatalogueMethods:
@@ -73,7 +75,8 @@ class CatalogueMethods:
             yield pb.DuplicateGroup(
                 keys=[key for _, key in item.names],
                 collections=[c for c, _ in item.names],
-                scores=item.scores,
+                scores=[score for _, _, score in item.pairs],
+                pairs=[pb.DuplicatePair(first=a, second=b, score=score) for a, b, score in item.pairs],
                 records_checked=checked,
                 records_total=total,
             )

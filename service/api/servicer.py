@@ -1,6 +1,7 @@
 """The gRPC servicer: validates requests, calls the core, and maps to and from protobuf."""
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -141,7 +142,7 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
             model=self.settings.triton.model,
             index_generation=result.index_generation,
             identical=result.identical,
-            score=result.score,
+            score=result.score if math.isfinite(result.score) else 0.0,  # no match compared: no score
             decision_rule=result.rule or self.settings.decision.rule,
             background_similarity=result.background_similarity,
             low_information=result.low_information,

@@ -28,7 +28,7 @@ Name = tuple[str, str]  # (collection, key)
 @dataclass
 class Group:
     names: list[Name]
-    scores: list[float]  # of the pairs that joined it
+    pairs: list[tuple[int, int, float]]  # the pairs that joined it: positions in names, and score
 
 
 @dataclass
@@ -60,10 +60,14 @@ class Joins:
         members: dict[Name, list[Name]] = {}
         for name in self.parent:
             members.setdefault(self.root(name), []).append(name)
-        scores: dict[Name, list[float]] = {}
-        for (a, _), score in sorted(self.pairs.items()):
-            scores.setdefault(self.root(a), []).append(score)
-        found = [Group(sorted(names), scores.get(root, [])) for root, names in members.items() if len(names) > 1]
+        pairs: dict[Name, list[tuple[Name, Name, float]]] = {}
+        for (a, b), score in sorted(self.pairs.items()):
+            pairs.setdefault(self.root(a), []).append((a, b, score))
+        found = []
+        for root, names in members.items():
+            if len(names) > 1:
+                at = {name: position for position, name in enumerate(sorted(names))}
+                found.append(Group(sorted(names), [(at[a], at[b], score) for a, b, score in pairs.get(root, [])]))
         return sorted(found, key=lambda group: (-len(group.names), group.names))
 
 
@@ -77,9 +81,15 @@ def judged_as_query(judge: Judge) -> Callable[[Record, list[tuple[Record, float]
     return judged
 
 
-def record_ids(store: Store) -> np.ndarray:
+def record_ids(store: Store, collection: str | None = None) -> np.ndarray:
+    """The ids FindDuplicates queries, in id order: every record's, or one collection's."""
     with store.read() as view:
-        return np.fromiter(view.record_ids(), np.uint64)
+        if collection is None:
+            return np.fromiter(view.record_ids(), np.uint64)
+        named = dict(view.collection_ids())
+        if collection:
+            return np.array(sorted(id_ for id_, name in named.items() if name == collection), np.uint64)
+        return np.array([id_ for id_ in view.record_ids() if id_ not in named], np.uint64)
 
 
 async def find_groups(
@@ -91,7 +101,7 @@ async def find_groups(
 ) -> AsyncIterator[Progress | Group]:
     """Progress after every batch, then the groups, largest first. Only records of `collection`
     are queried and joined (None: every collection)."""
-    ids = await asyncio.to_thread(record_ids, store)
+    ids = await asyncio.to_thread(record_ids, store, collection)
     joins = Joins()
     wanted = frozenset([collection]) if collection is not None else None
 
