@@ -23,9 +23,14 @@ import logging
 import sys
 from pathlib import Path
 
-from service.api.channels import add_client_arguments
+from service.api.channels import DefaultsShown, add_client_arguments
+from service.client import DEFAULT_MAX_FILE_BYTES
 from service.flags import add_arguments, settings_from_arguments
 from service.index_commands import add_index_parser, run_index
+
+
+def command(commands, name: str, summary: str) -> argparse.ArgumentParser:
+    return commands.add_parser(name, help=summary, description=summary, formatter_class=DefaultsShown)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,23 +38,42 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_arguments(commands.add_parser("serve", help="run the gRPC service"))
 
-    enroll = commands.add_parser("enroll", help="enrol a folder of images, or the files listed in a text file")
-    enroll.add_argument("source", type=Path, help="a folder (searched recursively) or a file with one path a line")
+    enroll = command(commands, "enroll", "enrol a folder of images, or the files listed in a text file")
+    enroll.add_argument(
+        "source",
+        type=Path,
+        help="an image, a folder (searched recursively; each file's path is its key), or a text file with "
+        "one path a line (relative to its folder; # starts a comment)",
+    )
+    enroll.add_argument("--collection", default="", help="enrol into this collection ('': the default one)")
+    enroll.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=DEFAULT_MAX_FILE_BYTES,
+        help="larger files are reported as too large and skipped (the service's default request limit)",
+    )
     add_client_arguments(enroll)
 
-    check = commands.add_parser("check", help="is each image a near-duplicate of an enrolled one?")
-    check.add_argument("images", type=Path, nargs="+")
-    check.add_argument("--top-k", type=int, default=1)
-    check.add_argument("--json", action="store_true", help="one JSON object per image")
+    check = command(commands, "check", "is each image a near-duplicate of an enrolled one?")
+    check.add_argument("images", type=Path, nargs="+", help="image files to check, each on its own")
+    check.add_argument("--top-k", type=int, default=1, help="nearest enrolled images to list per image (at most 100)")
+    check.add_argument(
+        "--collection",
+        action="append",
+        default=[],
+        help="search only this collection; repeat for several ('' is the default one; none given: every one)",
+    )
+    check.add_argument("--json", action="store_true", help="one JSON object per image, the proto's field names")
+    check.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES, help="larger files are not sent")
     add_client_arguments(check)
 
-    duplicates = commands.add_parser("duplicates", help="the groups of enrolled keys that duplicate each other")
-    duplicates.add_argument("--collection", default="", help="only this collection (default: all, joined across)")
-    duplicates.add_argument("--json", action="store_true", help="one JSON object per group")
+    duplicates = command(commands, "duplicates", "the groups of enrolled keys that duplicate each other")
+    duplicates.add_argument("--collection", default="", help="only this named collection (default: all, joined across)")
+    duplicates.add_argument("--json", action="store_true", help="one JSON object per group, with each pair's score")
     add_client_arguments(duplicates)
 
-    add_client_arguments(commands.add_parser("stats", help="the service's Stats, as JSON"))
-    health = commands.add_parser("health", help="exit 0 if the service reports SERVING")
+    add_client_arguments(command(commands, "stats", "the service's Stats, as JSON"))
+    health = command(commands, "health", "exit 0 if the service reports SERVING")
     health.add_argument(
         "--service",
         default="neardup.v1.NearDup",
@@ -57,16 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_client_arguments(health)
 
-    add_index_parser(commands)
+    add_index_parser(commands, command)
 
-    backup = commands.add_parser(
-        "backup", help="a consistent, compacted copy of the data directory (safe while serving)"
-    )
+    backup = command(commands, "backup", "a consistent, compacted copy of the data directory (safe while serving)")
     backup.add_argument("dest", type=Path, help="a new folder; restore by serving with --data-dir DEST")
     backup.add_argument("--data-dir", type=Path, default=Path("data"), help="the service's --data-dir")
 
-    token = commands.add_parser("token", help="auth tokens").add_subparsers(dest="token_command", required=True)
-    new = token.add_parser("new", help="print a fresh token and its entry for the --auth-tokens file")
+    token = command(commands, "token", "auth tokens").add_subparsers(dest="token_command", required=True)
+    new = command(token, "new", "print a fresh token and its entry for the --auth-tokens file")
     new.add_argument("name", help="who will use it (logged as the caller)")
     new.add_argument("--roles", required=True, help="comma-separated: check, enroll, admin")
     return parser
@@ -95,11 +117,18 @@ def run_enroll(arguments: argparse.Namespace) -> int:
     from service.api.channels import stub_from
     from service.client import enroll, image_paths
 
-    paths = image_paths(arguments.source)
-    summary = enroll(stub_from(arguments), ((str(p), p) for p in paths), total=len(paths))
+    found = image_paths(arguments.source)
+    if found.skipped:
+        shown = ", ".join(str(path) for path in found.skipped[:3]) + (", ..." if len(found.skipped) > 3 else "")
+        files = f"{len(found.skipped)} file{'s' if len(found.skipped) > 1 else ''}"
+        print(f"not images, skipped: {files} ({shown})", file=sys.stderr)
+    items = ((str(path), path) for path in found.paths)
+    summary = enroll(
+        stub_from(arguments), items, len(found.paths), True, arguments.collection, arguments.max_file_bytes
+    )
     for key, why in summary.failures:
         print(f"failed: {key}: {why}", file=sys.stderr)
-    print(summary.line())
+    print(summary.line() + (f", {len(found.skipped)} skipped" if found.skipped else ""))
     return 1 if summary.failures else 0
 
 
@@ -108,8 +137,17 @@ def run_check(arguments: argparse.Namespace) -> int:
     from service.client import check
 
     failed = False
-    for line, answered in check(stub_from(arguments), arguments.images, arguments.top_k, arguments.json):
-        print(line)
+    answers = check(
+        stub_from(arguments),
+        arguments.images,
+        arguments.top_k,
+        arguments.json,
+        arguments.collection,
+        arguments.max_file_bytes,
+        lambda error: described(error, arguments),
+    )
+    for line, answered in answers:
+        print(line, file=sys.stdout if answered or arguments.json else sys.stderr)
         failed |= not answered
     return 1 if failed else 0
 
@@ -127,11 +165,16 @@ def run_duplicates(arguments: argparse.Namespace) -> int:
             bar.update(reply.records_checked - bar.n)
             if not reply.keys:
                 continue
-            members = [{"key": k, "collection": c} for k, c in zip(reply.keys, reply.collections, strict=True)]
+            names = [f"{c}/{k}" if c else k for k, c in zip(reply.keys, reply.collections, strict=True)]
             if arguments.json:
-                line = json.dumps({"members": members, "scores": [round(score, 4) for score in reply.scores]})
+                members = [{"key": k, "collection": c} for k, c in zip(reply.keys, reply.collections, strict=True)]
+                pairs = [
+                    {"first": names[pair.first], "second": names[pair.second], "score": round(pair.score, 4)}
+                    for pair in reply.pairs
+                ]
+                line = json.dumps({"members": members, "pairs": pairs})
             else:
-                line = "  ".join(f"{c}/{k}" if c else k for k, c in zip(reply.keys, reply.collections, strict=True))
+                line = "  ".join(names)
             bar.write(line, file=sys.stdout)
     return 0
 
@@ -143,7 +186,8 @@ def run_stats(arguments: argparse.Namespace) -> int:
     from service.proto.neardup.v1 import neardup_pb2 as pb
 
     reply = stub_from(arguments).Stats(pb.StatsRequest(), timeout=10)
-    print(json.dumps(MessageToDict(reply, always_print_fields_with_no_presence=True), indent=1))
+    answer = MessageToDict(reply, always_print_fields_with_no_presence=True, preserving_proto_field_name=True)
+    print(json.dumps(answer, indent=1))
     return 0
 
 
@@ -213,15 +257,32 @@ def main(argv: list[str] | None = None) -> None:
     """Runs a command; a service that cannot be reached or a path that cannot be read is one line."""
     import grpc
 
+    from service.client import SourceError
+
     arguments = build_parser().parse_args(argv)
     try:
         sys.exit(COMMANDS[arguments.command](arguments))
     except grpc.RpcError as error:
         where = getattr(arguments, "server", "the service")
-        print(f"neardup {arguments.command}: {where}: {error.code().name}: {error.details()}", file=sys.stderr)
+        print(f"neardup {arguments.command}: {where}: {described(error, arguments)}", file=sys.stderr)
     except OSError as error:
         print(f"neardup {arguments.command}: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+    except SourceError as error:
+        print(f"neardup {arguments.command}: {error}", file=sys.stderr)
     sys.exit(1)
+
+
+def described(error, arguments: argparse.Namespace) -> str:
+    """A failed call in one line; where a plaintext channel was closed on us, the likely cause."""
+    import grpc
+
+    from service.api.channels import credentials_from
+
+    said = f"{error.code().name}: {error.details()}"
+    plaintext = not credentials_from(arguments).tls_ca
+    if error.code() == grpc.StatusCode.UNAVAILABLE and plaintext and "refused" not in (error.details() or "").lower():
+        said += " (if the service uses TLS, pass --tls-ca CA.pem or set NEARDUP_TLS_CA)"
+    return said
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ from service.api.channels import add_client_arguments
 from service.storage.backends import BACKENDS, DEFAULT_BACKEND
 
 
-def add_index_parser(commands) -> None:
-    index = commands.add_parser("index", help="operate the index (snapshots, or the Milvus collection)").add_subparsers(
+def add_index_parser(commands, command) -> None:
+    """`index rebuild` and `index reload`, each made by command(subparsers, name, summary)."""
+    index = command(commands, "index", "operate the index (snapshots, or the Milvus collection)").add_subparsers(
         dest="index_command", required=True
     )
-    rebuild = index.add_parser("rebuild", help="build a new index snapshot from the store (safe while serving)")
+    rebuild = command(index, "rebuild", "build a new index snapshot from the store (safe while serving)")
     rebuild.add_argument("--data-dir", type=Path, default=Path("data"), help="the service's --data-dir")
     rebuild.add_argument("--quiet", action="store_true", help="no progress bar")
     rebuild.add_argument(
@@ -31,7 +32,7 @@ def add_index_parser(commands) -> None:
         default=10,
         help="CPU priority decrement (see nice(1)): the service keeps the CPU it needs meanwhile; 0 for full speed",
     )
-    add_client_arguments(index.add_parser("reload", help="make the running service load the newest snapshot now"))
+    add_client_arguments(command(index, "reload", "make the running service load the newest snapshot now"))
 
 
 def run_index(arguments: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """The `neardup enroll` / `neardup check` commands and tools/import_seed_db.py against a running service."""
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -40,8 +41,9 @@ def test_enroll_a_folder_then_check_images(service, tmp_path):
 
     enrolled = run("-m", "service.cli", "enroll", str(folder), "--server", server)
     assert enrolled.returncode == 1  # one file failed
-    assert "3 enrolled, 0 updated, 0 unchanged, 1 invalid" in enrolled.stdout
+    assert "3 enrolled, 0 updated, 0 unchanged, 1 failed, 1 skipped" in enrolled.stdout  # each file once
     assert f"failed: {folder / 'broken.jpg'}: image is not in a supported format" in enrolled.stderr
+    assert f"not images, skipped: 1 file ({folder / 'notes.txt'})" in enrolled.stderr
 
     copy = tmp_path / "copy.jpg"
     copy.write_bytes(reencoded((folder / "gnome-wood.jpg").read_bytes(), quality=85))
@@ -54,7 +56,7 @@ def test_enroll_a_folder_then_check_images(service, tmp_path):
 
     as_json = run("-m", "service.cli", "check", str(folder / "gnome-adwaita.jpg"), "--json", "--server", server)
     [answer] = [json.loads(line) for line in as_json.stdout.splitlines()]
-    assert answer["isDuplicate"] and answer["identical"]
+    assert answer["is_duplicate"] and answer["identical"]  # the proto's names, as grpcurl prints them
     assert answer["matches"][0]["key"] == str(folder / "gnome-adwaita.jpg")
 
 
@@ -103,7 +105,7 @@ def test_stats_health_and_the_index_commands(service, tmp_path):
     assert listed.returncode == 0 and "1 enrolled, 0 updated, 1 unchanged" in listed.stdout
 
     stats = {name: str(value) for name, value in json.loads(run("-m", "service.cli", "stats", *server).stdout).items()}
-    assert (stats["records"], stats["unindexedRecords"], stats["indexGeneration"]) == ("2", "2", "0")
+    assert (stats["records"], stats["unindexed_records"], stats["index_generation"]) == ("2", "2", "0")
     healthy = run("-m", "service.cli", "health", *server)
     assert healthy.returncode == 0 and healthy.stdout.strip().endswith("SERVING")
     unreachable = run("-m", "service.cli", "health", "--server", "127.0.0.1:9")
@@ -115,7 +117,7 @@ def test_stats_health_and_the_index_commands(service, tmp_path):
     reloaded = run("-m", "service.cli", "index", "reload", *server)
     assert reloaded.returncode == 0 and reloaded.stdout.startswith("index generation 1")
     stats = {name: str(value) for name, value in json.loads(run("-m", "service.cli", "stats", *server).stdout).items()}
-    assert (stats["indexGeneration"], stats["indexSize"], stats["unindexedRecords"]) == ("1", "2", "0")
+    assert (stats["index_generation"], stats["index_size"], stats["unindexed_records"]) == ("1", "2", "0")
     refused = run("-m", "service.cli", "index", "rebuild", "--data-dir", str(data_dir), "--keep", "0")
     assert refused.returncode == 2 and "must be at least 1" in refused.stderr
 
@@ -134,7 +136,7 @@ def test_a_new_users_mistakes_are_one_line_each(tmp_path, start_service):
     for command in (["enroll", str(IMAGES)], ["stats"], ["index", "reload"]):
         stopped = run("-m", "service.cli", *command, "--server", server)
         assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr
-        [said] = [line for line in stopped.stderr.splitlines() if line and not line.startswith("enrolling:")]
+        [said] = [line for line in stopped.stderr.splitlines() if line and not line.startswith(("enrolling:", "not "))]
         assert said.startswith(f"neardup {command[0]}: {server}: UNAVAILABLE: "), said
 
 
@@ -194,3 +196,102 @@ def test_reference_points_stored_at_enrolment_outlast_a_restart_a_rebuild_and_a_
     for key, image in images.items():
         reply = restarted.stub.Check(pb.CheckRequest(image=reencoded(image)), timeout=30)
         assert reply.is_duplicate and reply.matches[0].key == key
+
+
+def test_enroll_counts_each_file_once_and_goes_on_past_one_too_large(service, tmp_path):
+    """A file over what the service takes in one request is named with the limit; the rest are enrolled."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for name in ("gnome-adwaita.jpg", "gnome-wood.jpg"):
+        shutil.copy(IMAGES / name, folder / name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
+    (folder / "huge.png").write_bytes(b"\x89PNG" + bytes(33 * 2**20))  # over the default 32 MiB a request carries
+    (folder / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    enrolled = run("-m", "service.cli", "enroll", str(folder), "--server", f"127.0.0.1:{service.port}")
+    assert enrolled.returncode == 1 and "Traceback" not in enrolled.stderr, enrolled.stderr
+    assert enrolled.stdout.strip().endswith("2 enrolled, 0 updated, 0 unchanged, 2 failed, 1 skipped")
+    assert f"failed: {folder / 'huge.png'}: too large: 33.0 MiB, over the 32.0 MiB" in enrolled.stderr
+    assert "--max-request-bytes" in enrolled.stderr
+    assert f"not images, skipped: 1 file ({folder / 'phone.heic'})" in enrolled.stderr
+    assert service.stub.Stats(pb.StatsRequest(), timeout=10).records == 2
+
+
+def test_enroll_says_in_one_line_when_there_is_nothing_to_enrol(service, tmp_path):
+    server = ("--server", f"127.0.0.1:{service.port}")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "unsupported").mkdir()
+    (tmp_path / "unsupported" / "a.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (tmp_path / "photo.avif").write_bytes(b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00")
+    (tmp_path / "comments.txt").write_text("# only a comment\n\n")
+    said = {
+        "empty": f"neardup enroll: no images found in {tmp_path / 'empty'} (0 other files;",
+        "unsupported": f"neardup enroll: no images found in {tmp_path / 'unsupported'} (1 other files;",
+        "photo.avif": f"neardup enroll: {tmp_path / 'photo.avif'}: not a JPEG, PNG, WebP, GIF, BMP or TIFF image",
+        "comments.txt": f"neardup enroll: {tmp_path / 'comments.txt'} lists no files",
+    }
+    for name, line in said.items():
+        refused = run("-m", "service.cli", "enroll", str(tmp_path / name), *server)
+        assert refused.returncode == 1 and refused.stderr.strip().startswith(line), refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    assert service.stub.Stats(pb.StatsRequest(), timeout=10).records == 0
+
+
+def test_a_list_of_files_is_read_relative_to_itself_and_skips_comments(service, tmp_path):
+    listing = tmp_path / "lists" / "photos.txt"
+    (tmp_path / "lists" / "photos").mkdir(parents=True)
+    shutil.copy(IMAGES / "gnome-wood.jpg", tmp_path / "lists" / "photos" / "wood.jpg")
+    commented = f"  # {IMAGES / 'gnome-adwaita.jpg'}"
+    lines = ["# holiday photos", "photos/wood.jpg", "", commented, str(IMAGES / "gnome-truchet.jpg")]
+    listing.write_text("\n".join(lines) + "\n")
+    listed = run("-m", "service.cli", "enroll", str(listing), "--server", f"127.0.0.1:{service.port}")  # cwd: ROOT
+    assert listed.returncode == 0 and "2 enrolled, 0 updated, 0 unchanged, 0 failed" in listed.stdout, listed.stderr
+    wood = service.stub.Check(pb.CheckRequest(image=(IMAGES / "gnome-wood.jpg").read_bytes()), timeout=30)
+    assert wood.identical and wood.matches[0].key == str(tmp_path / "lists" / "photos" / "wood.jpg")
+
+
+def test_check_errors_go_to_stderr_and_json_has_no_infinity(service, tmp_path):
+    server = ("--server", f"127.0.0.1:{service.port}")
+    missing = run("-m", "service.cli", "check", str(tmp_path / "missing.jpg"), *server)
+    assert missing.returncode == 1 and missing.stdout == ""
+    path = tmp_path / "missing.jpg"
+    assert missing.stderr.strip() == f"{path}: error: cannot read {path}: No such file or directory"
+    empty = run("-m", "service.cli", "check", str(IMAGES / "gnome-wood.jpg"), "--json", *server)
+    assert "Infinity" not in empty.stdout and "NaN" not in empty.stdout
+    answer = json.loads(empty.stdout)
+    assert answer["matches"] == [] and answer["score"] == 0 and answer["is_duplicate"] is False
+
+
+def test_check_and_enroll_take_a_collection(service, tmp_path):
+    server = ("--server", f"127.0.0.1:{service.port}")
+    wood = str(IMAGES / "gnome-wood.jpg")
+    assert run("-m", "service.cli", "enroll", wood, "--collection", "shop-a", *server).returncode == 0
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes(reencoded((IMAGES / "gnome-wood.jpg").read_bytes(), quality=85))
+    inside = run("-m", "service.cli", "check", str(copy), "--json", "--collection", "shop-a", *server)
+    inside = json.loads(inside.stdout)
+    assert inside["is_duplicate"] and inside["matches"][0]["collection"] == "shop-a"
+    elsewhere = run("-m", "service.cli", "check", str(copy), "--json", "--collection", "shop-b", *server)
+    assert json.loads(elsewhere.stdout)["matches"] == []
+
+
+def test_a_token_needs_a_name():
+    refused = run("-m", "service.cli", "token", "new", " ", "--roles", "check")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip() == "neardup token new: give the caller a name: it is logged for each of its calls"
+
+
+def test_every_argument_of_every_command_is_explained():
+    from service.cli import build_parser
+
+    def commands(parser, path=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from commands(sub, (*path, name))
+            elif not isinstance(action, argparse._HelpAction):
+                yield path, action
+
+    unexplained = [(path, action.dest) for path, action in commands(build_parser()) if not action.help]
+    assert unexplained == []
+    check_help = run("-m", "service.cli", "check", "--help").stdout
+    assert "(default: 1)" in check_help and "(default: 127.0.0.1:50051)" in check_help

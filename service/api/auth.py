@@ -4,12 +4,13 @@ The token file (`--auth-tokens`) holds SHA-256 digests, never tokens:
 
     {"tokens": [{"name": "search-api", "sha256": "<hex>", "roles": ["check"]}, ...]}
 
-Callers send `authorization: Bearer <token>`. Roles: `check` (Hash, Check, CheckStream, Stats, and
-reflection), `enroll` (Enroll, Delete, Dismiss, ListDismissals, RemoveDismissal), `admin`
-(ReloadIndex, SetCollection, FindDuplicates). Health stays open for
-orchestrator probes. A missing or unknown token is UNAUTHENTICATED, a known one without the
-role PERMISSION_DENIED; the method never runs. The file is read again on SIGHUP; a file that
-does not parse keeps the tokens in use. Logs name the caller (the token's name), never a token.
+Callers send `authorization: Bearer <token>`. Roles: `check` (Hash, Check, CheckStream, Stats),
+`enroll` (Enroll, Delete, Dismiss, ListDismissals, RemoveDismissal), `admin` (ReloadIndex,
+SetCollection, FindDuplicates). Reflection (what grpcurl lists) takes any valid token, whatever
+its roles; health stays open for orchestrator probes. A missing or unknown token is
+UNAUTHENTICATED, a known one without the role PERMISSION_DENIED; the method never runs. The file
+is read again on SIGHUP; a file that does not parse keeps the tokens in use. Logs name the caller
+(the token's name), never a token.
 """
 
 import contextlib
@@ -40,7 +41,11 @@ METHOD_ROLES = {
     "/neardup.v1.NearDup/Delete": "enroll",
     "/neardup.v1.NearDup/ReloadIndex": "admin",
 }
-SERVICE_ROLES = {"grpc.reflection.v1alpha.ServerReflection": "check", "grpc.reflection.v1.ServerReflection": "check"}
+ANY_ROLE = "any"  # a valid token is enough
+SERVICE_ROLES = {
+    "grpc.reflection.v1alpha.ServerReflection": ANY_ROLE,
+    "grpc.reflection.v1.ServerReflection": ANY_ROLE,
+}
 OPEN_SERVICES = ("grpc.health.v1.Health",)
 HEADER = "authorization"
 DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -62,6 +67,8 @@ def digest(token: str) -> str:
 
 def new_token(name: str, roles: list[str]) -> tuple[str, dict]:
     """A fresh random token and its entry for the token file."""
+    if not name.strip():
+        raise TokenFileError("give the caller a name: it is logged for each of its calls")
     unknown = set(roles) - set(ROLES)
     if unknown or not roles:
         raise TokenFileError(f"roles must be among {', '.join(ROLES)}; got {', '.join(roles) or 'none'}")
@@ -121,7 +128,7 @@ class Tokens:
 
 
 def required_role(method: str) -> str | None:
-    """The role a method needs; None for the open services (health)."""
+    """The role a method needs (ANY_ROLE: a valid token); None for the open services (health)."""
     service = method.strip("/").split("/")[0]
     if service in OPEN_SERVICES:
         return None
@@ -146,7 +153,7 @@ class Authentication(grpc.aio.ServerInterceptor):
                 await context.abort(
                     grpc.StatusCode.UNAUTHENTICATED, "send a valid token as 'authorization: Bearer <token>'"
                 )
-            if role not in caller.roles:
+            if role != ANY_ROLE and role not in caller.roles:
                 log.warning("%s refused: caller %s lacks the %s role", details.method, caller.name, role)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{details.method} needs the {role!r} role")
             CALLER.set(caller.name)

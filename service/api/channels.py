@@ -2,7 +2,7 @@
 the service through it, with the same options: TLS (a CA to trust, a client certificate for
 mutual TLS) and a bearer token.
 
-Each option also reads an environment variable (NEARDUP_TOKEN, NEARDUP_TLS_CA,
+Each option also reads an environment variable (NEARDUP_SERVER, NEARDUP_TOKEN, NEARDUP_TLS_CA,
 NEARDUP_CLIENT_CERT, NEARDUP_CLIENT_KEY), so a token need not appear in a command line.
 """
 
@@ -33,8 +33,14 @@ class Credentials:
 ENVIRONMENT = ("NEARDUP_TOKEN", "NEARDUP_TLS_CA", "NEARDUP_CLIENT_CERT", "NEARDUP_CLIENT_KEY")
 
 
-class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """Adds `authorization: Bearer <token>` to every call (plaintext on loopback too)."""
+class BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <token>` to every call, of each of gRPC's four kinds (plaintext on
+    loopback too)."""
 
     def __init__(self, token: str):
         self.header = ("authorization", f"Bearer {token}")
@@ -44,6 +50,12 @@ class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInter
 
     def intercept_unary_unary(self, continuation, details, request):
         return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
 
     def intercept_stream_stream(self, continuation, details, requests):
         return continuation(self._with_token(details), requests)
@@ -69,20 +81,35 @@ def stub(address: str = DEFAULT_SERVER, credentials: Credentials | None = None) 
     return pb_grpc.NearDupStub(channel(address, credentials))
 
 
+class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each argument's default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, "", False, []):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
-    """--server and the credentials, for every command that calls the service."""
-    parser.add_argument("--server", default=DEFAULT_SERVER, help=f"the service's address (default {DEFAULT_SERVER})")
+    """--server and the credentials, for every command that calls the service; each credential falls
+    back to its variable when the command runs (so --help never shows a token)."""
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("NEARDUP_SERVER", DEFAULT_SERVER),
+        help="the service's address (env NEARDUP_SERVER)",
+    )
     for flag, variable, meaning in (
         ("--token", "NEARDUP_TOKEN", "bearer token (prefer the variable: a flag shows in the process list)"),
         ("--tls-ca", "NEARDUP_TLS_CA", "PEM CA file to trust: connect with TLS"),
         ("--client-cert", "NEARDUP_CLIENT_CERT", "PEM client certificate, for mutual TLS"),
         ("--client-key", "NEARDUP_CLIENT_KEY", "PEM client private key, for mutual TLS"),
     ):
-        parser.add_argument(flag, default=os.environ.get(variable, ""), help=f"{meaning} (env {variable})")
+        parser.add_argument(flag, default="", help=f"{meaning} (env {variable})")
 
 
 def credentials_from(arguments: argparse.Namespace) -> Credentials:
-    return Credentials(arguments.token, arguments.tls_ca, arguments.client_cert, arguments.client_key)
+    given = (arguments.token, arguments.tls_ca, arguments.client_cert, arguments.client_key)
+    return Credentials(*(value or os.environ.get(name, "") for value, name in zip(given, ENVIRONMENT, strict=True)))
 
 
 def stub_from(arguments: argparse.Namespace) -> pb_grpc.NearDupStub:

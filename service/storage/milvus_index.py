@@ -287,9 +287,21 @@ class MilvusBackend(MilvusIndex):
 
     @classmethod
     def add_rebuild_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--milvus-uri", default=os.environ.get("NEARDUP_MILVUS_URI", ""))
-        parser.add_argument("--milvus-collection", default=os.environ.get("NEARDUP_MILVUS_COLLECTION", "neardup"))
-        parser.add_argument("--milvus-token-file", default=os.environ.get("NEARDUP_MILVUS_TOKEN_FILE", ""))
+        parser.add_argument(
+            "--milvus-uri",
+            default=os.environ.get("NEARDUP_MILVUS_URI", ""),
+            help="milvus backend: the Milvus address, as the service's --milvus-uri (env NEARDUP_MILVUS_URI)",
+        )
+        parser.add_argument(
+            "--milvus-collection",
+            default=os.environ.get("NEARDUP_MILVUS_COLLECTION", "neardup"),
+            help="milvus backend: the collection, as the service's (env NEARDUP_MILVUS_COLLECTION)",
+        )
+        parser.add_argument(
+            "--milvus-token-file",
+            default=os.environ.get("NEARDUP_MILVUS_TOKEN_FILE", ""),
+            help="milvus backend: a file holding Milvus' token (env NEARDUP_MILVUS_TOKEN_FILE)",
+        )
 
     @classmethod
     def rebuild(cls, arguments: argparse.Namespace) -> str:
