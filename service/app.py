@@ -164,7 +164,10 @@ def serve_metrics(host: str, port: int, storage: Storage) -> None:
     try:
         metrics.serve_metrics(host, port)
     except OSError as error:
-        raise StartupError(f"cannot serve metrics on {host}:{port}: {error.strerror} (port 0 serves none)") from None
+        raise StartupError(
+            f"cannot serve metrics on {host}:{port}: {error.strerror} (another service on this host? give this "
+            "one another --metrics-port, or 0 for none)"
+        ) from None
     if port:
         log.info("metrics on http://%s:%d/metrics", host, port)
 

@@ -39,8 +39,12 @@ def test_a_second_service_on_the_same_data_directory_exits_at_once(tmp_path, sta
 def test_a_port_in_use_fails_before_triton_starts(tmp_path, start_service):
     first = start_service(*FAST)
     second = serve(tmp_path / "other", port=first.port)
-    assert second.returncode == 1 and "is the port in use?" in second.stderr
+    assert second.returncode == 1 and "is the port in use? (give this service another --port)" in second.stderr
     assert "tritonserver" not in second.stderr  # nothing was started, so nothing is left behind
+    metrics_taken = serve(tmp_path / "third", "--metrics-port", str(first.metrics_port))
+    assert metrics_taken.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{first.metrics_port}: Address already in use" in metrics_taken.stderr
+    assert "give this one another --metrics-port" in metrics_taken.stderr
     assert (tmp_path / "other" / "neardup.lock").exists()  # and the lock it took died with it
     third = start_service(*FAST, data_dir=tmp_path / "other")
     assert third.stub.Stats(pb.StatsRequest(), timeout=10).records == 0

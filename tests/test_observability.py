@@ -145,3 +145,17 @@ def test_features_made_by_another_runtime_are_reported(tmp_path, start_service):
     stats = service.stub.Stats(pb.StatsRequest(), timeout=10)
     assert sorted(stats.stored_runtimes) == sorted([f"{gpu}: 1", f"{stats.runtime}: 1"])
     wait_for(lambda: f"were made by '{gpu}'" in service.output(), 10, "the mixed runtimes in the log")
+
+
+def test_a_cpu_host_is_not_warned_about_the_gpu_it_lacks(observed):
+    """The CPU tritonserver's CUDA and NVML warnings at start are dropped from the log; its other lines
+    are passed on as they are."""
+    import io
+
+    from service.triton.process import relay_output
+
+    assert "CudaDriverHelper" not in observed.output() and "NVML" not in observed.output()
+    said = b"W1207 CudaDriverHelper has not been initialized.\nE1207 model failed\nW1207 Failed to initialize NVML\n"
+    relayed = io.BytesIO()
+    relay_output(io.BytesIO(said), relayed)
+    assert relayed.getvalue() == b"E1207 model failed\n"

@@ -43,7 +43,7 @@ def grpc_server(settings: Settings, security: Security) -> tuple[grpc.aio.Server
     except RuntimeError:  # grpcio raises where older versions returned 0
         bound = 0
     if bound == 0:
-        raise PortInUse(f"cannot listen on {address}: is the port in use?")
+        raise PortInUse(f"cannot listen on {address}: is the port in use? (give this service another --port)")
     return server, address
 
 

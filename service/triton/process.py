@@ -12,6 +12,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 from pathlib import Path
 
 from service import metrics
@@ -47,6 +48,22 @@ DIE_WITH_PARENT = (
     "import ctypes, os, signal, sys; ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM); "
     "os.execv(sys.argv[1], sys.argv[1:])"
 )
+
+
+# What the CPU build of tritonserver prints at every start on a host without a GPU: expected there,
+# so the relay drops it (a GPU host has neither line).
+CPU_HOST_NOISE = (b"CudaDriverHelper has not been initialized", b"Failed to initialize NVML")
+
+
+def relay_output(stream, to=None) -> None:
+    """Copies tritonserver's output line by line to the service's stderr (or `to`), less CPU_HOST_NOISE,
+    until it closes."""
+    to = to or sys.stderr.buffer
+    with stream:
+        for line in stream:
+            if not any(noise in line for noise in CPU_HOST_NOISE):
+                to.write(line)
+                to.flush()
 
 
 def kill_process_group(server: subprocess.Popen) -> None:
@@ -155,7 +172,7 @@ class BundledTriton:
             env=self.environment(),
             stdin=subprocess.DEVNULL,
             stdout=output,
-            stderr=output,
+            stderr=subprocess.STDOUT if output == subprocess.PIPE else output,
             start_new_session=True,
         )
 
@@ -167,7 +184,8 @@ class BundledTriton:
             ", ".join(self.models),
             self.metrics_port,
         )
-        self.process = self.spawn()
+        self.process = self.spawn(subprocess.PIPE)
+        threading.Thread(target=relay_output, args=(self.process.stdout,), name="triton-output", daemon=True).start()
         if self._watch is None:
             self._watch = asyncio.get_running_loop().create_task(self._restart_when_dead())
 
