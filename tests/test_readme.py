@@ -58,6 +58,14 @@ def test_the_readme_has_the_blocks_this_test_runs():
     assert found["Measuring it"]
 
 
+def test_the_readme_reads_in_five_minutes():
+    """Under 15 KB, no paragraph over 150 words (code blocks and tables aside)."""
+    text = re.sub(r"^```.*?^```$", "", (ROOT / "README.md").read_text(), flags=re.M | re.S)
+    paragraphs = [p for p in text.split("\n\n") if p.strip() and not p.lstrip().startswith("|")]
+    assert len((ROOT / "README.md").read_bytes()) < 15_000
+    assert max(len(paragraph.split()) for paragraph in paragraphs) <= 150
+
+
 def test_calling_it_and_collections_as_written(workdir, start_service):
     service = start_service(*FAST)
     grpcurl, command_line = blocks()["Calling it"]
@@ -92,6 +100,8 @@ def test_security_as_written(workdir, tmp_path):
     assert made.returncode == 0, made.stderr
     [token] = re.findall(r"it is not stored anywhere\): (\S+)", made.stderr)
     assert token not in (workdir / "secrets" / "tokens.json").read_text()  # only its digest is
+    for secret in ("secrets/tokens.json", "secrets/tls.key"):  # in a checkout, they stay out of git
+        assert subprocess.run(["git", "check-ignore", "-q", secret], cwd=ROOT).returncode == 0
 
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(workdir / "secrets" / "ca.pem"))
