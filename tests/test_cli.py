@@ -293,5 +293,5 @@ def test_every_argument_of_every_command_is_explained():
 
     unexplained = [(path, action.dest) for path, action in commands(build_parser()) if not action.help]
     assert unexplained == []
-    check_help = run("-m", "service.cli", "check", "--help").stdout
+    check_help = " ".join(run("-m", "service.cli", "check", "--help").stdout.split())  # unwrapped
     assert "(default: 1)" in check_help and "(default: 127.0.0.1:50051)" in check_help
