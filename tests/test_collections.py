@@ -88,10 +88,17 @@ def test_bad_collection_names_and_settings_are_refused(service):
         lambda: service.stub.Delete(pb.DeleteRequest(collection="x" * 65, key="k"), timeout=10),
         lambda: service.stub.SetCollection(pb.SetCollectionRequest(collection="c", rule="seed", threshold=0.1)),
         lambda: service.stub.SetCollection(pb.SetCollectionRequest(collection="c", rule="nonsense")),
+        *(  # outside what the rule's scores can be: nothing, or everything, would be a duplicate
+            lambda threshold=threshold: service.stub.SetCollection(
+                pb.SetCollectionRequest(collection="c", rule="margin", threshold=threshold)
+            )
+            for threshold in (float("nan"), float("inf"), -3.4e38, 1.6)
+        ),
     ):
         with pytest.raises(grpc.RpcError) as raised:
             call()
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+    assert "c" not in {stats.name for stats in service.stub.Stats(pb.StatsRequest(), timeout=10).collections}
 
 
 def test_collection_settings_survive_a_restart(start_service, tmp_path):

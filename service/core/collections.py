@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.core.decision import Policy, settable_rules, threshold_of, with_rule
+from service.core.decision import Policy, settable_rules, threshold_of, threshold_problem, with_rule
 from service.core.enrollment import key_problem
 from service.core.errors import RequestError
 from service.storage import collections as stored
@@ -67,9 +67,13 @@ class Collections:
         if not reset:
             try:
                 with_rule(self.policy, rule, threshold)
-            except (KeyError, ValueError):
+            except KeyError:
                 rules = ", ".join(settable_rules())
                 raise RequestError(f"rule {rule!r} cannot be set for a collection; one of {rules}") from None
+            except ValueError as error:
+                raise RequestError(str(error)) from None
+            if problem := threshold_problem(self.policy, rule, threshold):
+                raise RequestError(problem)
             chosen = CollectionSettings(rule, threshold)
         stored.set_settings(self.store, name, chosen)
         log.info("collection %r: %s", name, chosen or "the service's settings")

@@ -241,6 +241,7 @@ class Rule:
     scores: Callable[[Policy, list[Candidate], float], list[float]]  # (policy, candidates, background)
     threshold: Callable[[Policy], float]
     threshold_field: str | None = None  # the Policy field holding its threshold (None: fixed)
+    score_range: Callable[[Policy], tuple[float, float]] = lambda policy: (-1.0, 1.0)  # what its scores can be
 
 
 def _global(policy: Policy, candidates: list[Candidate], background: float) -> list[float]:
@@ -272,8 +273,18 @@ RULES: dict[str, Rule] = {
     "global": Rule(_global, lambda policy: policy.global_threshold, "global_threshold"),
     "seed": Rule(_within_radius, lambda policy: 0.0),
     "clamped": Rule(_within_radius, lambda policy: 0.0),
-    "margin": Rule(_margin, lambda policy: policy.margin_threshold, "margin_threshold"),
-    "normalized": Rule(_normalized, lambda policy: policy.normalized_threshold, "normalized_threshold"),
+    "margin": Rule(
+        _margin,
+        lambda policy: policy.margin_threshold,
+        "margin_threshold",
+        lambda policy: (-1 - policy.margin_beta, 1 + policy.margin_beta),
+    ),
+    "normalized": Rule(
+        _normalized,
+        lambda policy: policy.normalized_threshold,
+        "normalized_threshold",
+        lambda policy: (-1 - policy.normalization_beta, 1 + policy.normalization_beta),
+    ),
 }
 
 
@@ -283,6 +294,14 @@ def with_rule(policy: Policy, rule: str, threshold: float) -> Policy:
     if field_name is None:
         raise ValueError(f"the {rule} rule has no threshold to set; one of {', '.join(settable_rules())}")
     return replace(policy, rule=rule, **{field_name: threshold})
+
+
+def threshold_problem(policy: Policy, rule: str, threshold: float) -> str | None:
+    """Why a threshold cannot be a rule's (outside what its scores can be, NaN included), or None."""
+    low, high = RULES[rule].score_range(policy)
+    if low <= threshold <= high:
+        return None
+    return f"the {rule} rule's scores lie from {low:g} to {high:g}: a threshold of {threshold:g} is outside them"
 
 
 def settable_rules() -> list[str]:

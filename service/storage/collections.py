@@ -63,21 +63,21 @@ def set_settings(store: Store, name: str, chosen: CollectionSettings | None) -> 
 
 class CollectionMap:
     """Which collection each record id is in, for filtering an index's answers: a code per id
-    (0: the default collection), grown as ids grow."""
+    (0: the default collection), grown as ids grow; 32 bits, so collections never share a code."""
 
     def __init__(self) -> None:
-        self.codes = np.zeros(1024, np.uint16)
+        self.codes = np.zeros(1024, np.uint32)
         self.code_of: dict[str, int] = {"": 0}
 
     def set(self, id_: int, collection: str) -> None:
         code = self.code_of.setdefault(collection, len(self.code_of))
         if id_ >= len(self.codes):
-            self.codes = np.concatenate([self.codes, np.zeros(max(id_ + 1, len(self.codes)), np.uint16)])
+            self.codes = np.concatenate([self.codes, np.zeros(max(id_ + 1, len(self.codes)), np.uint32)])
         self.codes[id_] = code
 
     def wanted(self, collections: frozenset[str]) -> np.ndarray:
         """The codes of these collections (those with no record here have none)."""
-        return np.array([self.code_of[name] for name in collections if name in self.code_of], np.uint16)
+        return np.array([self.code_of[name] for name in collections if name in self.code_of], np.uint32)
 
     def ids_in(self, wanted: np.ndarray) -> np.ndarray:
         return np.flatnonzero(np.isin(self.codes, wanted))

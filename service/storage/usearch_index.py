@@ -175,7 +175,7 @@ class UsearchIndex:
             removed = live.removed if live else set()
             added = live.added if live is not None and len(live.added) else None
             if collections is not None:
-                wanted = self.collections.wanted(collections) if self.collections else np.zeros(0, np.uint16)
+                wanted = self.collections.wanted(collections) if self.collections else np.zeros(0, np.uint32)
                 records_in, total = self._records_in(collections)
                 if records_in <= EXACT_RECORDS:
                     return self._exact(query, k, self.collections.ids_in(wanted) if len(wanted) else [], removed)
