@@ -154,7 +154,9 @@ def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readine
         return (await checker.embed(image, triton.check_views, timeout_s)).feature
 
     collections = Collections(storage.store, policy, judge.policies)
-    dismissing = Dismissing(storage.store, dismissals, embed)
+    dismissing = Dismissing(
+        storage.store, dismissals, embed, policy.dismissal_similarity, limits.max_dismissals_per_key
+    )
     catalogue = Catalogue(storage.store, storage.index, collections, dismissing, judge, limits.duplicates_cpu_share)
     return NearDupServicer(settings, checker, enroller, catalogue, collections, dismissing, readiness)
 
@@ -213,6 +215,7 @@ async def serve(settings: Settings) -> None:
         SERVICE_NAME,
         settings.triton.health_poll_s,
         settings.index.stale_records,
+        bundled.restart if bundled else None,
     )
     add_services(server, build_servicer(settings, storage, hasher, readiness), health_servicer)
     await server.start()

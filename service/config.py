@@ -11,8 +11,15 @@ from service.triton import contract
 from service.triton.process import default_model_repository
 
 
-def setting(default, help: str, flag: str | None = None, choices: tuple[str, ...] | None = None):  # noqa: A002
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+def setting(
+    default,
+    help: str,  # noqa: A002
+    flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    secret: bool = False,
+):
+    """`secret`: its value never goes on a command line we make (a worker gets it by environment)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,9 @@ class LimitSettings:
     max_views: int = setting(100, "most views a Hash may ask for")
     max_metadata_entries: int = setting(64, "most metadata entries per enrolled image")
     max_metadata_bytes: int = setting(8192, "most bytes of metadata (keys and values, UTF-8) per enrolled image")
+    max_dismissals_per_key: int = setting(
+        100, "most 'not a duplicate' entries (Dismiss) against one key; each is compared on every Check that finds it"
+    )
     max_concurrent_calls: int = setting(
         64, "calls of the NearDup service in progress at once; more are answered RESOURCE_EXHAUSTED at once"
     )
@@ -101,6 +111,7 @@ class TritonSettings:
         "",
         "NAME=VALUE sent with every call to an external Triton whose protocols are restricted (prefer the variable)",
         flag="triton-header",
+        secret=True,
     )
     health_poll_s: float = setting(1.0, "how often readiness (Triton and its model, the store's writes) is polled")
     restart_delay_s: float = setting(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import grpc
 
-from service.core.errors import KeyNotFound, RequestError
+from service.core.errors import KeyNotFound, QuotaReached, RequestError
 from service.core.streams import StreamIdle
 from service.media.imaging import ImageError
 from service.overload import DeadlinePassed, Overloaded
@@ -27,6 +27,7 @@ STATUS_OF_ERROR: list[tuple[type[Exception], grpc.StatusCode]] = [
     (SnapshotError, grpc.StatusCode.FAILED_PRECONDITION),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StoreUnwritable, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (QuotaReached, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlinePassed, grpc.StatusCode.DEADLINE_EXCEEDED),
     (StreamIdle, grpc.StatusCode.DEADLINE_EXCEEDED),
     (TritonUnavailable, grpc.StatusCode.UNAVAILABLE),

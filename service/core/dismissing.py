@@ -11,7 +11,7 @@ import numpy as np
 
 from service.core.collections import require_name
 from service.core.enrollment import shown
-from service.core.errors import KeyNotFound, RequestError
+from service.core.errors import KeyNotFound, QuotaReached, RequestError
 from service.storage.dismissals import Dismissal as Dismissal  # what every method answers with
 from service.storage.dismissals import Dismissals
 from service.storage.store import Store
@@ -23,10 +23,14 @@ Embed = Callable[[bytes, float], Awaitable[np.ndarray]]
 
 
 class Dismissing:
-    def __init__(self, store: Store, dismissals: Dismissals, embed: Embed) -> None:
+    def __init__(self, store: Store, dismissals: Dismissals, embed: Embed, reach: float, per_key: int) -> None:
+        """`reach`: the cosine similarity within which an entry covers a query (--dismissal-similarity);
+        `per_key`: the most entries against one key (--max-dismissals-per-key)."""
         self.store = store
         self.dismissals = dismissals
         self.embed = embed
+        self.reach = reach
+        self.per_key = per_key
 
     async def dismiss(
         self,
@@ -49,6 +53,11 @@ class Dismissing:
             query = view.by_key(query_key, query_collection) if query_key else None
         if target is None:
             raise KeyNotFound(f"no image is enrolled under key {shown(key)} in {collection!r}")
+        if len(self.listed(key, collection)) >= self.per_key:
+            raise QuotaReached(
+                f"{shown(key)} has {self.per_key} 'not a duplicate' entries, the most one key may hold "
+                "(--max-dismissals-per-key): remove some with RemoveDismissal first"
+            )
         if query_key and query is None:
             raise KeyNotFound(f"no image is enrolled under query_key {shown(query_key)}")
         if query is not None:
@@ -57,6 +66,12 @@ class Dismissing:
             raise RequestError("the image is the enrolled image itself: it cannot be dismissed against its own key")
         else:
             feature = await self.embed(image, timeout_s())
+        similarity = float(np.asarray(feature, np.float32) @ target.feature.astype(np.float32))
+        if similarity >= self.reach:  # the entry would cover the key's own picture, and every copy of it
+            raise RequestError(
+                f"the picture is {shown(key)}'s own (cosine similarity {similarity:.3f} to it, within the "
+                f"{self.reach} a dismissal covers): it cannot be dismissed against that key; Delete the key instead"
+            )
         entry = await asyncio.to_thread(self.dismissals.add, feature, collection, key, target.sha256)
         log.info("dismissal %d against %s in collection %r", entry.id, shown(key), collection)
         return entry

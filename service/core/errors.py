@@ -5,5 +5,9 @@ class RequestError(ValueError):
     """The request itself is wrong (not the image)."""
 
 
+class QuotaReached(RuntimeError):
+    """The request would store more than a limit allows (it is the limit's message)."""
+
+
 class KeyNotFound(LookupError):
     """Nothing is stored under what the request names (a key, a dismissal id)."""
