@@ -110,6 +110,25 @@ def test_bundled_triton_is_restarted_after_it_dies_and_stopped_with_the_service(
     assert "stopped" in service.output()
 
 
+def test_a_model_process_killed_inside_triton_is_noticed_and_triton_restarted(tmp_path):
+    """Triton goes on calling a model ready after its python stub died, and fails every call to it: the
+    service answers UNAVAILABLE, readiness goes NOT_SERVING, and the bundled Triton is restarted."""
+    service = RunningService(tmp_path / "data", "--triton-restart-delay-s", "1")
+    service.wait_serving()
+    try:
+        [triton_pid] = [pid for pid in children_of(service.process.pid) if process_name(pid) == "tritonserver"]
+        [stub_pid] = [pid for pid in process_group(triton_pid) if process_name(pid).startswith("triton_python")]
+        subprocess.run(["kill", "-9", str(stub_pid)], check=True)
+        details = assert_unavailable_within_deadline(service.stub, 30.0)
+        assert "retry shortly" in details
+        wait_for(lambda: health_status(service.channel) == NOT_SERVING, 10, "health to go NOT_SERVING")
+        wait_for(lambda: health_status(service.channel) == SERVING, 120, "the restarted Triton to serve")
+        assert len(service.stub.Hash(pb.HashRequest(image=JPEG), timeout=60).feature) == 512
+        assert "restarting tritonserver: model 'sscd'" in service.output()
+    finally:
+        service.stop()
+
+
 def test_bundled_triton_dies_with_a_killed_service(tmp_path):
     """SIGKILL leaves the service no time to stop Triton: the kernel does (PR_SET_PDEATHSIG, set by the
     launcher that then becomes tritonserver), so no server is left holding its ports."""

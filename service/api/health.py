@@ -15,6 +15,7 @@ are logged when they change and listed in Stats.not_ready.
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from grpc_health.v1 import health, health_pb2
 
@@ -43,7 +44,9 @@ class Readiness:
         readiness: str,
         poll_s: float,
         stale_records: int,
+        restart_triton: Callable[[str], None] | None = None,
     ):
+        """`restart_triton(why)`: the bundled Triton's restart, for a model whose process died."""
         self.hasher = hasher
         self.store = store
         self.index = index
@@ -51,6 +54,7 @@ class Readiness:
         self.readiness = readiness  # the health name that means "send me traffic"
         self.poll_s = poll_s
         self.stale_records = stale_records
+        self.restart_triton = restart_triton
         self.problems: dict[str, str] = {"triton": "not polled yet"}  # component -> why it is not ready
         self.mixed_runtimes: set[str] = set()  # stored runtimes already warned about
 
@@ -63,6 +67,9 @@ class Readiness:
     async def poll(self) -> None:
         tritons = await self.hasher.ready()
         down = {url: why for url, (ready, why) in tritons.items() if not ready}
+        if self.restart_triton:
+            for url in self.hasher.dead_models():
+                self.restart_triton(down[url])
         # Ready while any Triton is (requests go to those that are up); with several, each has a name.
         each = {f"triton:{url}": down.get(url) for url in tritons} if len(tritons) > 1 else {}
         components = {

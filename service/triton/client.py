@@ -24,6 +24,11 @@ CHANNEL_ARGS = [
 ]
 
 
+# What Triton's python backend says of a model whose process died; Triton does not restart it.
+MODEL_PROCESS_DEAD = "is not healthy"
+PROBE_TIMEOUT_S = 10.0
+
+
 class TritonUnavailable(RuntimeError):
     """Triton or the model cannot answer now; retrying later may work."""
 
@@ -72,6 +77,8 @@ class Endpoint:
             url, channel_args=CHANNEL_ARGS, **(tls.client_options() if tls else {})
         )
         self.up = True  # until a poll or a call says otherwise
+        self.model_failure = ""  # why a call found the model's process dead, until a probe runs again
+        self.dead_model = False  # the last poll found Triton live and the model still unable to run
 
     async def infer(self, canvases: np.ndarray, views: list[int], timeout_s: float, windows: bool = False):
         image = triton.InferInput(contract.IMAGE, list(canvases.shape), "UINT8")
@@ -91,6 +98,8 @@ class Endpoint:
             )
         except InferenceServerException as error:
             classified = self._classify(error)
+            if MODEL_PROCESS_DEAD in (error.message() or ""):
+                self.model_failure = error.message()
             metrics.TRITON_ERRORS.labels(type(classified).__name__.removeprefix("Triton").lower()).inc()
             if isinstance(classified, TritonUnavailable):
                 self.up = False
@@ -104,23 +113,40 @@ class Endpoint:
         where = f"Triton at {self.url}, model {self.model!r}"
         if status.endswith(grpc.StatusCode.DEADLINE_EXCEEDED.name):
             return TritonTimeout(f"{where} did not answer in time")
-        if status.endswith(grpc.StatusCode.UNAVAILABLE.name) or "is not ready" in (error.message() or ""):
+        unready = ("is not ready", MODEL_PROCESS_DEAD)
+        if status.endswith(grpc.StatusCode.UNAVAILABLE.name) or any(s in (error.message() or "") for s in unready):
             return TritonUnavailable(f"{where} is unavailable ({error.message()}); retry shortly")
         return TritonRejected(f"{where} failed: {error.message()}")
 
     async def ready(self) -> tuple[bool, str]:
-        """Whether the model can serve here now, and if not, why."""
+        """Whether the model can serve here now, and if not, why. Triton goes on calling a model ready
+        after its process died (the python backend's stub killed): once a call has found it so, each
+        poll sends it a blank canvas until it answers again."""
+        self.dead_model = False
         try:
             if not await self.client.is_server_live(headers=self.headers, client_timeout=2):
                 why = f"Triton at {self.url} is not live"
             elif not await self.client.is_model_ready(self.model, headers=self.headers, client_timeout=2):
                 why = f"model {self.model!r} is not loaded in Triton at {self.url}"
+            elif self.model_failure and not await self._answers():
+                self.dead_model = True
+                why = f"model {self.model!r} in Triton at {self.url} cannot run: {self.model_failure}"
             else:
                 why = ""
         except InferenceServerException as error:
             why = f"Triton at {self.url} is unreachable: {error.message()}"
         self.up = not why
         return self.up, why or "ready"
+
+    async def _answers(self) -> bool:
+        """Does the model embed a blank canvas now? (It clears model_failure when it does.)"""
+        blank = np.zeros((1, contract.MIN_CANVAS, contract.MIN_CANVAS, 3), np.uint8)
+        try:
+            await self.infer(blank, [1], PROBE_TIMEOUT_S)
+        except (TritonUnavailable, TritonTimeout, TritonRejected):
+            return False
+        self.model_failure = ""
+        return True
 
 
 class Hasher:
@@ -209,6 +235,10 @@ class Hasher:
         """Each Triton's readiness: url -> (ready, why not)."""
         answers = await asyncio.gather(*(endpoint.ready() for endpoint in self.endpoints))
         return {endpoint.url: answer for endpoint, answer in zip(self.endpoints, answers, strict=True)}
+
+    def dead_models(self) -> list[str]:
+        """The Tritons whose model the last poll found live but unable to run (restart them)."""
+        return [endpoint.url for endpoint in self.endpoints if endpoint.dead_model]
 
     async def close(self) -> None:
         for endpoint in self.endpoints:

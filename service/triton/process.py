@@ -189,6 +189,12 @@ class BundledTriton:
         if self._watch is None:
             self._watch = asyncio.get_running_loop().create_task(self._restart_when_dead())
 
+    def restart(self, why: str) -> None:
+        """Kills the server (the watcher starts it again): for a model that cannot run in it any more."""
+        log.error("restarting tritonserver: %s", why)
+        if self.process is not None:
+            kill_process_group(self.process)
+
     async def _restart_when_dead(self) -> None:
         while not self._stopping:
             await asyncio.sleep(0.2)
