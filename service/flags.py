@@ -25,6 +25,7 @@ class Flag:
     help: str
     choices: tuple[str, ...] | None
     section: str  # the --help section it is shown in: its group, or for the decision its stage
+    secret: bool = False  # passed on by environment, never as an argument (as_arguments)
 
     @property
     def env(self) -> str:
@@ -66,7 +67,8 @@ def flags() -> list[Flag]:
                 flag, choices = POLICY_FLAGS.get(member.name, (None, None))
             flag = flag or member.name.replace("_", "-")
             section = f"decision: {member.metadata['stage']}" if group.name == "decision" else group.name
-            found.append(Flag(group.name, member.name, flag, member.default, member.metadata["help"], choices, section))
+            help_text, secret = member.metadata["help"], member.metadata.get("secret", False)
+            found.append(Flag(group.name, member.name, flag, member.default, help_text, choices, section, secret))
     return found
 
 
@@ -145,15 +147,23 @@ def settings_from_arguments(arguments: argparse.Namespace, environ: dict[str, st
 
 
 def as_arguments(settings: Settings) -> list[str]:
-    """The command-line flags that give these settings (a worker gets its supervisor's)."""
+    """The command-line flags that give these settings (a worker gets its supervisor's), secrets
+    aside: they are as_environment's."""
     arguments = []
     for flag in flags():
         value = getattr(getattr(settings, flag.group), flag.name)
+        if flag.secret:
+            continue
         if isinstance(value, bool):
             arguments.append(f"--{flag.flag}" if value else f"--no-{flag.flag}")  # over a NEARDUP_* variable
         else:
             arguments += [f"--{flag.flag}", str(value)]
     return arguments
+
+
+def as_environment(settings: Settings) -> dict[str, str]:
+    """The secret settings as their NEARDUP_* variables: out of every process list, unlike arguments."""
+    return {flag.env: str(getattr(getattr(settings, flag.group), flag.name)) for flag in flags() if flag.secret}
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

@@ -20,7 +20,7 @@ import subprocess
 import sys
 
 from service.config import Settings
-from service.flags import as_arguments
+from service.flags import as_arguments, as_environment
 from service.storage.ownership import DataDirInUse, DataDirLock
 from service.triton.process import BundledTriton
 
@@ -94,4 +94,4 @@ def spawn(settings: Settings, number: int, triton_url: str) -> subprocess.Popen:
     metrics_port = settings.server.metrics_port + number if settings.server.metrics_port else 0
     overrides = ["--workers", "1", "--triton-url", triton_url, "--metrics-port", str(metrics_port)]
     command = [sys.executable, "-m", "service.cli", "serve", *as_arguments(settings), *overrides]
-    return subprocess.Popen(command, env={**os.environ, WORKER_OF: str(os.getpid())})
+    return subprocess.Popen(command, env={**os.environ, **as_environment(settings), WORKER_OF: str(os.getpid())})

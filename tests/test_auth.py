@@ -27,7 +27,8 @@ ROLE_OF = {
     "Enroll": "enroll",
     "Delete": "enroll",
 }
-ROLE_OF["ReloadIndex"] = "admin"
+ROLE_OF.update(Dismiss="enroll", ListDismissals="enroll", RemoveDismissal="enroll")
+ROLE_OF.update(ReloadIndex="admin", SetCollection="admin", FindDuplicates="admin")
 IMAGE = mosaic(4242)
 
 
@@ -90,6 +91,13 @@ CALLS = {
     "Enroll": lambda s: list(s.Enroll(iter([pb.EnrollRequest(key="matrix/one", image=IMAGE)]), timeout=30)),
     "Delete": lambda s: s.Delete(pb.DeleteRequest(key="matrix/absent"), timeout=30),
     "ReloadIndex": lambda s: s.ReloadIndex(pb.ReloadIndexRequest(), timeout=30),
+    "Dismiss": lambda s: s.Dismiss(pb.DismissRequest(image=IMAGE, key="matrix/absent"), timeout=30),
+    "ListDismissals": lambda s: s.ListDismissals(pb.ListDismissalsRequest(), timeout=30),
+    "RemoveDismissal": lambda s: s.RemoveDismissal(pb.RemoveDismissalRequest(id=987654), timeout=30),
+    "SetCollection": lambda s: s.SetCollection(
+        pb.SetCollectionRequest(collection="matrix", rule="margin", threshold=0.5), timeout=30
+    ),
+    "FindDuplicates": lambda s: list(s.FindDuplicates(pb.FindDuplicatesRequest(), timeout=30)),
 }
 
 
@@ -99,6 +107,11 @@ def status(call) -> grpc.StatusCode:
     except grpc.RpcError as error:
         return error.code()
     return grpc.StatusCode.OK
+
+
+def test_the_role_matrix_covers_every_rpc():
+    served = pb.DESCRIPTOR.services_by_name["NearDup"].methods_by_name
+    assert set(CALLS) == set(ROLE_OF) == set(served)
 
 
 @pytest.mark.parametrize("caller", ["no token", "unknown token", "searcher", "ingest", "operator"])
@@ -215,3 +228,43 @@ def test_a_non_loopback_host_without_auth_is_refused_with_what_to_add(tmp_path):
     assert refused.returncode != 0
     assert "add --auth-tokens FILE" in refused.stderr and "--insecure" in refused.stderr
     assert not (tmp_path / "store.lmdb").exists()  # nothing was opened
+
+
+def test_certificates_that_do_not_load_are_refused_on_sighup_and_the_old_ones_stay(tmp_path, pki, start_service):
+    """A garbage certificate, then a certificate with another key's pair: each reload is logged as
+    refused with why, and clients go on connecting with the certificate in use."""
+    import shutil
+
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(pki["cert"], cert)
+    shutil.copy(pki["key"], key)
+    service = start_service("--tls-cert", str(cert), "--tls-key", str(key), *FAST,
+                            credentials=Credentials(tls_ca=pki["ca"]))  # fmt: skip
+    other = trustme.CA().issue_cert("127.0.0.1")  # a real certificate, but not for this key
+    for number, bad in enumerate([b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+                                  other.cert_chain_pems[0].bytes()], 1):  # fmt: skip
+        cert.write_bytes(bad)
+        service.process.send_signal(signal.SIGHUP)
+        wait_for(lambda n=number: service.output().count("TLS certificates not reloaded") == n, 20, "the refusal")
+        assert "TLS certificates reloaded" not in service.output()
+        fresh = pb_grpc.NearDupStub(channel(f"127.0.0.1:{service.port}", Credentials(tls_ca=pki["ca"])))
+        assert fresh.Stats(pb.StatsRequest(), timeout=10).records == 0  # a new handshake, the old certificate
+
+
+def test_an_empty_token_list_is_refused_and_a_loose_token_file_is_warned_of(secured, pki):
+    service, tokens, token_file = secured
+    kept = token_file.read_text()
+    searcher = stub_for(service, pki, tokens["searcher"])
+    token_file.write_text('{"tokens": []}')
+    service.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "'tokens' is empty: every caller would be refused" in service.output(), 20, "the refusal")
+    assert status(lambda: searcher.Stats(pb.StatsRequest(), timeout=5)) == grpc.StatusCode.OK  # the old ones stay
+    token_file.write_text(kept)
+    token_file.chmod(0o666)
+    try:
+        service.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: f"the token file {token_file} can be written by others (mode 666)" in service.output(), 20,
+                 "the warning")  # fmt: skip
+    finally:
+        token_file.chmod(0o600)
+    assert status(lambda: searcher.Stats(pb.StatsRequest(), timeout=5)) == grpc.StatusCode.OK

@@ -82,6 +82,21 @@ def test_a_workers_arguments_give_its_supervisors_settings():
     assert again == changed and again.security.insecure and again.server.port == 6000
 
 
+def test_a_worker_gets_a_secret_by_its_environment_never_its_arguments():
+    """Arguments show in every process list: --triton-header's NAME=VALUE reaches a worker as
+    NEARDUP_TRITON_HEADER, and the worker's settings are its supervisor's all the same."""
+    from service.cli import build_parser
+    from service.flags import as_arguments, as_environment
+
+    secret = "x-triton-key=hunter2-do-not-show"
+    changed = settings_from_arguments(build_parser().parse_args(["serve"]), environ={"NEARDUP_TRITON_HEADER": secret})
+    arguments, environment = as_arguments(changed), as_environment(changed)
+    assert not any("hunter2" in argument for argument in arguments) and "--triton-header" not in arguments
+    assert environment == {"NEARDUP_TRITON_HEADER": secret}
+    again = settings_from_arguments(build_parser().parse_args(["serve", *arguments]), environ=environment)
+    assert again == changed and again.triton.header == secret
+
+
 def test_a_decision_setting_is_a_flag_or_a_calibration_constant_with_its_source_in_the_docs():
     decision_flags = {flag.name for flag in flags() if flag.group == "decision"}
     calibration = [member for member in fields(Policy) if "source" in member.metadata]

@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,8 @@ def parse_tokens(raw: bytes, path: Path) -> dict[str, Caller]:
         entries = json.loads(raw)["tokens"]
         if not isinstance(entries, list):
             raise TypeError("'tokens' is not a list")
+        if not entries:
+            raise ValueError("'tokens' is empty: every caller would be refused")
         callers = {}
         for number, entry in enumerate(entries, 1):
             name, sha256, roles = entry["name"], entry["sha256"], entry["roles"]
@@ -106,9 +109,18 @@ class Tokens:
 
     def _read(self) -> bytes:
         try:
-            return self.path.read_bytes()
+            mode = self.path.stat().st_mode
+            raw = self.path.read_bytes()
         except OSError as error:
             raise TokenFileError(f"cannot read the token file {self.path}: {error.strerror}") from None
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            log.warning(
+                "the token file %s can be written by others (mode %o): whoever can write it can give "
+                "themselves any role; chmod 600 it",
+                self.path,
+                stat.S_IMODE(mode),
+            )
+        return raw
 
     def reload(self) -> None:
         """Reads the file again; on any error the tokens in use stay."""

@@ -5,6 +5,7 @@ the files again (a file that cannot be read keeps the certificates in use), else
 """
 
 import logging
+import ssl
 from pathlib import Path
 
 import grpc
@@ -30,6 +31,13 @@ class ServerCertificates:
             raise TlsError(f"cannot read {error.filename}: {error.strerror}") from None
         if b"PRIVATE KEY" not in key or b"CERTIFICATE" not in chain:
             raise TlsError(f"{self.key} and {self.cert} must be a PEM private key and a PEM certificate chain")
+        checked = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # what gRPC would refuse later, found now
+        try:
+            checked.load_cert_chain(self.cert, self.key, password=lambda: b"")  # gRPC takes no passphrase either
+            if roots:
+                checked.load_verify_locations(cadata=roots.decode(errors="replace"))
+        except (ssl.SSLError, ValueError) as error:
+            raise TlsError(f"{self.cert}, {self.key} or {self.client_ca}: {error}") from None
         return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=roots)
 
     def credentials(self) -> grpc.ServerCredentials:
