@@ -64,6 +64,20 @@ def test_a_damaged_store_is_refused_at_start_with_what_to_do(tmp_path, start_ser
     assert "is damaged" in refused.stderr and "Restore the data directory from a backup" in refused.stderr
 
 
+def test_a_store_cut_short_is_refused_at_start_not_a_crash(tmp_path, start_service):
+    """A data.mdb shorter than its pages (a copy that stopped half-way): one line, not SIGBUS."""
+    data_dir = tmp_path / "data"
+    service = start_service(*FAST, data_dir=data_dir)
+    requests = [pb.EnrollRequest(key=f"cut/{n}", image=mosaic(100 + n)) for n in range(8)]
+    list(service.stub.Enroll(iter(requests), timeout=120))
+    service.stop()
+    data = data_dir / "store.lmdb" / "data.mdb"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    refused = serve(data_dir)
+    assert refused.returncode == 1 and "Fatal Python error" not in refused.stderr, refused.stderr
+    assert "cut short" in refused.stderr and "Restore the data directory from a backup" in refused.stderr
+
+
 FILE_SIZE_LIMIT = 2 << 20
 
 

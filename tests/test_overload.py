@@ -6,6 +6,7 @@ import time
 import urllib.request
 
 import grpc
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
@@ -101,3 +102,26 @@ def test_an_idle_enroll_stream_is_closed_after_answering_what_it_sent(start_serv
     assert [r.key for r in results] == ["idle/1"] and results[0].status == pb.EnrollResult.ENROLLED
     assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "no request for 1 s" in error.details()
+
+
+def test_health_watch_streams_have_an_allowance_of_their_own(start_service):
+    """Watch is open to anyone (auth or not) and held open by its caller: past the allowance one more
+    is refused, while probes and Checks go on as before."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from service.api.interceptors import WATCHERS
+
+    service = start_service("--enroll-views", "1", "--check-views", "1")
+    health = health_pb2_grpc.HealthStub(service.channel)
+    request = health_pb2.HealthCheckRequest(service="neardup.v1.NearDup")
+    watching = [health.Watch(request, timeout=60) for _ in range(WATCHERS)]
+    try:
+        assert all(next(stream).status == health_pb2.HealthCheckResponse.SERVING for stream in watching)
+        with pytest.raises(grpc.RpcError) as refused:
+            next(health.Watch(request, timeout=60))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
+        assert health.Check(request, timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        assert service.stub.Check(pb.CheckRequest(image=mosaic(31)), timeout=60).model
+    finally:
+        for stream in watching:
+            stream.cancel()

@@ -9,8 +9,9 @@
 2. RequestIds: a request id per call (the caller's `x-request-id` metadata, or a new one), kept
    in a context variable so that every log line written for the call carries it.
 3. Admission: at most `max_calls` calls of the NearDup service in progress; the next one is
-   answered RESOURCE_EXHAUSTED at once instead of queueing until its deadline. Health and
-   reflection are not counted, so probes still answer under load.
+   answered RESOURCE_EXHAUSTED at once instead of queueing until its deadline. Health checks and
+   reflection are not counted, so probes still answer under load; health's Watch streams, open to
+   anyone and open for as long as their caller likes, have an allowance of their own (WATCHERS).
 """
 
 import contextlib
@@ -26,6 +27,8 @@ import grpc
 
 from service import metrics
 
+HEALTH_SERVICE = "grpc.health.v1.Health"
+WATCHERS = 64  # health Watch streams open at once (each is held until its caller leaves)
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")  # the token's name (auth on)
 REQUEST_ID_HEADER = "x-request-id"
@@ -175,8 +178,9 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
 
 
 class Admission(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str, max_calls: int):
-        self.prefix = f"/{service}/"
+    def __init__(self, prefix: str, max_calls: int):
+        """Counts the calls whose method starts with `prefix` ("/service/" or "/service/Method")."""
+        self.prefix = prefix
         self.max_calls = max_calls
         self.in_progress = 0
 
@@ -207,4 +211,5 @@ def interceptor_chain(
     """Metrics outermost (every call is counted, refused ones too), then authentication (when
     on), so a caller without a valid token learns nothing more."""
     first = [RpcMetrics(), authentication] if authentication else [RpcMetrics()]
-    return [*first, ParseRequests(), RequestIds(), Admission(service, max_calls)]
+    watchers = Admission(f"/{HEALTH_SERVICE}/Watch", WATCHERS)
+    return [*first, ParseRequests(), RequestIds(), Admission(f"/{service}/", max_calls), watchers]

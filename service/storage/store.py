@@ -68,6 +68,7 @@ class Store:
             subdir=True,
             max_readers=1024,
         )
+        self._refuse_if_cut_short()
         self.records = self.env.open_db(b"records", create=not readonly)
         self.keys = self.env.open_db(b"keys", create=not readonly)
         self.digests = self.env.open_db(b"digests", dupsort=True, create=not readonly)
@@ -82,6 +83,15 @@ class Store:
         self._lock = ReadWriteLock()  # held for writing only while the map grows
         self._subscribers: list[Callable[[], None]] = []
         self.write_failure: str | None = None  # why the last write failed, until one succeeds
+
+    def _refuse_if_cut_short(self) -> None:
+        """A data.mdb shorter than the pages its meta page says are in use (a copy cut short, a full
+        disk during a restore) would fault the process (SIGBUS) at the first read past its end."""
+        size = (self.path / "data.mdb").stat().st_size
+        reaches = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+        if reaches > size:
+            self.env.close()
+            raise lmdb.CorruptedError(f"{self.path / 'data.mdb'} is {size} bytes, its pages reach {reaches}: cut short")
 
     def _optional_db(self, name: bytes, readonly: bool):
         try:
