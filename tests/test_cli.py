@@ -295,3 +295,16 @@ def test_every_argument_of_every_command_is_explained():
     assert unexplained == []
     check_help = " ".join(run("-m", "service.cli", "check", "--help").stdout.split())  # unwrapped
     assert "(default: 1)" in check_help and "(default: 127.0.0.1:50051)" in check_help
+
+
+def test_build_background_from_a_folder(service, tmp_path):
+    folder = tmp_path / "background"
+    folder.mkdir()
+    for name in ("gnome-adwaita.jpg", "gnome-truchet.jpg"):
+        shutil.copy(IMAGES / name, folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    (tmp_path / "d").mkdir()
+    built = run("-m", "tools.build_background", "--images", str(folder), "--data-dir", str(tmp_path / "d"),
+                "--server", f"127.0.0.1:{service.port}")  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.startswith("2 background features -> ") and (tmp_path / "d" / "background.npz").exists()

@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="the service's --data-dir")
     add_client_arguments(parser)
     arguments = parser.parse_args()
-    paths = image_paths(arguments.images)
+    paths = image_paths(arguments.images).paths
     written = build_background(stub_from(arguments), paths, arguments.data_dir)
     print(f"{len(paths)} background features -> {written}; restart the service to use them")
 
