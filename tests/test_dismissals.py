@@ -2,7 +2,6 @@
 for re-encoded copies of the query too; it comes back when the entry is removed, survives a
 restart and a rebuild, and goes with the enrolled key."""
 
-import io
 import subprocess
 import sys
 import time
@@ -10,18 +9,11 @@ import time
 import grpc
 import pytest
 from google.protobuf import json_format
-from PIL import Image, ImageEnhance
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
-from tests.conftest import encode_jpeg, mosaic, reencoded
+from tests.conftest import faded, mosaic, reencoded
 
 FAST = ("--enroll-views", "1", "--check-views", "1")
-
-
-def faded(data: bytes) -> bytes:
-    """A duplicate by the decision (its contrast cut to 0.4), yet far enough from the picture (cosine
-    about 0.78) that a dismissal of it does not cover the picture itself."""
-    return encode_jpeg(ImageEnhance.Contrast(Image.open(io.BytesIO(data)).convert("RGB")).enhance(0.4), 85)
 
 
 def check(service, image: bytes) -> pb.CheckResponse:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
-from tests.conftest import RunningService, encode_jpeg, image_bytes, picture, reencoded, scrape
+from tests.conftest import RunningService, encode_jpeg, faded, image_bytes, picture, scrape
 from tests.test_detection import HOST, PICTURE, enrolled_service, inside_host, on_a_page, png
 
 LION = "stamp-animals-mammals-cats-lion.jpg"
@@ -26,7 +26,7 @@ def queries() -> dict[str, tuple[bytes, str]]:
         "a cropped copy": (encode_jpeg(cropped), "search"),
         "a picture not enrolled": (image_bytes(HOST), "search"),
         "a 16 px thumbnail": (png(thumbnail), "verification"),
-        "a copy dismissed": (reencoded(image_bytes(LION)), "memory"),
+        "a copy dismissed": (faded(image_bytes(LION)), "memory"),
         "another blank": (encode_jpeg(Image.new("RGB", (320, 240), (131, 131, 131))), "low_information"),
         "a copy inside another picture": (inside_host(PICTURE), "regions"),
         "a copy only a window holds": (
