@@ -35,7 +35,7 @@ from service.storage.background import Background
 from service.storage.dismissals import Dismissals
 from service.storage.ownership import DataDirInUse, DataDirLock
 from service.storage.small_views import SmallViews
-from service.storage.store import Store
+from service.storage.store import STORE_DAMAGED, Store
 from service.storage.vector_index import IndexBackend, IndexUnavailable
 from service.supervision import supervise
 from service.triton.client import Hasher, TritonTls
@@ -62,12 +62,6 @@ class Storage:
 
 class StartupError(RuntimeError):
     """The service cannot start; the message says why and what to do."""
-
-
-STORE_DAMAGED = (
-    "the store in {path} cannot be read ({error}): it is damaged. Restore the data directory from a backup, "
-    "or see docs/operations.md ('A damaged store') for checking it and copying out what can still be read"
-)
 
 
 def open_storage(settings: Settings) -> Storage:

@@ -256,8 +256,10 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> None:
     """Runs a command; a service that cannot be reached or a path that cannot be read is one line."""
     import grpc
+    import lmdb
 
     from service.client import SourceError
+    from service.storage.store import STORE_DAMAGED
 
     arguments = build_parser().parse_args(argv)
     try:
@@ -269,6 +271,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"neardup {arguments.command}: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
     except SourceError as error:
         print(f"neardup {arguments.command}: {error}", file=sys.stderr)
+    except lmdb.Error as error:  # a store the command reads directly (backup, index rebuild)
+        damaged = STORE_DAMAGED.format(path=getattr(arguments, "data_dir", "the data directory"), error=error)
+        print(f"neardup {arguments.command}: {damaged}", file=sys.stderr)
     sys.exit(1)
 
 

@@ -76,6 +76,14 @@ def test_a_store_cut_short_is_refused_at_start_not_a_crash(tmp_path, start_servi
     refused = serve(data_dir)
     assert refused.returncode == 1 and "Fatal Python error" not in refused.stderr, refused.stderr
     assert "cut short" in refused.stderr and "Restore the data directory from a backup" in refused.stderr
+    for command in (["backup", str(tmp_path / "copy")], ["index", "rebuild", "--quiet"]):  # they read it too
+        ran = subprocess.run([sys.executable, "-m", "service.cli", *command, "--data-dir", str(data_dir)],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert ran.returncode == 1 and len(ran.stderr.strip().splitlines()) == 1, ran.stderr
+        assert (
+            ran.stderr.startswith(f"neardup {command[0]}: the store in {data_dir} cannot be read")
+            and "cut short" in ran.stderr
+        )
 
 
 FILE_SIZE_LIMIT = 2 << 20

@@ -45,6 +45,11 @@ from service.storage.records import (
 )
 from service.storage.rwlock import ReadWriteLock
 
+# What an LMDB error on opening or reading the store means for whoever runs a command on it.
+STORE_DAMAGED = (
+    "the store in {path} cannot be read ({error}): it is damaged. Restore the data directory from a backup, "
+    "or see docs/operations.md ('A damaged store') for checking it and copying out what can still be read"
+)
 MIN_MAP_SIZE = 1 << 30
 PROBE_BYTES = 1 << 20
 RUNTIME_PREFIX = b"runtime:"  # meta keys: enrolments per runtime
