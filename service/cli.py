@@ -23,14 +23,11 @@ import logging
 import sys
 from pathlib import Path
 
-from service.api.channels import DefaultsShown, add_client_arguments
+from service.api.channels import add_client_arguments
 from service.client import DEFAULT_MAX_FILE_BYTES
+from service.commands import command
 from service.flags import add_arguments, settings_from_arguments
 from service.index_commands import add_index_parser, run_index
-
-
-def command(commands, name: str, summary: str) -> argparse.ArgumentParser:
-    return commands.add_parser(name, help=summary, description=summary, formatter_class=DefaultsShown)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_client_arguments(health)
 
-    add_index_parser(commands, command)
+    add_index_parser(commands)
 
     backup = command(commands, "backup", "a consistent, compacted copy of the data directory (safe while serving)")
     backup.add_argument("dest", type=Path, help="a new folder; restore by serving with --data-dir DEST")

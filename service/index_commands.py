@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 from service.api.channels import add_client_arguments
+from service.commands import command
 from service.storage.backends import BACKENDS, DEFAULT_BACKEND
 
 
-def add_index_parser(commands, command) -> None:
-    """`index rebuild` and `index reload`, each made by command(subparsers, name, summary)."""
+def add_index_parser(commands) -> None:
     index = command(commands, "index", "operate the index (snapshots, or the Milvus collection)").add_subparsers(
         dest="index_command", required=True
     )

@@ -81,15 +81,6 @@ def stub(address: str = DEFAULT_SERVER, credentials: Credentials | None = None) 
     return pb_grpc.NearDupStub(channel(address, credentials))
 
 
-class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows each argument's default, where it has one."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, "", False, []):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     """--server and the credentials, for every command that calls the service; each credential falls
     back to its variable when the command runs (so --help never shows a token)."""
