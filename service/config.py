@@ -72,11 +72,6 @@ class LimitSettings:
     max_concurrent_calls: int = setting(
         64, "calls of the NearDup service in progress at once; more are answered RESOURCE_EXHAUSTED at once"
     )
-    max_calls_per_caller: int = setting(
-        32,
-        "of those, most one caller may have in progress (its token's name; with auth off, its connection), so "
-        "one caller's streams cannot take the whole allowance",
-    )
     max_triton_queue: int = setting(
         256,
         "views queued for or in Triton at once; a Check or Hash past it is answered RESOURCE_EXHAUSTED, "

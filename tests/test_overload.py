@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
-from tests.conftest import image_bytes, mosaic, reencoded, wait_for
+from tests.conftest import image_bytes, mosaic, reencoded
 from tools.service_process import resident_mb
 
 FAST = ("--enroll-views", "1", "--check-views", "1")
@@ -125,39 +125,3 @@ def test_health_watch_streams_have_an_allowance_of_their_own(start_service):
     finally:
         for stream in watching:
             stream.cancel()
-
-
-def test_one_caller_cannot_take_the_whole_allowance(start_service):
-    """A caller holding streams open up to its share is refused one more call; another caller (another
-    connection, auth being off) is still served, and the first is again once its streams end."""
-    from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
-
-    service = start_service("--enroll-views", "1", "--check-views", "1", "--max-concurrent-calls", "8",
-                            "--max-calls-per-caller", "3")  # fmt: skip
-    own_connection = [("grpc.use_local_subchannel_pool", 1)]  # two channels, two connections: two callers
-    greedy, other = (
-        pb_grpc.NearDupStub(grpc.insecure_channel(f"127.0.0.1:{service.port}", options=own_connection))
-        for _ in range(2)
-    )
-    release = threading.Event()
-
-    def nothing_yet():
-        release.wait(60)
-        yield from ()
-
-    held = [greedy.CheckStream(nothing_yet(), timeout=60) for _ in range(3)]
-
-    def refused_to_greedy() -> bool:
-        try:
-            greedy.Stats(pb.StatsRequest(), timeout=5)
-        except grpc.RpcError as error:
-            return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-calls-per-caller" in error.details()
-        return False
-
-    try:
-        wait_for(refused_to_greedy, 20, "the greedy caller's fourth call to be refused")
-        assert other.Stats(pb.StatsRequest(), timeout=10).model  # another caller goes on
-    finally:
-        release.set()
-    assert all(list(stream) == [] for stream in held)
-    assert greedy.Stats(pb.StatsRequest(), timeout=10).model

@@ -8,14 +8,12 @@
    method as a `Malformed` item, so one bad item does not end the stream.
 2. RequestIds: a request id per call (the caller's `x-request-id` metadata, or a new one), kept
    in a context variable so that every log line written for the call carries it.
-3. Admission: at most `max_calls` calls of the NearDup service in progress, and at most
-   `per_caller` of one caller's (its token's name, or its connection with auth off); the next one
-   is answered RESOURCE_EXHAUSTED at once instead of queueing until its deadline. Health checks and
+3. Admission: at most `max_calls` calls of the NearDup service in progress; the next one is
+   answered RESOURCE_EXHAUSTED at once instead of queueing until its deadline. Health checks and
    reflection are not counted, so probes still answer under load; health's Watch streams, open to
    anyone and open for as long as their caller likes, have an allowance of their own (WATCHERS).
 """
 
-import collections
 import contextlib
 import contextvars
 import inspect
@@ -180,13 +178,11 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
 
 
 class Admission(grpc.aio.ServerInterceptor):
-    def __init__(self, prefix: str, max_calls: int, per_caller: int | None = None):
+    def __init__(self, prefix: str, max_calls: int):
         """Counts the calls whose method starts with `prefix` ("/service/" or "/service/Method")."""
         self.prefix = prefix
         self.max_calls = max_calls
-        self.per_caller = per_caller or max_calls
         self.in_progress = 0
-        self.by_caller: collections.Counter[str] = collections.Counter()
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
@@ -196,36 +192,24 @@ class Admission(grpc.aio.ServerInterceptor):
 
     @contextlib.asynccontextmanager
     async def admitted(self, context: grpc.aio.ServicerContext):
-        caller = CALLER.get() or context.peer()  # set by Authentication, which runs first
         if self.in_progress >= self.max_calls:
             log.warning("overloaded: %d calls in progress; one refused", self.in_progress)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the service is at its limit of {self.max_calls} calls in progress; retry with backoff",
             )
-        if self.by_caller[caller] >= self.per_caller:
-            log.warning("caller %s has %d calls in progress; one more refused", caller, self.by_caller[caller])
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"this caller has {self.per_caller} calls in progress, the most one caller may have "
-                "(--max-calls-per-caller); finish some, then retry with backoff",
-            )
         self.in_progress += 1
-        self.by_caller[caller] += 1
         try:
             yield
         finally:
             self.in_progress -= 1
-            self.by_caller[caller] -= 1
-            if not self.by_caller[caller]:
-                del self.by_caller[caller]
 
 
 def interceptor_chain(
-    service: str, max_calls: int, per_caller: int, authentication: grpc.aio.ServerInterceptor | None = None
+    service: str, max_calls: int, authentication: grpc.aio.ServerInterceptor | None = None
 ) -> list[grpc.aio.ServerInterceptor]:
     """Metrics outermost (every call is counted, refused ones too), then authentication (when
     on), so a caller without a valid token learns nothing more."""
     first = [RpcMetrics(), authentication] if authentication else [RpcMetrics()]
     watchers = Admission(f"/{HEALTH_SERVICE}/Watch", WATCHERS)
-    return [*first, ParseRequests(), RequestIds(), Admission(f"/{service}/", max_calls, per_caller), watchers]
+    return [*first, ParseRequests(), RequestIds(), Admission(f"/{service}/", max_calls), watchers]
