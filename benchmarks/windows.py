@@ -1,8 +1,9 @@
 """What the region stage's windows cost, in Triton and per Check, side by side in one run.
 
-  python -m benchmarks.windows [--images DIR] [--requests 40] [--checks 40]
+  python -m benchmarks.windows --model-file MODEL.onnx [--images DIR] [--requests 40] [--checks 40]
 
-Through the bundled Triton and the model as served (model_repository/), one request at a time,
+The windows need a model that outputs its feature map (the packaged ones do not): MODEL.onnx is one
+(tools/export_model.py writes SSCD's). Through the bundled Triton serving it, one request at a time,
 each on a real picture: the whole query (one 224 px view of a 246 px canvas, what every Check
 pays), three boxes (three such canvases: the most the boxes stage sends), and the windows (one
 493 px canvas whose 448 px view's feature map is pooled into contract.WINDOW_COUNT windows), with
@@ -58,13 +59,13 @@ def timed(client, model: str, canvases: np.ndarray, outputs: tuple[str, ...], re
     return statistics.median(spent)
 
 
-def check_cost(groups: list[list[Path]], checks: int, *flags: str) -> tuple[float, float]:
+def check_cost(groups: list[list[Path]], checks: int, model_file: Path, *flags: str) -> tuple[float, float]:
     """Median milliseconds and mean views of a Check of a picture that matches nothing, in a fresh
     service with `flags` and every other group of pictures enrolled."""
     enrolled = [path for group in groups[::2] for path in group]
     new = [reencoded(path.read_bytes()) for group in groups[1::2] for path in group]
     with tempfile.TemporaryDirectory() as folder:
-        service = RunningService(Path(folder) / "data", *flags).wait_serving()
+        service = RunningService(Path(folder) / "data", "--model-file", str(model_file), *flags).wait_serving()
         try:
             requests = (pb.EnrollRequest(key=path.name, image=path.read_bytes()) for path in enrolled)
             list(service.stub.Enroll(requests, timeout=300))
@@ -99,6 +100,7 @@ def picture_groups(folder: Path) -> list[list[Path]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-file", type=Path, required=True, help="an ONNX model that outputs its feature map")
     parser.add_argument("--images", type=Path, default=Path(__file__).resolve().parent.parent / "tests" / "images")
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument(
@@ -106,14 +108,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     settings = Settings().triton
+    model = contract.FILE_MODEL
     pictures = sorted(args.images.glob("*.jpg"))[:3]
     small, large = contract.canvas_size(settings.input_size), contract.canvas_size(contract.WINDOW_INPUT)
-    bundled = BundledTriton([settings.model], settings.model_repository)
+    bundled = BundledTriton([model], settings.model_repository, model_file=str(args.model_file))
     process = bundled.spawn(subprocess.DEVNULL)
     try:
         client = triton.InferenceServerClient(bundled.url)
         deadline = time.monotonic() + 180
-        while not _ready(client, settings.model):
+        while not _ready(client, model):
             if time.monotonic() > deadline:
                 raise SystemExit("Triton did not load the model in 3 minutes")
             time.sleep(0.5)
@@ -121,28 +124,26 @@ def main() -> None:
         three = np.stack([canvas(path, small) for path in pictures])
         larger = np.stack([canvas(pictures[0], large)])
         rows = {
-            f"the whole query (1 canvas of {small} px)": timed(client, settings.model, one, OUTPUTS, args.requests),
-            f"three boxes (3 canvases of {small} px)": timed(client, settings.model, three, OUTPUTS, args.requests),
-            f"the larger view alone (1 canvas of {large} px)": timed(
-                client, settings.model, larger, OUTPUTS, args.requests
-            ),
+            f"the whole query (1 canvas of {small} px)": timed(client, model, one, OUTPUTS, args.requests),
+            f"three boxes (3 canvases of {small} px)": timed(client, model, three, OUTPUTS, args.requests),
+            f"the larger view alone (1 canvas of {large} px)": timed(client, model, larger, OUTPUTS, args.requests),
             f"the windows ({contract.WINDOW_COUNT} pooled from it)": timed(
-                client, settings.model, larger, (*OUTPUTS, contract.WINDOWS), args.requests
+                client, model, larger, (*OUTPUTS, contract.WINDOWS), args.requests
             ),
         }
     finally:
         process.terminate()
         process.wait(30)
         bundled.stop_files()
-    print(f"{settings.model} through the bundled Triton, median of {args.requests} requests each")
+    print(f"{args.model_file} through the bundled Triton, median of {args.requests} requests each")
     whole = next(iter(rows.values()))
     for name, spent in rows.items():
         print(f"  {name:<52} {spent:8.1f} ms  {spent / whole:5.2f}x the whole query")
     if not args.checks:
         return
     groups = picture_groups(args.images)
-    boxes = check_cost(groups, args.checks, "--no-region-windows")
-    windows = check_cost(groups, args.checks, "--region-windows")
+    boxes = check_cost(groups, args.checks, args.model_file, "--no-region-windows")
+    windows = check_cost(groups, args.checks, args.model_file, "--region-windows")
     print(f"A Check of a picture that matches nothing, through the service, median of {args.checks}")
     for name, (spent, views) in (("the boxes only (--no-region-windows)", boxes), ("boxes and windows", windows)):
         print(f"  {name:<52} {spent:8.1f} ms  {views:5.2f} views  {spent / boxes[0]:5.2f}x the boxes only")

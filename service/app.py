@@ -189,13 +189,13 @@ async def serve(settings: Settings) -> None:
     triton_url = triton.url
     if not triton_url:
         bundled = BundledTriton(
-            [settings.triton.model], settings.triton.model_repository, restart_delay_s=settings.triton.restart_delay_s
+            [settings.served_model], triton.model_repository, triton.restart_delay_s, triton.model_file
         )
         bundled.start()
         triton_url = bundled.url
     hasher = Hasher(
         [url.strip() for url in triton_url.split(",") if url.strip()],
-        settings.triton.model,
+        settings.served_model,
         settings.limits.max_triton_queue,
         TritonTls(triton.ssl_ca, triton.ssl_cert, triton.ssl_key) if triton.ssl_ca or triton.ssl_cert else None,
         dict([triton.header.split("=", 1)]) if triton.header else None,
@@ -213,7 +213,7 @@ async def serve(settings: Settings) -> None:
     )
     add_services(server, build_servicer(settings, storage, hasher, readiness), health_servicer)
     await server.start()
-    model = settings.triton.model
+    model = settings.served_model + (f" ({triton.model_file})" if triton.model_file else "")
     log.info("neardup listening on %s (%s; Triton %s, model %s)", address, security.describe(), triton_url, model)
     reload_now = asyncio.Event()
     tasks = [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from service.core.decision import RULES, Policy
 from service.storage.backends import BACKENDS
-from service.triton import contract
+from service.triton import contract, model_file
 from service.triton.process import default_model_repository
 
 
@@ -97,6 +97,11 @@ class TritonSettings:
     model: str = setting(
         "sscd", "sscd (ResNet50, int8) or sscd_distilled (MobileNetV4 student)", choices=contract.MODELS
     )
+    model_file: str = setting(
+        "",
+        "an ONNX file to serve instead of --model (docs/deployment.md: the contract; model_repository/onnx_file); "
+        "its input side and feature map are read from it",
+    )
     input_size: int = setting(224, "the network's input side; the front service sends a 1.1x canvas")
     # One view each wins on the benchmark (docs/quality-history.md, the dev set alone); 50 is the seed's recipe.
     enroll_views: int = setting(1, "views per enrolment, and per Hash when the request names none")
@@ -158,8 +163,14 @@ class Settings:
 
     @property
     def model_identity(self) -> str:
-        """What the store records as the source of its features: the model and its input side."""
-        return f"{self.triton.model}@{self.triton.input_size}"
+        """What the store records as the source of its features: the model (a file's content) and its input side."""
+        model = model_file.identity(Path(self.triton.model_file)) if self.triton.model_file else self.triton.model
+        return f"{model}@{self.triton.input_size}"
+
+    @property
+    def served_model(self) -> str:
+        """The Triton model that makes the features: --model, or the entry that serves --model-file."""
+        return contract.FILE_MODEL if self.triton.model_file else self.triton.model
 
     @property
     def canvas_size(self) -> int:

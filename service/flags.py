@@ -14,6 +14,7 @@ from pathlib import Path
 
 from service.config import POLICY_FLAGS, Settings
 from service.triton import contract
+from service.triton.model_file import ModelFile, ModelFileRefused
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,28 @@ def settings_from_arguments(arguments: argparse.Namespace, environ: dict[str, st
         raise SystemExit("neardup: --triton-header must be NAME=VALUE")
     if problem := exposure_problem(settings):
         raise SystemExit(f"neardup: {problem}")
-    return settings
+    return with_models_outputs(settings)
+
+
+def with_models_outputs(settings: Settings) -> Settings:
+    """The settings the served model implies: a --model-file's input side where it says. The windows
+    need a model that outputs its feature map (the packaged models, run as distributed, do not). A
+    file that does not meet the contract ends the program with one line."""
+    triton = settings.triton
+    if not triton.model_file:
+        if settings.decision.region_windows:
+            raise SystemExit(
+                f"neardup: --region-windows needs a --model-file that outputs its feature map; model {triton.model} "
+                "outputs only its embedding (docs/deployment.md)"
+            )
+        return settings
+    try:
+        model = ModelFile.read(Path(triton.model_file))
+    except ModelFileRefused as error:
+        raise SystemExit(f"neardup: --model-file refused: {error}") from None
+    if settings.decision.region_windows and not model.feature_map:
+        raise SystemExit(f"neardup: --region-windows needs a feature map, and {model.path} outputs none")
+    return replace(settings, triton=replace(triton, input_size=model.input_size or triton.input_size))
 
 
 def as_arguments(settings: Settings) -> list[str]:

@@ -44,7 +44,9 @@ async def supervise(settings: Settings) -> int:
     bundled, triton_url = None, settings.triton.url
     if not triton_url:
         triton = settings.triton
-        bundled = BundledTriton([triton.model], triton.model_repository, restart_delay_s=triton.restart_delay_s)
+        bundled = BundledTriton(
+            [settings.served_model], triton.model_repository, triton.restart_delay_s, triton.model_file
+        )
         bundled.start()
         triton_url = bundled.url
     workers = [spawn(settings, number, triton_url) for number in range(settings.server.workers)]

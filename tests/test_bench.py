@@ -9,6 +9,7 @@ import pytest
 
 from service.core.decision import SKIPPABLE_STAGES
 from service.triton import contract
+from tests.model_files import tiny_model
 
 ROOT = Path(__file__).parent.parent
 
@@ -64,9 +65,11 @@ def test_the_small_views_benchmark_prints_both_sides_of_each_figure():
     assert "search, k=8: index" in done.stdout and "small views" in done.stdout
 
 
-def test_the_windows_benchmark_prints_each_request_beside_the_whole_query():
+def test_the_windows_benchmark_prints_each_request_beside_the_whole_query(tmp_path):
+    """With a model that outputs its feature map (a tiny one: the figures are its own, not SSCD's)."""
+    model = tiny_model(tmp_path / "tiny.onnx")
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.windows", "--requests", "2", "--checks", "2"],
+        [sys.executable, "-m", "benchmarks.windows", "--model-file", model, "--requests", "2", "--checks", "2"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

@@ -32,7 +32,7 @@ def load_model_code(model: str):
     return module
 
 
-@pytest.mark.parametrize("model", contract.MODELS)
+@pytest.mark.parametrize("model", [*contract.MODELS, contract.FILE_MODEL])
 def test_the_config_declares_the_contracts_tensors_and_batch(model):
     config = (REPOSITORY / model / "config.pbtxt").read_text()
     assert int(re.search(r"^max_batch_size: (\d+)$", config, re.M).group(1)) == contract.MAX_BATCH

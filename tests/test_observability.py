@@ -10,7 +10,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
-from service.triton import contract
 from tests.conftest import mosaic, reencoded, scrape, wait_for
 
 ROOT = Path(__file__).parent.parent
@@ -74,16 +73,14 @@ def test_metrics_count_what_happened(observed):
     assert sum(r.status == pb.EnrollResult.ENROLLED for r in results) == 6
     # Triton: the 6 good enrolments, each picture and its small view (in as many batches as the
     # stream's timing made), and the views each of the 7 Checks that were not byte-identical
-    # reports: its own, and when it matched nothing as a whole, its regions': the windows' one
-    # image (counted as WINDOW_VIEW_COST views) and the boxes', in one request each.
+    # reports: its own, and when it matched nothing as a whole, its regions' boxes, in one request each.
     embedded = checks + [new]
     views, region_stages = sum(c.views for c in embedded), sum(c.views > 1 for c in embedded)
     assert all(c.views >= 1 for c in embedded) and identical.views == 0
     triton_requests = value("neardup_triton_request_duration_seconds_count")
     assert triton_requests == value("neardup_triton_batch_images_count")
     assert 1 + 7 + region_stages <= triton_requests <= 6 + 7 + 2 * region_stages
-    windows_counted_as_one_image = (contract.WINDOW_VIEW_COST - 1) * region_stages
-    assert value("neardup_triton_batch_images_sum") == 2 * 6 + views - windows_counted_as_one_image
+    assert value("neardup_triton_batch_images_sum") == 2 * 6 + views
     assert value("neardup_store_records") == 6 and value("neardup_store_writable") == 1 and value("neardup_ready") == 1
     assert value("neardup_small_views") == 6
     assert value("neardup_index_generation") == 0 and value("neardup_index_live_added_records") == 6

@@ -171,7 +171,10 @@ class Policy:
         False, "also search 13 regions on a grid (13 more views per Check that found nothing)", stage="regions"
     )
     region_windows: bool = setting(
-        True, "also search 77 windows of a 448 px view's feature map (the cost of 4 views)", stage="regions"
+        False,
+        "also search 77 windows of a 448 px view's feature map (the cost of 4 views): needs a --model-file that "
+        "outputs its map (tools/export_model.py); the packaged models, run as distributed, have none",
+        stage="regions",
     )
     window_cover: float = setting(
         0.8,

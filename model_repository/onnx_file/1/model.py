@@ -1,0 +1,1 @@
+../../sscd/1/model.py
