@@ -89,11 +89,11 @@ def execution_providers(instance_kind: str, device_id: int, available: list[str]
 
 def runtime_name(session, onnx_bytes: bytes) -> str:
     """What makes the features: ONNX Runtime's version, the provider the session runs on, and
-    the precision (int8 for a quantised graph, else the input's float type)."""
+    the precision (int8 for a quantised graph, else the embedding's float type)."""
     if b"QuantizeLinear" in onnx_bytes:
         precision = "int8"
     else:
-        precision = {"tensor(float16)": "fp16"}.get(session.get_inputs()[0].type, "fp32")
+        precision = {"tensor(float16)": "fp16"}.get(session.get_outputs()[0].type, "fp32")
     return f"onnxruntime {ort.__version__} {session.get_providers()[0]} {precision}"
 
 

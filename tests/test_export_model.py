@@ -1,0 +1,79 @@
+"""tools/export_model.py on a random network of SSCD's shape (a small trunk with SSCD's head: GeM
+pooling, a linear projection, L2 normalisation), saved as TorchScript as Meta's files are.
+
+It needs torch, the `export` extra, which the default install and CI leave out: run it with
+`pip install -e '.[export]'` (docs/deployment.md gives the run and its result)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from service.triton.model_file import ModelFile  # noqa: E402
+from tools.export_model import IMAGENET_MEAN, IMAGENET_STD, export  # noqa: E402
+
+
+class GeM(torch.nn.Module):
+    def forward(self, x):
+        n, c, h, w = x.size()
+        return x.reshape(n, c, h * w).clamp(min=1e-6).pow(3.0).mean(dim=2).pow(1.0 / 3.0)
+
+
+class L2Norm(torch.nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.normalize(x)
+
+
+class SscdShaped(torch.nn.Module):
+    """32 px a cell, as SSCD's ResNet-50 trunk."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 4, stride=4), torch.nn.ReLU(), torch.nn.Conv2d(16, 64, 8, stride=8), torch.nn.ReLU()
+        )
+        self.embeddings = torch.nn.Sequential(GeM(), torch.nn.Linear(64, 512), L2Norm())
+
+    def forward(self, x):
+        return self.embeddings(self.backbone(x))
+
+
+@pytest.fixture(scope="module")
+def torchscript(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("export") / "sscd.torchscript.pt"
+    torch.jit.script(SscdShaped().eval()).save(str(path))
+    return path
+
+
+def own_embeddings(torchscript: Path, images: np.ndarray) -> np.ndarray:
+    network = torch.jit.load(str(torchscript)).eval()
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    normalised = (pixels - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return network(normalised).numpy()
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_the_onnx_gives_the_networks_own_embedding_and_its_map(torchscript, tmp_path, half):
+    out = export(torchscript, tmp_path / "sscd.onnx", half=half, input_size=224)
+    assert ModelFile.read(out) == ModelFile(out, 224, feature_map=True)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for side in (224, 448, 320):  # height and width free
+        images = np.random.default_rng(side).integers(0, 256, (3, side, side, 3), dtype=np.uint8)
+        embedding, feature_map = session.run(None, {"image": images})
+        embedding = embedding.astype(np.float32)
+        embedding /= np.linalg.norm(embedding, axis=1, keepdims=True)
+        cosines = (embedding * own_embeddings(torchscript, images)).sum(axis=1)
+        assert cosines.min() > 0.999, cosines
+        assert feature_map.shape == (3, 64, side // 32, side // 32)
+
+
+def test_a_torchscript_that_is_not_sscds_model_is_refused(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))).save(str(path))
+    with pytest.raises(SystemExit, match="holds no backbone or embeddings: not SSCD's Model"):
+        export(path, tmp_path / "other.onnx")
