@@ -89,7 +89,8 @@ def open_storage(settings: Settings) -> Storage:
     try:
         index = BACKENDS[settings.index.backend].open(settings, store)
         index.apply_changes()
-        small_views = SmallViews.following(store) if settings.decision.searches_small_views() else None
+        searched = settings.decision.searches_small_views()
+        small_views = SmallViews.following(store, settings.dimensions) if searched else None
     except (lmdb.Error, IndexUnavailable, OSError) as error:
         store.close()
         if lock:
@@ -120,7 +121,9 @@ def build_servicer(settings: Settings, storage: Storage, hasher: Hasher, readine
         references=bool(policy.verification_weight),
         small_view_side=policy.small_view_side if policy.searches_small_views() else 0,
     )
-    background = Background.load(settings.server.data_dir, settings.model_identity, settings.index.background_k)
+    background = Background.load(
+        settings.server.data_dir, settings.model_identity, settings.index.background_k, settings.dimensions
+    )
     dismissals = Dismissals(storage.store)
     judge = Judge(storage.store, policy, dismissals)
     checker = build_checker(
@@ -213,7 +216,7 @@ async def serve(settings: Settings) -> None:
     )
     add_services(server, build_servicer(settings, storage, hasher, readiness), health_servicer)
     await server.start()
-    model = settings.served_model + (f" ({triton.model_file})" if triton.model_file else "")
+    model = settings.model_name + (f" ({triton.model_file})" if triton.model_file else "")
     log.info("neardup listening on %s (%s; Triton %s, model %s)", address, security.describe(), triton_url, model)
     reload_now = asyncio.Event()
     tasks = [

@@ -163,14 +163,25 @@ class Settings:
 
     @property
     def model_identity(self) -> str:
-        """What the store records as the source of its features: the model (a file's content) and its input side."""
-        model = model_file.identity(Path(self.triton.model_file)) if self.triton.model_file else self.triton.model
-        return f"{model}@{self.triton.input_size}"
+        """What the store records as the source of its features: the model and its input side."""
+        return f"{self.model_name}@{self.triton.input_size}"
+
+    @property
+    def model_name(self) -> str:
+        """The model as answers name it: --model, or for a --model-file its content (onnx_file:<sha256>)."""
+        return model_file.identity(Path(self.triton.model_file)) if self.triton.model_file else self.triton.model
 
     @property
     def served_model(self) -> str:
         """The Triton model that makes the features: --model, or the entry that serves --model-file."""
         return contract.FILE_MODEL if self.triton.model_file else self.triton.model
+
+    @property
+    def dimensions(self) -> int:
+        """The width of the model's embedding: a --model-file's own, else the packaged models'."""
+        if self.triton.model_file:
+            return model_file.read_once(Path(self.triton.model_file)).dimensions
+        return contract.DIMENSIONS
 
     @property
     def canvas_size(self) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from service.config import POLICY_FLAGS, Settings
 from service.triton import contract
-from service.triton.model_file import ModelFile, ModelFileRefused
+from service.triton.model_file import ModelFileRefused, read_once
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def with_models_outputs(settings: Settings) -> Settings:
             )
         return settings
     try:
-        model = ModelFile.read(Path(triton.model_file))
+        model = read_once(Path(triton.model_file))
     except ModelFileRefused as error:
         raise SystemExit(f"neardup: --model-file refused: {error}") from None
     if settings.decision.region_windows and not model.feature_map:

@@ -40,11 +40,12 @@ def test_the_config_declares_the_contracts_tensors_and_batch(model):
         contract.IMAGE: ("TYPE_UINT8", [-1, -1, 3]),
         contract.VIEWS: ("TYPE_INT32", [1]),
     }
+    width = -1 if model == contract.FILE_MODEL else contract.DIMENSIONS  # a file's own width
     assert tensors(config, "output") == {
-        contract.FEATURE: ("TYPE_FP32", [contract.DIMENSIONS]),
+        contract.FEATURE: ("TYPE_FP32", [width]),
         contract.THRESHOLD: ("TYPE_FP32", [1]),
         contract.RUNTIME: ("TYPE_STRING", [1]),
-        contract.WINDOWS: ("TYPE_FP32", [contract.WINDOW_COUNT, contract.DIMENSIONS]),
+        contract.WINDOWS: ("TYPE_FP32", [contract.WINDOW_COUNT, width]),
     }
 
 

@@ -19,7 +19,7 @@ from onnx import TensorProto
 
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.triton import contract
-from tests.conftest import image_bytes, mosaic
+from tests.conftest import image_bytes, mosaic, reencoded
 from tests.model_files import tiny_model
 from tests.test_contract import REPOSITORY, load_model_code
 
@@ -35,9 +35,9 @@ def test_a_tiny_model_file_enrols_and_checks_through_triton_and_its_windows_are_
         assert enrolled.status == pb.EnrollResult.ENROLLED, enrolled.error
         same = service.stub.Check(pb.CheckRequest(image=picture), timeout=60)
         assert same.is_duplicate and same.identical and same.matches[0].key == "wood"
-        assert same.model == contract.FILE_MODEL
         stats = service.stub.Stats(pb.StatsRequest(), timeout=10)
-        assert stats.model == contract.FILE_MODEL and "CPUExecutionProvider fp32" in stats.runtime
+        assert same.model == stats.model == f"onnx_file:{hashlib.sha256(model.read_bytes()).hexdigest()[:16]}"
+        assert "CPUExecutionProvider fp32" in stats.runtime
         other = service.stub.Check(pb.CheckRequest(image=mosaic(1)), timeout=60)
         assert not other.is_duplicate and not other.error
         views[windows] = other.views
@@ -45,6 +45,29 @@ def test_a_tiny_model_file_enrols_and_checks_through_triton_and_its_windows_are_
     # A picture that matches nothing goes on to the regions, where the windows' larger view is paid
     # for: the model answers it from the feature map its file outputs.
     assert views["--region-windows"] == views["--no-region-windows"] + contract.WINDOW_VIEW_COST
+
+
+def test_an_embedding_of_another_width_is_stored_indexed_rebuilt_and_found_again(start_service, tmp_path):
+    """The width is read from the file: the store, the small views, the live index and a rebuilt
+    snapshot all take it, and a restart loads that snapshot."""
+    model, data = tiny_model(tmp_path / "narrow.onnx", dimensions=128), tmp_path / "data"
+    pictures = {name: image_bytes(name) for name in ("gnome-wood.jpg", "gnome-adwaita.jpg", "mate-Stripes.jpg")}
+    service = start_service("--model-file", str(model), data_dir=data)
+    requests = iter([pb.EnrollRequest(key=name, image=data) for name, data in pictures.items()])
+    assert all(r.status == pb.EnrollResult.ENROLLED for r in service.stub.Enroll(requests, timeout=60))
+    assert len(service.stub.Hash(pb.HashRequest(image=pictures["gnome-wood.jpg"]), timeout=60).feature) == 128
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "service.cli", "index", "rebuild", "--data-dir", str(data), "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    service.stop()
+    again = start_service("--model-file", str(model), data_dir=data)
+    stats = again.stub.Stats(pb.StatsRequest(), timeout=10)
+    assert stats.index_size == 3 and stats.unindexed_records == 0  # the snapshot of 128-wide vectors loaded
+    for name, picture in pictures.items():
+        reply = again.stub.Check(pb.CheckRequest(image=reencoded(picture)), timeout=60)
+        assert reply.is_duplicate and reply.matches[0].key == name, reply
 
 
 def test_a_store_made_by_one_model_file_is_refused_to_another(start_service, tmp_path):
@@ -72,7 +95,7 @@ def test_a_store_made_by_one_model_file_is_refused_to_another(start_service, tmp
             "its input 'image' is float32 [batch, side, side, 3]; the contract is uint8",
         ),
         ({"input_side": 224}, "height and width are fixed (uint8 [batch, 224, 224, 3])"),
-        ({"dimensions": 128}, "its embedding has 128 dimensions; the service stores 512"),
+        ({"dimensions": 8192}, "its embedding's width is 8192; the contract is a fixed width of 1 to 4096"),
         ({"input_size": "big"}, "its neardup.input_size 'big' is not a side in pixels"),
         ({"feature_map": False}, "--region-windows needs a feature map, and"),
     ],
@@ -130,3 +153,14 @@ def test_the_model_code_runs_the_packaged_graph_as_it_is(model):
 def serve(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(tmp_path / "data"), "--port", "0"]
     return subprocess.run([*command, *flags], capture_output=True, text=True, timeout=60)
+
+
+def test_the_milvus_backend_makes_its_collection_as_wide_as_the_model(milvus_uri, start_service, tmp_path):
+    model = tiny_model(tmp_path / "narrow.onnx", dimensions=128)
+    milvus = ("--index-backend", "milvus", "--milvus-uri", milvus_uri, "--milvus-collection", "narrow")
+    service = start_service("--model-file", str(model), *milvus, data_dir=tmp_path / "data")
+    picture = image_bytes("gnome-wood.jpg")
+    [enrolled] = service.stub.Enroll(iter([pb.EnrollRequest(key="wood", image=picture)]), timeout=60)
+    assert enrolled.status == pb.EnrollResult.ENROLLED, enrolled.error
+    reply = service.stub.Check(pb.CheckRequest(image=reencoded(picture)), timeout=60)
+    assert reply.is_duplicate and reply.matches[0].key == "wood", reply

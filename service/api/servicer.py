@@ -92,7 +92,7 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
         return pb.HashResponse(
             feature=descriptor.feature.tolist(),
             threshold=descriptor.threshold,
-            model=self.settings.served_model,
+            model=self.settings.model_name,
             views=views,
             input_size=self.settings.triton.input_size,
         )
@@ -139,7 +139,7 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
         return pb.CheckResponse(
             is_duplicate=result.is_duplicate,
             matches=matches,
-            model=self.settings.served_model,
+            model=self.settings.model_name,
             index_generation=result.index_generation,
             identical=result.identical,
             score=result.score if math.isfinite(result.score) else 0.0,  # no match compared: no score
@@ -217,7 +217,7 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
             not_ready=[f"{name}: {why}" for name, why in self.readiness.problems.items()],
             runtime=self.checker.hasher.runtime,
             stored_runtimes=[f"{runtime}: {count}" for runtime, count in stats.runtimes.items()],
-            model=self.settings.served_model,
+            model=self.settings.model_name,
             bytes_on_disk=stats.bytes_on_disk,
             input_size=triton.input_size,
             views_per_check=triton.check_views,

@@ -36,9 +36,9 @@ class Background:
         return float(np.partition(similarities, -k)[-k:].mean())
 
     @classmethod
-    def load(cls, data_dir: Path, model_identity: str, k: int) -> "Background":
+    def load(cls, data_dir: Path, model_identity: str, k: int, dimensions: int = DIMENSIONS) -> "Background":
         path = Path(data_dir) / FILE
-        empty = cls(np.zeros((0, DIMENSIONS), np.float32), k)
+        empty = cls(np.zeros((0, dimensions), np.float32), k)
         if not path.exists():
             return empty
         with np.load(path) as data:

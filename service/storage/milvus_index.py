@@ -41,6 +41,7 @@ from service.storage.read_view import ReadView
 from service.storage.records import DELETE, Record, StoreError, from_u64, u64
 from service.storage.store import Store
 from service.storage.vector_index import IndexStats, IndexUnavailable, RebuildError
+from service.triton.contract import DIMENSIONS
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -71,8 +72,11 @@ class MilvusIndex:
 
     failure: str | None = None  # why the last push or search failed, until one succeeds
 
-    def __init__(self, store: Store, uri: str, collection: str, model: str, token: str = "") -> None:
+    def __init__(
+        self, store: Store, uri: str, collection: str, model: str, token: str = "", dimensions: int = DIMENSIONS
+    ) -> None:
         self.store = store
+        self.dimensions = dimensions  # the model's embedding width: the collection's vectors
         self.milvus_collection = collection  # Milvus's; neardup's collections are a field of its rows
         self.model = model
         store.set_meta(WRITER, secrets.token_hex(16).encode(), overwrite=False)  # made once per data directory
@@ -95,7 +99,7 @@ class MilvusIndex:
 
     def _ensure_collection(self, data_types) -> None:
         if not self.client.has_collection(self.milvus_collection):
-            create_collection(self.client, self.milvus_collection, data_types)
+            create_collection(self.client, self.milvus_collection, data_types, self.dimensions)
             log.info("created Milvus collection %s", self.milvus_collection)
             return
         self.client.load_collection(self.milvus_collection)
@@ -257,18 +261,25 @@ class MilvusBackend(MilvusIndex):
     poll_s = 1.0  # how often the background push retries (the service's --index-poll-s)
 
     @classmethod
-    def connect(cls, store: Store, uri: str, collection: str, token_file: str, model: str) -> "MilvusBackend":
+    def connect(
+        cls, store: Store, uri: str, collection: str, token_file: str, model: str, dimensions: int
+    ) -> "MilvusBackend":
         """The index over a Milvus collection, the token read from its file (never from a flag)."""
         if not uri:
             raise MilvusUnavailable("the milvus backend needs --milvus-uri (e.g. http://milvus:19530)")
         token = Path(token_file).read_text().strip() if token_file else ""
-        return cls(store, uri, collection, model, token)
+        return cls(store, uri, collection, model, token, dimensions)
 
     @classmethod
     def open(cls, settings: "Settings", store: Store) -> "MilvusBackend":
         chosen = settings.index
         backend = cls.connect(
-            store, chosen.milvus_uri, chosen.milvus_collection, chosen.milvus_token_file, settings.model_identity
+            store,
+            chosen.milvus_uri,
+            chosen.milvus_collection,
+            chosen.milvus_token_file,
+            settings.model_identity,
+            settings.dimensions,
         )
         backend.poll_s = chosen.poll_s
         return backend
@@ -315,7 +326,7 @@ class MilvusBackend(MilvusIndex):
         try:
             started = time.perf_counter()
             milvus = (arguments.milvus_uri, arguments.milvus_collection, arguments.milvus_token_file)
-            index = cls.connect(store, *milvus, store.model() or "")
+            index = cls.connect(store, *milvus, store.model() or "", store.feature_width() or DIMENSIONS)
             with tqdm(total=store.count(), unit="record", disable=arguments.quiet) as bar:
                 loaded = index.push_everything(lambda done: bar.update(done - bar.n))
         except (MilvusUnavailable, OSError) as error:

@@ -8,13 +8,12 @@ that writer's store), and which full load of its writer wrote it.
 import numpy as np
 
 from service.storage.records import FEATURE_DTYPE, Record
-from service.triton.contract import DIMENSIONS
 
 FIELDS = [
     ("pk", "VARCHAR", {"max_length": 600, "is_primary": True}),  # the collection, "/" and the key
     ("collection", "VARCHAR", {"max_length": 64}),
     ("key", "VARCHAR", {"max_length": 512}),
-    ("feature", "FLOAT_VECTOR", {"dim": DIMENSIONS}),
+    ("feature", "FLOAT_VECTOR", {}),  # its width is the model's (create_collection)
     ("threshold", "FLOAT", {}),
     ("sha256", "VARCHAR", {"max_length": 64}),
     ("model", "VARCHAR", {"max_length": 256}),
@@ -29,12 +28,13 @@ ANSWER_FIELDS = [name for name, _, _ in FIELDS if name not in ("pk", "load")]
 HNSW = {"M": 48, "efConstruction": 64}
 
 
-def create_collection(client, name: str, data_types) -> None:
+def create_collection(client, name: str, data_types, dimensions: int) -> None:
     """A new collection with an HNSW index on the features; reads see every acknowledged write
     (Strong consistency)."""
     schema = client.create_schema(auto_id=False)
     for field, kind, options in FIELDS:
-        schema.add_field(field, getattr(data_types, kind), **options)
+        width = {"dim": dimensions} if field == "feature" else {}
+        schema.add_field(field, getattr(data_types, kind), **options, **width)
     index_params = client.prepare_index_params()
     index_params.add_index("feature", index_type="HNSW", metric_type="L2", params=HNSW)
     client.create_collection(name, schema=schema, index_params=index_params, consistency_level="Strong")

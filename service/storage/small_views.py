@@ -28,21 +28,22 @@ IdDistance = tuple[int, float]  # a record's id and the distance of its small vi
 class SmallViews:
     """The small views of the store's records (those enrolled with one), by record id. Thread-safe."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, dimensions: int = DIMENSIONS) -> None:
         self.store = store
+        self.dimensions = dimensions
         self._lock = threading.Lock()
         self._reset(-1)
 
     @classmethod
-    def following(cls, store: Store) -> "SmallViews":
+    def following(cls, store: Store, dimensions: int = DIMENSIONS) -> "SmallViews":
         """Every small view in the store, then those each commit brings."""
-        views = cls(store)
+        views = cls(store, dimensions)
         views.catch_up()
         store.subscribe(views.catch_up)
         return views
 
     def _reset(self, seq: int) -> None:
-        self.vectors = np.zeros((1024, DIMENSIONS), FEATURE_DTYPE)
+        self.vectors = np.zeros((1024, self.dimensions), FEATURE_DTYPE)
         self.ids = np.zeros(1024, np.uint64)
         self.row_of: dict[int, int] = {}
         self.collections = CollectionMap()

@@ -80,7 +80,7 @@ def build_snapshot(store: Store, index_dir: Path, dtype: str, keep: int, progres
             model, seq, count = view.model(), view.seq(), view.count()
             if model is None:
                 raise RebuildError(f"the store in {store.path} is empty: enrol images first")
-            index = new_index(dtype)
+            index = new_index(dtype, store.feature_width() or DIMENSIONS)
             bar = tqdm(total=count, unit="rec", desc=f"index generation {generation}", disable=not progress)
             ids, features = [], []
             for record in view.records():
@@ -121,7 +121,7 @@ def remove_old_generations(index_dir: Path, current: int, keep: int) -> None:
 # Load ----------------------------------------------------------------------------------------
 
 
-def load_snapshot(index_dir: Path, manifest: Manifest, model: str | None) -> Index:
+def load_snapshot(index_dir: Path, manifest: Manifest, model: str | None, dimensions: int) -> Index:
     """Memory-maps the snapshot a manifest names, after checking it belongs to this store."""
     if model is not None and manifest.model != model:
         raise SnapshotError(
@@ -137,7 +137,7 @@ def load_snapshot(index_dir: Path, manifest: Manifest, model: str | None) -> Ind
         snapshot = Index.restore(str(path), view=True)
     except Exception as error:  # usearch raises plain RuntimeError/ValueError for damaged files
         raise SnapshotError(f"{path} cannot be loaded ({error}): {FIX}") from None
-    if snapshot is None or len(snapshot) != manifest.count or snapshot.ndim != DIMENSIONS:
+    if snapshot is None or len(snapshot) != manifest.count or snapshot.ndim != dimensions:
         found = "nothing" if snapshot is None else f"{len(snapshot)} vectors of {snapshot.ndim} dimensions"
         raise SnapshotError(f"{path} holds {found}, its manifest says {manifest.count}: the file is damaged; {FIX}")
     snapshot.expansion_search = EXPANSION_SEARCH  # a search setting: not stored in the file
@@ -174,7 +174,7 @@ class SnapshotLoader:
                         f"index generation {manifest.generation} is older than the store's change log "
                         f"(changes up to {change_log.pruned_to(self.index.store)} were pruned): {FIX}"
                     )
-                snapshot = load_snapshot(self.index_dir, manifest, self.index.store.model())
+                snapshot = load_snapshot(self.index_dir, manifest, self.index.store.model(), self.index.dimensions)
             except SnapshotError:
                 self.refused = raw
                 raise
@@ -229,13 +229,13 @@ class UsearchBackend(UsearchIndex):
 
     rebuild_help = "a new snapshot in DATA_DIR/index"
 
-    def __init__(self, store: Store, index_dir: Path) -> None:
-        super().__init__(store)
+    def __init__(self, store: Store, index_dir: Path, dimensions: int = DIMENSIONS) -> None:
+        super().__init__(store, dimensions)
         self.loader = SnapshotLoader(self, index_dir)
 
     @classmethod
     def open(cls, settings: "Settings", store: Store) -> "UsearchBackend":
-        backend = cls(store, settings.index_dir)
+        backend = cls(store, settings.index_dir, settings.dimensions)
         try:
             backend.loader.load_if_new()
         except SnapshotError as error:

@@ -135,6 +135,12 @@ class Store:
         with self.read() as view:
             return view.count()
 
+    def feature_width(self) -> int | None:
+        """The width of the stored features (one model made them all), or None while none is stored."""
+        with self.read() as view:
+            first = next(iter(view.records()), None)
+            return None if first is None else len(first.feature)
+
     def map_use(self) -> float:
         """The share of the LMDB map in use; write() grows the map when it is full."""
         info, stat = self.env.info(), self.env.stat()

@@ -38,9 +38,9 @@ EXTRA_CANDIDATES = 8
 EXACT_RECORDS = 5_000
 
 
-def new_index(dtype: str) -> Index:
+def new_index(dtype: str, dimensions: int = DIMENSIONS) -> Index:
     return Index(
-        ndim=DIMENSIONS,
+        ndim=dimensions,
         metric=METRIC,
         dtype=dtype,
         connectivity=CONNECTIVITY,
@@ -54,16 +54,16 @@ class LiveChanges:
     snapshot ids deleted or replaced since (filtered out). Enrolments also tell `collections`
     where each new id belongs."""
 
-    def __init__(self, seq: int, collections: CollectionMap) -> None:
-        self.added = new_index("f16")
+    def __init__(self, seq: int, collections: CollectionMap, dimensions: int) -> None:
+        self.added = new_index("f16", dimensions)
         self.removed: set[int] = set()
         self.seq = seq  # the last change applied
         self.collections = collections
 
     @classmethod
-    def everything(cls, view: ReadView, collections: CollectionMap) -> "LiveChanges":
+    def everything(cls, view: ReadView, collections: CollectionMap, dimensions: int) -> "LiveChanges":
         """Every record of the store, for an index with no snapshot."""
-        live = cls(view.seq(), collections)
+        live = cls(view.seq(), collections, dimensions)
         for record in view.records():
             live.added.add(record.id, record.feature.astype(np.float32))
         return live
@@ -121,8 +121,9 @@ class UsearchIndex:
 
     failure = None  # it lives in this process: it can always answer
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, dimensions: int = DIMENSIONS) -> None:
         self.store = store
+        self.dimensions = dimensions  # the model's embedding width
         self._lock = threading.Lock()
         self.snapshot: Index | None = None
         self.generation = 0  # the snapshot's; 0 while there is none
@@ -146,7 +147,7 @@ class UsearchIndex:
     def apply_changes(self) -> None:
         with self._lock, self.store.read() as view:
             if self.live is None:
-                self.live = LiveChanges.everything(view, self._collection_map(view))
+                self.live = LiveChanges.everything(view, self._collection_map(view), self.dimensions)
             self.live.catch_up(view)
 
     def swap(self, snapshot: Index, generation: int, snapshot_seq: int) -> None:
@@ -158,7 +159,7 @@ class UsearchIndex:
         committed meanwhile is not lost.
         """
         with self.store.read() as view:
-            live = LiveChanges(snapshot_seq, self._collection_map(view))
+            live = LiveChanges(snapshot_seq, self._collection_map(view), self.dimensions)
             live.catch_up(view)
         with self._lock, self.store.read() as view:
             live.catch_up(view)

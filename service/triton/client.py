@@ -43,10 +43,10 @@ class TritonRejected(RuntimeError):
 
 @dataclass(frozen=True)
 class Descriptor:
-    feature: np.ndarray  # float32 [contract.DIMENSIONS], unit length
+    feature: np.ndarray  # float32 [the model's width], unit length
     threshold: float
     runtime: str = ""  # what made it (contract.RUNTIME)
-    windows: np.ndarray | None = None  # float32 [contract.WINDOW_COUNT, DIMENSIONS], when asked for
+    windows: np.ndarray | None = None  # float32 [contract.WINDOW_COUNT, the model's width], when asked for
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ RUNTIME = "RUNTIME"  # bytes [batch, 1]: what made the feature ("onnxruntime 1.2
 # Asked for by the region stage only: the embeddings of windows of a WINDOW_CANVAS canvas's one view.
 WINDOWS = "WINDOWS"  # float32 [batch, WINDOW_COUNT, DIMENSIONS], unit length
 
-DIMENSIONS = 512
+DIMENSIONS = 512  # the packaged models' embedding width (a --model-file's is its own: Settings.dimensions)
 MAX_BATCH = 16  # max_batch_size in config.pbtxt
 MIN_CANVAS = 32  # the smallest canvas side the model accepts
 # The seed's crops are cut from a resize to 1.1 x the network input, so the canvas is that size.

@@ -3,8 +3,9 @@
 The contract (model_repository/onnx_file serves such a file in Triton):
 - one input: uint8 [batch, height, width, 3] (RGB, NHWC), height and width free: the service sends
   views of several sides (the model's input side, the windows' 448 px view, a 32 px probe);
-- its first output: float [batch, DIMENSIONS], the embedding (normalised or not: the model code
-  normalises the mean of the views);
+- its first output: float [batch, N], the embedding of a fixed width N (normalised or not: the
+  model code normalises the mean of the views); the store, the index and the small views take
+  that width;
 - optionally a second output: float [batch, C, H, W], the last feature map, which the embedding
   pools with GeM and projects with one Gemm. With it, the region stage searches the windows of
   that map (tools/export_model.py writes such files); without it, it does not.
@@ -23,6 +24,7 @@ INPUT_SIZE_KEY = "neardup.input_size"
 FLOAT_TYPES = {1: "float32", 10: "float16"}  # onnx.TensorProto's codes
 UINT8 = 2
 IMAGE_SHAPE = "[batch, height, width, 3]"
+MAX_DIMENSIONS = 4096
 
 
 class ModelFileRefused(ValueError):
@@ -34,6 +36,7 @@ class ModelFile:
     path: Path
     input_size: int | None  # from its metadata, if it says
     feature_map: bool  # a second output: the windows can be searched
+    dimensions: int = contract.DIMENSIONS  # the embedding's width
 
     @classmethod
     def read(cls, path: Path) -> "ModelFile":
@@ -70,9 +73,11 @@ class ModelFile:
                 f"{path}: its first output {embedding.name!r} is {describe(embedding)}; the contract: float [batch, N]"
             )
         width = dims(embedding)[1]
-        if isinstance(width, int) and width != contract.DIMENSIONS:
+        if not isinstance(width, int):
+            width = inferred_width(model)
+        if not isinstance(width, int) or not 1 <= width <= MAX_DIMENSIONS:
             raise ModelFileRefused(
-                f"{path}: its embedding has {width} dimensions; the service stores {contract.DIMENSIONS}"
+                f"{path}: its embedding's width is {width!r}; the contract is a fixed width of 1 to {MAX_DIMENSIONS}"
             )
         if len(outputs) == 2 and (
             outputs[1].type.tensor_type.elem_type not in FLOAT_TYPES or len(dims(outputs[1])) != 4
@@ -85,7 +90,24 @@ class ModelFile:
         size = metadata.get(INPUT_SIZE_KEY)
         if size is not None and not (size.isdigit() and contract.MIN_CANVAS <= int(size) <= 4096):
             raise ModelFileRefused(f"{path}: its {INPUT_SIZE_KEY} {size!r} is not a side in pixels")
-        return cls(path, int(size) if size else None, len(outputs) == 2)
+        return cls(path, int(size) if size else None, len(outputs) == 2, width)
+
+
+def inferred_width(model) -> int | str:
+    """The embedding's width as ONNX's shape inference finds it (a file may leave it unnamed)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - shape inference fails in many ways on graphs it does not know
+        return "?"
+    return dims(inferred.graph.output[0])[1]
+
+
+@functools.lru_cache(maxsize=4)
+def read_once(path: Path) -> ModelFile:
+    """ModelFile.read, once per path (the settings ask for it where they need the width)."""
+    return ModelFile.read(path)
 
 
 def dims(tensor) -> list[int | str]:
