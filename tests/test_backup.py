@@ -1,4 +1,4 @@
-"""`neardup backup` while the store is written as fast as it can be and the index is rebuilt: the
+"""`neardup backup` while the store is written hard (about 30 MB a second) and the index is rebuilt: the
 copy is whole (every page of every LMDB database read back, every record decoded) and its index
 covers nothing its store lacks."""
 
