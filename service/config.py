@@ -5,7 +5,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.core.decision import RULES, Policy
+from service.core.decision import MIRROR_POLICIES, RULES, Policy
 from service.storage.backends import BACKENDS
 from service.triton import contract, model_file
 from service.triton.process import default_model_repository
@@ -149,7 +149,7 @@ class IndexSettings:
 
 
 # Policy's fields are flags too; its rule is --decision.
-POLICY_FLAGS = {"rule": ("decision", tuple(RULES))}
+POLICY_FLAGS = {"rule": ("decision", tuple(RULES)), "mirror": ("mirror", MIRROR_POLICIES)}
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def flags() -> list[Flag]:
 
 
 # The decision's sections in the order a Check runs its stages (core/stages/__init__.py).
-DECISION_SECTIONS = ["pipeline", "search", "verification", "memory", "geometric", "small_views", "regions"]
+DECISION_SECTIONS = ["pipeline", "search", "verification", "memory", "mirror", "geometric", "small_views", "regions"]
 
 
 def section_order(section: str) -> int:

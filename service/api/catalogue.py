@@ -20,6 +20,7 @@ def collection_message(stats: CollectionStats) -> pb.CollectionStats:
         rule=stats.rule,
         threshold=stats.threshold,
         own_settings=stats.own_settings,
+        mirror=stats.mirror,
     )
 
 
@@ -35,7 +36,9 @@ class CatalogueMethods:
     @grpc_errors
     async def SetCollection(self, request: pb.SetCollectionRequest, context) -> pb.CollectionStats:
         configure = self.collections.configure
-        stats = await asyncio.to_thread(configure, request.collection, request.rule, request.threshold, request.reset)
+        stats = await asyncio.to_thread(
+            configure, request.collection, request.rule, request.threshold, request.reset, request.mirror
+        )
         return collection_message(stats)
 
     @grpc_errors

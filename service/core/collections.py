@@ -6,7 +6,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.core.decision import Policy, settable_rules, threshold_of, threshold_problem, with_rule
+from service.core.decision import (
+    MIRROR_POLICIES,
+    Policy,
+    settable_rules,
+    threshold_of,
+    threshold_problem,
+    with_rule,
+)
 from service.core.enrollment import key_problem
 from service.core.errors import RequestError
 from service.storage import collections as stored
@@ -30,6 +37,7 @@ class CollectionStats:
     rule: str  # the decision rule its Checks use
     threshold: float
     own_settings: bool  # set by SetCollection (else the service's)
+    mirror: str  # whether a mirror image is a duplicate in it (--mirror)
 
 
 class Collections:
@@ -54,17 +62,25 @@ class Collections:
                 rule=policy_of(name).rule,
                 threshold=threshold_of(policy_of(name)),
                 own_settings=name in chosen,
+                mirror=policy_of(name).mirror,
             )
             for name in names
         ]
 
-    def configure(self, name: str, rule: str, threshold: float, reset: bool = False) -> CollectionStats:
-        """Gives a collection its own rule and threshold (`reset`: back to the service's); raises
-        RequestError for a bad name or a rule that cannot be set. Returns its stats after."""
+    def configure(
+        self, name: str, rule: str, threshold: float, reset: bool = False, mirror: str = ""
+    ) -> CollectionStats:
+        """Gives a collection its own rule and threshold, or its own mirror policy, or both (`reset`:
+        back to the service's); raises RequestError for a bad name, a rule that cannot be set or an
+        unknown mirror policy. Returns its stats after."""
         if problem := name_problem(name):
             raise RequestError(problem)
+        if mirror and mirror not in MIRROR_POLICIES:
+            raise RequestError(f"mirror {mirror!r} is not one of {', '.join(MIRROR_POLICIES)}")
         chosen = None
-        if not reset:
+        if not reset and mirror and not rule:  # the mirror policy alone: the service's rule stays
+            chosen = CollectionSettings("", 0.0, mirror)
+        elif not reset:
             try:
                 with_rule(self.policy, rule, threshold)
             except KeyError:
@@ -74,7 +90,7 @@ class Collections:
                 raise RequestError(str(error)) from None
             if problem := threshold_problem(self.policy, rule, threshold):
                 raise RequestError(problem)
-            chosen = CollectionSettings(rule, threshold)
+            chosen = CollectionSettings(rule, threshold, mirror)
         stored.set_settings(self.store, name, chosen)
         log.info("collection %r: %s", name, chosen or "the service's settings")
         [stats] = self.stats(name)

@@ -43,8 +43,20 @@ def setting(default, help: str, stage: str, source: str = ""):  # noqa: A002 - a
     return field(default=default, metadata=metadata)
 
 
+# Whether a mirror image of an enrolled picture is its duplicate (the mirror stage).
+MIRROR_POLICIES = ("duplicate", "distinct")
+
 # The stages a Check can run without (core/stages/): the embedding and the search it cannot.
-SKIPPABLE_STAGES = ("identical", "verification", "memory", "low_information", "geometric", "small_views", "regions")
+SKIPPABLE_STAGES = (
+    "identical",
+    "verification",
+    "memory",
+    "mirror",
+    "low_information",
+    "geometric",
+    "small_views",
+    "regions",
+)
 
 
 @dataclass(frozen=True)
@@ -187,6 +199,12 @@ class Policy:
         0.85,
         "a query at least this similar to a picture dismissed against a key (Dismiss) is not its duplicate",
         stage="memory",
+    )
+    mirror: str = setting(
+        "duplicate",
+        "a mirror image of an enrolled picture is its duplicate (duplicate) or another picture (distinct: each "
+        "duplicate is aligned both ways, ~0.1 s of CPU); per collection too (SetCollection)",
+        stage="mirror",
     )
     normalization_beta: float = setting(1.0, "normalized rule: weight of the background similarity", stage="search")
     normalized_threshold: float = setting(0.5, "normalized rule: least normalised similarity", stage="search")

@@ -84,7 +84,10 @@ class Judge:
 
         def policy_of(collection: str) -> Policy:
             own = chosen.get(collection)
-            return with_rule(self.policy, own.rule, own.threshold) if own else self.policy
+            if own is None:
+                return self.policy
+            policy = with_rule(self.policy, own.rule, own.threshold) if own.rule else self.policy
+            return replace(policy, mirror=own.mirror) if own.mirror else policy
 
         return policy_of
 
@@ -214,6 +217,8 @@ class Judge:
         if picture is None:
             return None
         shown = picture if isinstance(picture, verification.QueryPicture) else verification.QueryPicture(picture)
+        if self.policies()(record.collection).mirror == "distinct":  # a mirror image is another picture
+            shown = shown.as_it_is()
         candidate = self._candidate(record, reference, shown.has_no_colour)
         return verification.compared(shown, candidate, as_crops, least_cover, only_close)
 
@@ -258,6 +263,27 @@ class Judge:
             return found is not None and found.is_close(self.policy.pair_twin_residual, self.policy.verified_colour)
 
         return self._pairs.get((nearest.sha256, other.sha256), verified)
+
+    def without_mirrored(self, search: Search, query: Query, policy_of: Callable[[str], Policy]) -> Search:
+        """The duplicates the query shows mirrored (verification.shows_mirrored) are not, where their
+        collection's policy says a mirror image is another picture (--mirror distinct)."""
+        mirrored = frozenset(
+            position
+            for position, ((record, _), duplicate) in enumerate(zip(search.nearest, search.decision.each, strict=True))
+            if duplicate and policy_of(record.collection).mirror == "distinct" and self._mirrored(query, record)
+        )
+        if not mirrored:
+            return search
+        each = [duplicate and position not in mirrored for position, duplicate in enumerate(search.decision.each)]
+        return replace(search, decision=replace(search.decision, is_duplicate=any(each), each=each))
+
+    def _mirrored(self, query: Query, record: Record) -> bool:
+        reference = self.reference(record)
+        picture = query() if reference else None
+        if picture is None:
+            return False
+        shown = picture if isinstance(picture, verification.QueryPicture) else verification.QueryPicture(picture)
+        return verification.shows_mirrored(shown, self._candidate(record, reference, shown.has_no_colour))
 
     def without_dismissed(self, feature: np.ndarray, search: Search) -> Search:
         """Duplicates the caller dismissed for this picture, or for one this close to it

@@ -16,6 +16,7 @@ from service.core.stages.geometric import Geometric
 from service.core.stages.identical import Identical
 from service.core.stages.low_information import LowInformation
 from service.core.stages.memory import Memory
+from service.core.stages.mirror import Mirror
 from service.core.stages.regions import RegionSearch
 from service.core.stages.search import Search
 from service.core.stages.small_views import SmallViewSearch
@@ -71,6 +72,7 @@ def check_pipeline(
         Search(index, judge),
         Verification(judge, policy),
         Memory(judge),
+        Mirror(judge),
         LowInformation(),
         Geometric(store, policy),
         SmallViewSearch(small_views, store, judge, policy),

@@ -53,6 +53,9 @@ GREY_CHROMA = 3.0
 CROP_RESIDUAL = 0.08
 CROP_LEAST_COVER = 0.2
 CROP_MOST_COVER = 0.8
+# A mirrored copy, aligned mirrored, agrees within this share of its lightness residual as it is
+# (--mirror distinct; docs/quality.md, "Mirror images").
+MIRROR_SHARE = 0.5
 # ECC runs at most ECC_ITERATIONS. Where only a close match counts (Residual.is_close, not beside an
 # overlay's colours), an alignment whose correlation is still under ECC_HOPELESS after ECC_TRIAL
 # iterations is given up: on 818 pairs verified by 300 Checks of the catalogue benchmark (seed 0),
@@ -177,6 +180,13 @@ class QueryPicture:
     def has_no_colour(self) -> bool:
         return _has_no_colour(self.picture)
 
+    def as_it_is(self) -> "QueryPicture":
+        """The query compared only as it is, not mirrored (a mirror image is another picture: --mirror
+        distinct); what it has made already is shared."""
+        only = QueryPicture(self.picture)
+        only.__dict__["shown"] = self.shown[:1]
+        return only
+
     @functools.cached_property
     def shown(self) -> list["_Shown"]:
         """The query and its mirror."""
@@ -285,6 +295,21 @@ def compared(
     # An overlay's colours are looked for in the best alignment only: the rest are not used.
     foreign = cells.beside_foreign_colours(*aligned)
     return replace(best, beside_overlays=min(best.beside_overlays, foreign[0]), beside_foreign=foreign)
+
+
+def shows_mirrored(query: QueryPicture, reference: Candidate | None) -> bool:
+    """Does the query show the reference mirrored: aligned mirrored, it agrees with it within
+    MIRROR_SHARE of how closely it agrees as it is (a picture that is its own mirror agrees both ways
+    alike)? No for a reference that cannot be judged."""
+    if reference is None:
+        return False
+    lab = reference.lab.astype(np.float32)
+    points = (reference.points, reference.descriptors.astype(np.float32))
+    as_it_is, mirrored = (
+        min(pair[0] for pair in [*_by_keypoints(shown, reference.grey_width, points, lab), _by_ecc(shown, lab)])
+        for shown in query.shown
+    )
+    return mirrored.lightness < MIRROR_SHARE * as_it_is.lightness
 
 
 def _best(found: list[tuple[Residual, Aligned]]) -> Residual:

@@ -28,10 +28,12 @@ def name_problem(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class CollectionSettings:
-    """A collection's decision: a rule and its threshold (the service's other parameters stay)."""
+    """A collection's decision: a rule and its threshold ("": the service's), and whether a mirror
+    image is a duplicate ("": as the service says); the service's other parameters stay."""
 
     rule: str
     threshold: float
+    mirror: str = ""
 
 
 def counts(store: Store) -> dict[str, int]:

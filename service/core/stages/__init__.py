@@ -6,8 +6,9 @@ the answer (and stop the run), or leave it to the next. docs/decision.md explain
   search           the nearest records, each collection's rule (decision.py) and the twins
   verification     a score near the threshold verified against the candidate's stored reference
   memory           the caller's "not a duplicate" entries (Dismiss) override
+  mirror           with --mirror distinct, a duplicate shown mirrored is another picture
   low_information  a near-blank picture is never a duplicate
   geometric        ORB + RANSAC inliers for a borderline score (--geometric-band; off by default)
   small_views      a thumbnail searched among the enrolled pictures' small views
-  regions          a picture shown inside the query: the boxes pasted on it and 77 windows
+  regions          a picture shown inside the query: the boxes pasted on it (and 77 windows)
 """
