@@ -23,10 +23,11 @@ PROVIDERS = {"TensorRT": "TensorrtExecutionProvider", "CUDA": "CUDAExecutionProv
 SIDE = 224
 
 
-def sscd_shaped_resnet50(path: Path) -> Path:
-    """torchvision's ResNet-50 trunk and SSCD's head, random weights, saved as TorchScript."""
+def sscd_shaped(backbone, channels: int):
+    """SSCD's Model around a trunk, as Meta's TorchScript files hold it: `backbone` (to the last
+    feature map, `channels` deep) and `embeddings`, SSCD's head (GeM pooling, a projection to 512,
+    L2 normalisation)."""
     import torch
-    import torchvision
 
     class GeM(torch.nn.Module):
         def forward(self, x):
@@ -40,15 +41,23 @@ def sscd_shaped_resnet50(path: Path) -> Path:
     class Sscd(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            resnet = torchvision.models.resnet50(weights=None)
-            self.backbone = torch.nn.Sequential(*list(resnet.children())[:-2])  # to the last feature map
-            self.embeddings = torch.nn.Sequential(GeM(), torch.nn.Linear(2048, 512), L2Norm())
+            self.backbone = backbone
+            self.embeddings = torch.nn.Sequential(GeM(), torch.nn.Linear(channels, 512), L2Norm())
 
         def forward(self, x):
             return self.embeddings(self.backbone(x))
 
+    return Sscd().eval()
+
+
+def sscd_shaped_resnet50(path: Path) -> Path:
+    """torchvision's ResNet-50 trunk and SSCD's head, random weights, saved as TorchScript."""
+    import torch
+    import torchvision
+
     torch.manual_seed(0)
-    torch.jit.script(Sscd().eval()).save(str(path))
+    trunk = torch.nn.Sequential(*list(torchvision.models.resnet50(weights=None).children())[:-2])
+    torch.jit.script(sscd_shaped(trunk, 2048)).save(str(path))
     return path
 
 

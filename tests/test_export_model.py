@@ -15,40 +15,19 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
+from benchmarks.export_speed import sscd_shaped  # noqa: E402
 from service.triton.model_file import ModelFile  # noqa: E402
 from tools.export_model import IMAGENET_MEAN, IMAGENET_STD, export  # noqa: E402
-
-
-class GeM(torch.nn.Module):
-    def forward(self, x):
-        n, c, h, w = x.size()
-        return x.reshape(n, c, h * w).clamp(min=1e-6).pow(3.0).mean(dim=2).pow(1.0 / 3.0)
-
-
-class L2Norm(torch.nn.Module):
-    def forward(self, x):
-        return torch.nn.functional.normalize(x)
-
-
-class SscdShaped(torch.nn.Module):
-    """32 px a cell, as SSCD's ResNet-50 trunk."""
-
-    def __init__(self):
-        super().__init__()
-        self.backbone = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 16, 4, stride=4), torch.nn.ReLU(), torch.nn.Conv2d(16, 64, 8, stride=8), torch.nn.ReLU()
-        )
-        self.embeddings = torch.nn.Sequential(GeM(), torch.nn.Linear(64, 512), L2Norm())
-
-    def forward(self, x):
-        return self.embeddings(self.backbone(x))
 
 
 @pytest.fixture(scope="module")
 def torchscript(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("export") / "sscd.torchscript.pt"
-    torch.jit.script(SscdShaped().eval()).save(str(path))
+    trunk = torch.nn.Sequential(  # 32 px a cell, as SSCD's ResNet-50 trunk
+        torch.nn.Conv2d(3, 16, 4, stride=4), torch.nn.ReLU(), torch.nn.Conv2d(16, 64, 8, stride=8), torch.nn.ReLU()
+    )
+    torch.jit.script(sscd_shaped(trunk, 64)).save(str(path))
     return path
 
 
