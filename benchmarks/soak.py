@@ -13,8 +13,9 @@ for --minutes beside:
 - unauthenticated callers: four threads sending 8 MB Checks without a token.
 Then it stops the load, waits 10 s, restarts the service and counts its records. Prints the
 interactive Check's p50 and p99, idle and under load, and their ratio; the acknowledged enrolments
-(less those deleted) and how many the restarted service lacks; the front service's resident memory before the load, at
-its peak and after (the bundled Triton's processes are not counted); and each load's calls by status.
+(less those deleted) and how many the restarted service lacks; the front service's resident memory
+before the load, at its peak and after (the bundled Triton's processes are not counted); and each
+load's calls by outcome (a gRPC status, or the exception a rebuild raised).
 """
 
 import argparse
@@ -44,7 +45,7 @@ UNAUTHENTICATED_CALLERS = 4
 
 
 class Load:
-    """Threads that call the service until stopped, counting each call's status."""
+    """Threads that call the service until stopped, counting each call's outcome."""
 
     def __init__(self):
         self.stop = threading.Event()
@@ -62,6 +63,8 @@ class Load:
                 except grpc.RpcError as error:
                     counted[error.code().name] += 1
                     time.sleep(0.05)
+                except subprocess.SubprocessError as error:  # a rebuild that failed
+                    counted[type(error).__name__] += 1
 
         thread = threading.Thread(target=loop, name=name, daemon=True)
         thread.start()
