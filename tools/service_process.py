@@ -29,6 +29,18 @@ def resident_mb(pid: int) -> float:
     return next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmRSS:")), 0.0)
 
 
+def peak_resident_mb(pid: int) -> float:
+    """A process's peak resident memory in MB (Linux's VmHWM), since it started or since
+    reset_peak_resident(pid)."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return next(int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM:"))
+
+
+def reset_peak_resident(pid: int) -> None:
+    """The process's peak resident memory starts again from its memory now (Linux)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

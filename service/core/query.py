@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from service.media import verification
-from service.media.imaging import is_jpeg, is_low_information, longest_side
+from service.media.imaging import is_low_information, longest_side
 from service.media.preprocess import Preprocessor, Regions
 
 
@@ -20,6 +20,7 @@ class Query:
     def __init__(self, data: bytes, preprocessor: Preprocessor):
         self.data = data
         self._preprocessor = preprocessor
+        self._regions: dict[tuple[bool, bool], Regions] = {}
 
     @functools.cached_property
     def sha256(self) -> bytes:
@@ -31,13 +32,14 @@ class Query:
         return longest_side(self.data)
 
     @functools.cached_property
-    def _for_canvas(self) -> Image.Image:
-        return self._preprocessor.decode(self.data, side=self._preprocessor.canvas_size)
+    def _decoded(self) -> tuple[np.ndarray, Image.Image | None]:
+        return self._preprocessor.canvas_and_picture(self.data)
 
     @functools.cached_property
     def picture(self) -> Image.Image:
         """What verification compares, regions are cut from and geometry matches."""
-        return self._preprocessor.decode(self.data) if is_jpeg(self.data) else self._for_canvas
+        picture = self._decoded[1]
+        return picture if picture is not None else self._preprocessor.decode(self.data)
 
     @functools.cached_property
     def verification_picture(self) -> verification.QueryPicture:
@@ -46,12 +48,16 @@ class Query:
 
     @functools.cached_property
     def canvas(self) -> np.ndarray:
-        return self._preprocessor.canvas_of(self._for_canvas)
+        return self._decoded[0]
 
     @functools.cached_property
     def low_information(self) -> bool:
         return is_low_information(self.canvas)
 
-    @functools.cache  # noqa: B019 - a Query lives for one Check
     def regions(self, with_grid: bool, with_windows: bool) -> Regions:
-        return self._preprocessor.regions(self.picture, with_grid, with_windows)
+        """Made once per Query (kept on it, not in a cache beside it: that would keep every Query,
+        its decoded picture included, for as long as the process lives)."""
+        asked = (with_grid, with_windows)
+        if asked not in self._regions:
+            self._regions[asked] = self._preprocessor.regions(self.picture, with_grid, with_windows)
+        return self._regions[asked]

@@ -4,10 +4,11 @@ import contextlib
 import io
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from service.overload import Overloaded
 
@@ -17,9 +18,11 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # exactly uniform (0.0) and the next lowest is a faint moon at 1.6.
 LOW_INFORMATION_STD = 1.0
 BACKGROUND = (255, 255, 255)  # transparent pixels are flattened onto white
-# Bytes per pixel a decode holds at its peak, by the mode Pillow decodes to: the decoded bands,
-# the RGB copy, and for high bit depths the float32 scaling in to_rgb.
-PEAK_BYTES_PER_PIXEL = {"1": 4, "L": 4, "P": 7, "LA": 9, "PA": 9, "RGB": 6, "RGBA": 10, "CMYK": 10, "YCbCr": 6}
+# Bytes per pixel a decode holds at its peak, by the mode Pillow decodes to: the decoded bands (RGB
+# held as 4 bytes a pixel), the RGB copy (for transparency, RGBA and the flattened RGB), and for
+# high bit depths the float32 scaling in to_rgb; measured with the canvas and the reduced picture
+# made in `then`, rounded up (tests/test_imaging.py measures them again).
+PEAK_BYTES_PER_PIXEL = {"1": 6, "L": 6, "P": 10, "LA": 14, "PA": 14, "RGB": 5, "RGBA": 14, "CMYK": 9, "YCbCr": 9}
 HIGH_DEPTH_PEAK_BYTES_PER_PIXEL = 16  # I;16, I, F: the bands, float32 values, the scaled copy, RGB
 
 
@@ -67,7 +70,7 @@ def decode_canvas(
     data: bytes, canvas_size: int, limits: Limits = Limits(), budget: DecodeBudget | None = None
 ) -> np.ndarray:
     """The image as a canvas_size x canvas_size RGB uint8 array (what Triton embeds)."""
-    return to_canvas(decode(data, canvas_size, limits, budget), canvas_size)
+    return decode(data, canvas_size, limits, budget, then=lambda picture: to_canvas(picture, canvas_size))
 
 
 def is_low_information(canvas: np.ndarray) -> bool:
@@ -90,8 +93,16 @@ def to_canvas(rgb: Image.Image, size: int) -> np.ndarray:
     return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR))
 
 
-def decode(data: bytes, needed_side: int, limits: Limits, budget: DecodeBudget | None = None) -> Image.Image:
-    """Decodes an image: EXIF orientation applied, any mode to RGB, the first frame of several.
+def decode[Made](
+    data: bytes,
+    needed_side: int,
+    limits: Limits,
+    budget: DecodeBudget | None = None,
+    then: Callable[[Image.Image], Made] | None = None,
+) -> Made | Image.Image:
+    """Decodes an image: EXIF orientation applied, any mode to RGB, the first frame of several;
+    `then(picture)` when given, made while the decode is still counted in the budget (what a caller
+    keeps of a large picture, so that its full size is not held outside the budget).
 
     The size is checked from the header before any pixel is decoded, so a small file that
     claims a huge size (a decompression bomb) costs nothing; the memory the decode will hold
@@ -127,18 +138,20 @@ def decode(data: bytes, needed_side: int, limits: Limits, budget: DecodeBudget |
             if image.format == "JPEG":
                 image.draft("RGB", (needed_side, needed_side))
             peak = peak_bytes(image)
-            if peak > limits.max_decoded_bytes:
-                raise ImageError(
-                    f"image is {width}x{height} {image.mode}: decoding it needs {peak / 1e6:.0f} MB, over the "
-                    f"{limits.max_decoded_bytes / 1e6:.0f} MB limit per image; send it smaller or in 8-bit colour"
-                )
-            with budget.hold(peak) if budget else contextlib.nullcontext():
-                image.load()
-                return to_rgb(ImageOps.exif_transpose(image))
-        except (ImageError, Overloaded):
-            raise
-        except Exception as error:  # noqa: BLE001 - as above: truncated data, bad tables, broken EXIF
+        except Exception as error:  # noqa: BLE001 - as above
             raise ImageError(f"image {image.format} {width}x{height} could not be decoded: {error}") from None
+        if peak > limits.max_decoded_bytes:
+            raise ImageError(
+                f"image is {width}x{height} {image.mode}: decoding it needs {peak / 1e6:.0f} MB, over the "
+                f"{limits.max_decoded_bytes / 1e6:.0f} MB limit per image; send it smaller or in 8-bit colour"
+            )
+        with budget.hold(peak) if budget else contextlib.nullcontext():
+            try:
+                image.load()
+                picture = to_rgb(upright(image))
+            except Exception as error:  # noqa: BLE001 - as above: truncated data, bad tables, broken EXIF
+                raise ImageError(f"image {image.format} {width}x{height} could not be decoded: {error}") from None
+            return then(picture) if then else picture
 
 
 def peak_bytes(image: Image.Image) -> int:
@@ -146,6 +159,20 @@ def peak_bytes(image: Image.Image) -> int:
     width, height = image.size
     per_pixel = PEAK_BYTES_PER_PIXEL.get(image.mode, HIGH_DEPTH_PEAK_BYTES_PER_PIXEL)
     return width * height * per_pixel
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (itself when it says nothing: exif_transpose
+    would copy it, twice the memory for a moment)."""
+    turned = image.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9)
+    return ImageOps.exif_transpose(image) if turned else image
+
+
+def reduced(picture: Image.Image, side: int) -> Image.Image:
+    """The picture reduced by the largest whole factor that keeps both sides at least `side`, as a
+    JPEG's draft scale is (a box filter: fast, and a picture kept for a Check stays small)."""
+    factor = min(picture.size) // side
+    return picture.reduce(factor) if factor > 1 else picture
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from service import metrics
 from service.media import geometry, insets, verification
-from service.media.imaging import DecodeBudget, Limits, decode, is_jpeg, to_canvas
+from service.media.imaging import DecodeBudget, Limits, decode, is_jpeg, reduced, to_canvas
 from service.media.insets import Box
 from service.triton import contract
 
@@ -108,26 +108,43 @@ class Preprocessor:
         sides = [self.canvas_size * REGION_DECODE_SCALE, verification.QUERY_SIDE]
         return max(sides + [geometry.MAX_SIDE] if self.keypoints else sides)
 
-    def decode(self, data: bytes, side: int = 0) -> Image.Image:
-        """The image decoded for `side` (a JPEG's draft scale; 0: `decode_side`)."""
+    def decode(self, data: bytes, side: int = 0, then=None):
+        """The image decoded for `side` (a JPEG's draft scale; 0: `decode_side`), or what `then` makes
+        of it while its decode is counted in the budget (imaging.decode)."""
         metrics.DECODES.inc()
-        return decode(data, side or self.decode_side, self.limits, self.budget)
+        return decode(data, side or self.decode_side, self.limits, self.budget, then)
 
     def canvas_of(self, picture: Image.Image) -> np.ndarray:
         """A picture decoded for the canvas as the canvas_size x canvas_size RGB uint8 array Triton embeds."""
         return to_canvas(picture, self.canvas_size)
 
     def canvas(self, data: bytes) -> np.ndarray:
-        return self.canvas_of(self.decode(data, side=self.canvas_size))
+        return self.decode(data, side=self.canvas_size, then=self.canvas_of)
+
+    def canvas_and_picture(self, data: bytes) -> tuple[np.ndarray, Image.Image | None]:
+        """The canvas, and for an image that is not a JPEG (decoded whole whatever the side) the
+        picture the other stages use too, reduced to `decode_side` as a JPEG's draft scale would
+        be: one decode serves both, and no more than that is kept of it. None for a JPEG, which is
+        decoded again at `decode_side` if a stage asks for more pixels."""
+
+        def made(picture: Image.Image) -> tuple[np.ndarray, Image.Image | None]:
+            return self.canvas_of(picture), None if is_jpeg(data) else reduced(picture, self.decode_side)
+
+        return self.decode(data, side=self.canvas_size, then=made)
 
     def describe(self, data: bytes) -> "Described":
         """The canvas, and what enrolment stores beside the feature when it is on, each from the
         decode it was always made from (stored records stay alike whenever they were enrolled): the
         small view from the canvas's, the reference from one at verification's QUERY_SIDE, the
         keypoints from one at the geometric check's side (one decode serves all for an image that
-        is not a JPEG)."""
-        for_canvas = self.decode(data, side=self.canvas_size)
-        at = functools.cache(lambda side: self.decode(data, side=side) if is_jpeg(data) else for_canvas)
+        is not a JPEG, made while that decode is counted in the budget)."""
+        if not is_jpeg(data):
+            return self.decode(data, side=self.canvas_size, then=lambda picture: self._described(lambda _: picture))
+        return self._described(functools.cache(lambda side: self.decode(data, side=side)))
+
+    def _described(self, at) -> "Described":
+        """What enrolment stores, of the picture decoded `at(side)` for each side."""
+        for_canvas = at(self.canvas_size)
         keypoints = geometry.keypoints(at(geometry.MAX_SIDE)) if self.keypoints else b""
         reference = verification.reference(at(verification.QUERY_SIDE)) if self.references else b""
         points = verification.reference_points(reference) if reference else b""
