@@ -135,6 +135,23 @@ def test_the_role_matrix(secured, pki, caller):
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_a_refused_callers_messages_are_not_taken_in(secured, pki):
+    """Sixteen callers without a token send 20 MB Checks at once: each is refused UNAUTHENTICATED,
+    and the service's peak memory grows by far less than they sent (each message used to be read
+    whole before the refusal: 48 such callers of 30 MB took the service to 1.8 GB)."""
+    from tools.service_process import peak_resident_mb, reset_peak_resident, resident_mb
+
+    service, _, _ = secured
+    pid = service.process.pid
+    reset_peak_resident(pid)
+    before = resident_mb(pid)
+    large = pb.CheckRequest(image=bytes(20 * 2**20))
+    calls = [stub_for(service, pki).Check.future(large, timeout=60) for _ in range(16)]
+    assert [call.exception().code() for call in calls] == [grpc.StatusCode.UNAUTHENTICATED] * 16
+    taken_in = peak_resident_mb(pid) - before
+    assert taken_in < 60, f"{taken_in:.0f} MB taken in for 320 MB of refused messages"
+
+
 def test_a_refused_enroll_or_delete_changes_nothing(secured, pki):
     service, tokens, _ = secured
     writer, reader = stub_for(service, pki, tokens["all"]), stub_for(service, pki, tokens["searcher"])

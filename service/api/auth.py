@@ -8,7 +8,8 @@ Callers send `authorization: Bearer <token>`. Roles: `check` (Hash, Check, Check
 `enroll` (Enroll, Delete, Dismiss, ListDismissals, RemoveDismissal), `admin` (ReloadIndex,
 SetCollection, FindDuplicates). Reflection (what grpcurl lists) takes any valid token, whatever
 its roles; health stays open for orchestrator probes. A missing or unknown token is
-UNAUTHENTICATED, a known one without the role PERMISSION_DENIED; the method never runs. The file
+UNAUTHENTICATED, a known one without the role PERMISSION_DENIED; the method never runs, and the
+request is not read (a refused caller's message costs no memory: `refusal`). The file
 is read again on SIGHUP; a file that does not parse keeps the tokens in use. Logs name the caller
 (the token's name), never a token.
 """
@@ -157,18 +158,29 @@ class Authentication(grpc.aio.ServerInterceptor):
         if handler is None or role is None:
             return handler
         caller = self.tokens.caller(details.invocation_metadata)
+        if caller is None:
+            log.warning("%s refused: no valid bearer token", details.method)
+            return refusal(
+                handler, grpc.StatusCode.UNAUTHENTICATED, "send a valid token as 'authorization: Bearer <token>'"
+            )
+        if role != ANY_ROLE and role not in caller.roles:
+            log.warning("%s refused: caller %s lacks the %s role", details.method, caller.name, role)
+            return refusal(handler, grpc.StatusCode.PERMISSION_DENIED, f"{details.method} needs the {role!r} role")
 
         @contextlib.asynccontextmanager
         async def authorised(context: grpc.aio.ServicerContext):
-            if caller is None:
-                log.warning("%s refused: no valid bearer token", details.method)
-                await context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED, "send a valid token as 'authorization: Bearer <token>'"
-                )
-            if role != ANY_ROLE and role not in caller.roles:
-                log.warning("%s refused: caller %s lacks the %s role", details.method, caller.name, role)
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{details.method} needs the {role!r} role")
             CALLER.set(caller.name)
             yield
 
         return around_handler(handler, authorised)
+
+
+def refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
+    """A handler answering `code` that never reads the request: served as a request stream, a refused
+    caller's message (up to --max-request-bytes) is not taken in, and costs the service no memory."""
+
+    async def refuse(requests, context: grpc.aio.ServicerContext):
+        await context.abort(code, details)
+
+    make = grpc.stream_stream_rpc_method_handler if handler.response_streaming else grpc.stream_unary_rpc_method_handler
+    return make(refuse, response_serializer=handler.response_serializer)
