@@ -3,10 +3,11 @@
 glibc serves an allocation of 128 KiB or more by mmap, but raises that threshold (up to 32 MiB)
 each time such a block is freed; past that, a decoded picture's blocks come from the heap, and a
 burst of large images leaves the process that much larger for good. A fixed threshold keeps large
-blocks mmapped, so that each goes back when it is freed; the smaller blocks left free in each
-thread's heap after a burst are handed back by a trim every TRIM_EVERY_S. (Six callers sending
-30 Mpx PNGs for 40 s: 1.8 GB resident after the burst against 0.2 GB before, 0.29 GB with the
-threshold; docs/operations.md, "Memory after a burst".)
+blocks mmapped, so that each goes back when it is freed; the smaller blocks a burst leaves free in
+each thread's heap are handed back by a trim TRIM_DELAY_S after a large decode (a trim walks every
+heap, up to a few tenths of a second on a large one, so it is not run when nothing large came).
+Six callers sending 30 Mpx PNGs for 40 s: 1.8 GB resident after the burst against 0.2 GB before,
+0.29 GB with both (docs/operations.md, "Memory after a burst").
 """
 
 import ctypes
@@ -18,12 +19,20 @@ log = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
 MMAP_THRESHOLD_BYTES = 4 * 2**20
-TRIM_EVERY_S = 5.0
+LARGE_DECODE_BYTES = 32 * 2**20  # a decode holding this much is followed by a trim
+TRIM_DELAY_S = 5.0
+
+_large_decoded = threading.Event()
+
+
+def large_decode_done() -> None:
+    """A decode of LARGE_DECODE_BYTES or more has ended: trim the heaps once the burst is over."""
+    _large_decoded.set()
 
 
 def return_freed_memory() -> None:
-    """Fixes glibc's mmap threshold at MMAP_THRESHOLD_BYTES and starts the periodic trim; nothing
-    where the C library is not glibc."""
+    """Fixes glibc's mmap threshold at MMAP_THRESHOLD_BYTES and starts the trims after large
+    decodes; nothing where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
@@ -33,9 +42,11 @@ def return_freed_memory() -> None:
     if not libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES):
         log.warning("mallopt(M_MMAP_THRESHOLD) refused: memory freed after a burst may stay with the process")
 
-    def trim_forever() -> None:
+    def trim_after_large_decodes() -> None:
         while True:
-            time.sleep(TRIM_EVERY_S)
+            _large_decoded.wait()
+            time.sleep(TRIM_DELAY_S)  # the Checks that decoded have ended, or the next ones have begun
+            _large_decoded.clear()
             libc.malloc_trim(0)
 
-    threading.Thread(target=trim_forever, name="malloc-trim", daemon=True).start()
+    threading.Thread(target=trim_after_large_decodes, name="malloc-trim", daemon=True).start()

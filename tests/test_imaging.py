@@ -88,6 +88,7 @@ decode(data, 10_000, Limits(), then=kept)
 print(round((peak_resident_mb(os.getpid()) - before) * 2**20))
 """
 
+
 def gradient(mode: str, width: int, height: int) -> Image.Image:
     ramp = (np.add.outer(np.arange(height), np.arange(width)) % 256).astype(np.uint8)
     rgb = Image.fromarray(np.stack([ramp, ramp[::-1], ramp[:, ::-1]], -1))

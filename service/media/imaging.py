@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from service import memory
 from service.overload import Overloaded
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -151,7 +152,10 @@ def decode[Made](
                 picture = to_rgb(upright(image))
             except Exception as error:  # noqa: BLE001 - as above: truncated data, bad tables, broken EXIF
                 raise ImageError(f"image {image.format} {width}x{height} could not be decoded: {error}") from None
-            return then(picture) if then else picture
+            made = then(picture) if then else picture
+    if peak >= memory.LARGE_DECODE_BYTES:
+        memory.large_decode_done()
+    return made
 
 
 def peak_bytes(image: Image.Image) -> int:
