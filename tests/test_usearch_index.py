@@ -188,6 +188,20 @@ def test_a_search_limited_to_large_collections_asks_the_graph_for_enough(store, 
             assert found[0][0].key == f"r{original}"
 
 
+def test_a_searchs_collections_are_counted_from_their_own_counts(store, tmp_path):
+    """What a limited search reads to choose between exact distances and the graph: these collections'
+    records and all records, the default collection's being what the others leave; after a deletion too."""
+    from service.storage.collections import records_in
+
+    collections_index(store, tmp_path)
+    assert records_in(store, frozenset({"small"})) == (90, 900)
+    assert records_in(store, frozenset({"small", "large"})) == (360, 900)
+    assert records_in(store, frozenset({"", "absent"})) == (540, 900)
+    store.delete("r6", "small")
+    assert records_in(store, frozenset({"small"})) == (89, 899)
+    assert records_in(store, frozenset({""})) == (540, 899)
+
+
 def test_collections_never_share_a_code_past_65536_of_them():
     """The filter the index searches through (CollectionMap), 65,540 collections of one record each: a
     search limited to one holds its record only, never the record of the collection 65,536 later (16-bit

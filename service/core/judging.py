@@ -20,7 +20,7 @@ from PIL import Image
 from service.core.decision import Policy, threshold_of, with_rule
 from service.core.searches import Search, decided
 from service.media import verification
-from service.storage.collections import settings as collection_settings
+from service.storage.collections import settings_of
 from service.storage.dismissals import Dismissals
 from service.storage.records import Record
 from service.storage.store import Store
@@ -79,11 +79,13 @@ class Judge:
         self._candidates = Kept(CANDIDATE_CACHE_BYTES, size=_bytes)
 
     def policies(self) -> Callable[[str], Policy]:
-        """Each collection's policy: its own settings (SetCollection), or the service's."""
-        chosen = collection_settings(self.store)
+        """Each collection's policy: its own settings (SetCollection), or the service's; each
+        collection's read from the store when first asked for (a Check asks for a few of them,
+        whatever the number of collections)."""
 
+        @functools.cache
         def policy_of(collection: str) -> Policy:
-            own = chosen.get(collection)
+            own = settings_of(self.store, collection)
             if own is None:
                 return self.policy
             policy = with_rule(self.policy, own.rule, own.threshold) if own.rule else self.policy

@@ -44,6 +44,25 @@ def counts(store: Store) -> dict[str, int]:
     return {"": store.count() - sum(named.values()), **named}
 
 
+def records_in(store: Store, collections: frozenset[str]) -> tuple[int, int]:
+    """Records in these collections, and in all; only their own counts are read (a search limited to
+    one of 10,000 collections used to read all 10,000), every one only when the default collection
+    is among them (its count is what the others leave)."""
+    if "" in collections:
+        every = counts(store)
+        return sum(every.get(name, 0) for name in collections), sum(every.values())
+    with store.read() as view:
+        named = [view.meta(COUNT_PREFIX + name.encode()) for name in collections]
+        return sum(from_u64(value) for value in named if value), view.count()
+
+
+def settings_of(store: Store, name: str) -> CollectionSettings | None:
+    """One collection's settings (None: the service's)."""
+    with store.read() as view:
+        stored = view.meta(SETTINGS_PREFIX + name.encode())
+    return CollectionSettings(**json.loads(stored)) if stored else None
+
+
 def settings(store: Store) -> dict[str, CollectionSettings]:
     with store.read() as view:
         stored = view.meta_under(SETTINGS_PREFIX)
