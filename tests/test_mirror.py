@@ -12,12 +12,20 @@ from tests.conftest import encode_jpeg, picture
 FAST = ("--enroll-views", "1", "--check-views", "1")
 
 
-def exit_sign() -> Image.Image:
-    """A sign with an arrow pointing right over a photograph (an asymmetric picture)."""
+def exit_sign(pointing: str = "right") -> Image.Image:
+    """A sign with an arrow pointing right (or left or up: look-alikes, not mirror images) over a
+    photograph (an asymmetric picture)."""
     sign = ImageOps.fit(picture("portrait-portraits-humans-swordsman-3.jpg"), (480, 320))
     draw = ImageDraw.Draw(sign)
-    draw.rectangle((60, 130, 300, 190), fill=(20, 120, 40))
-    draw.polygon([(300, 90), (420, 160), (300, 230)], fill=(20, 120, 40))
+    if pointing == "right":
+        draw.rectangle((60, 130, 300, 190), fill=(20, 120, 40))
+        draw.polygon([(300, 90), (420, 160), (300, 230)], fill=(20, 120, 40))
+    elif pointing == "left":
+        draw.rectangle((180, 130, 420, 190), fill=(20, 120, 40))
+        draw.polygon([(180, 90), (60, 160), (180, 230)], fill=(20, 120, 40))
+    else:
+        draw.rectangle((210, 140, 270, 300), fill=(20, 120, 40))
+        draw.polygon([(170, 140), (240, 30), (310, 140)], fill=(20, 120, 40))
     draw.rectangle((40, 30, 200, 80), fill="white")
     draw.text((60, 45), "EXIT", fill="black")
     return sign
