@@ -10,7 +10,8 @@ neardup index rebuild --data-dir DIR      build a new index snapshot from the st
   [--backend milvus --milvus-uri URI]     ... or load it into a Milvus collection
 neardup index reload                      make the service load the newest snapshot now
 neardup backup DEST --data-dir DIR        a consistent, compacted copy of the data (safe while serving)
-neardup token new NAME --roles ROLES       a fresh auth token and its entry for the token file
+neardup token new NAME --roles ROLES [--collection C ...]
+                                           a fresh auth token and its entry for the token file
 
 Commands that call the service take --server, --token, --tls-ca, --client-cert, --client-key.
 """
@@ -88,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     new = command(token, "new", "print a fresh token and its entry for the --auth-tokens file")
     new.add_argument("name", help="who will use it (logged as the caller)")
     new.add_argument("--roles", required=True, help="comma-separated: check, enroll, admin")
+    new.add_argument(
+        "--collection",
+        action="append",
+        dest="collections",
+        help="limit the token to this collection (repeat for more; '' is the default one); "
+        "without it the token reaches every collection",
+    )
     return parser
 
 
@@ -227,7 +235,8 @@ def run_token(arguments: argparse.Namespace) -> int:
     from service.api.auth import TokenFileError, new_token
 
     try:
-        token, entry = new_token(arguments.name, [role.strip() for role in arguments.roles.split(",") if role.strip()])
+        roles = [role.strip() for role in arguments.roles.split(",") if role.strip()]
+        token, entry = new_token(arguments.name, roles, arguments.collections)
     except TokenFileError as error:
         print(f"neardup token new: {error}", file=sys.stderr)
         return 2

@@ -52,10 +52,11 @@ def pki(tmp_path_factory):
     return {name: str(folder / f"{name}.pem") for name in files}
 
 
-def write_tokens(path, names_and_roles: dict[str, list[str]]) -> dict[str, str]:
+def write_tokens(path, names_and_roles: dict[str, list[str]], scopes: dict[str, list[str]] | None = None) -> dict:
+    """The token file for these callers (each limited to its `scopes` entry, if any); tokens by name."""
     tokens, entries = {}, []
     for name, roles in names_and_roles.items():
-        tokens[name], entry = new_token(name, roles)
+        tokens[name], entry = new_token(name, roles, (scopes or {}).get(name))
         entries.append(entry)
     path.write_text(json.dumps({"tokens": entries}))
     return tokens
@@ -68,9 +69,10 @@ def secured(tmp_path_factory, pki):
 
     folder = tmp_path_factory.mktemp("secured")
     token_file = folder / "tokens.json"
-    tokens = write_tokens(
-        token_file, {"searcher": ["check"], "ingest": ["enroll"], "operator": ["admin"], "all": ["check", "enroll"]}
-    )
+    everything = ["check", "enroll", "admin"]
+    callers = {"searcher": ["check"], "ingest": ["enroll"], "operator": ["admin"], "all": ["check", "enroll"]}
+    callers.update({"owner": everything, "team-a": everything})
+    tokens = write_tokens(token_file, callers, scopes={"team-a": ["team-a"]})
     flags = ["--auth-tokens", str(token_file), "--tls-cert", pki["cert"], "--tls-key", pki["key"], *FAST]
     running = RunningService(folder / "data", *flags, credentials=Credentials(tls_ca=pki["ca"]))
     try:
@@ -285,3 +287,73 @@ def test_an_empty_token_list_is_refused_and_a_loose_token_file_is_warned_of(secu
     finally:
         token_file.chmod(0o600)
     assert status(lambda: searcher.Stats(pb.StatsRequest(), timeout=5)) == grpc.StatusCode.OK
+
+
+def test_a_token_limited_to_its_collections_never_reaches_another(secured, pki):
+    """A token with every role but `"collections": ["team-a"]` beside team-b's record: it cannot
+    find it (not even by naming team-b), overwrite, delete, dismiss against, configure, group or
+    list it, while its own collection works as any token's."""
+    service, tokens, _ = secured
+    owner, team_a = stub_for(service, pki, tokens["owner"]), stub_for(service, pki, tokens["team-a"])
+    theirs, ours = mosaic(7001), mosaic(7002)
+    enrolled = owner.Enroll(iter([pb.EnrollRequest(key="plan", image=theirs, collection="team-b",
+                                                   metadata={"owner": "team-b"})]), timeout=60)  # fmt: skip
+    assert [result.status for result in enrolled] == [pb.EnrollResult.ENROLLED]
+    dismissal = owner.Dismiss(pb.DismissRequest(key="plan", collection="team-b", image=mosaic(7003)), timeout=30)
+    [mine] = team_a.Enroll(iter([pb.EnrollRequest(key="mine", image=ours, collection="team-a")]), timeout=60)
+    assert mine.status == pb.EnrollResult.ENROLLED
+
+    copy_of_theirs = reencoded(theirs)
+    assert owner.Check(pb.CheckRequest(image=copy_of_theirs), timeout=30).matches[0].collection == "team-b"
+    answer = team_a.Check(pb.CheckRequest(image=copy_of_theirs, top_k=5), timeout=30)
+    assert not answer.is_duplicate and all(match.collection == "team-a" for match in answer.matches)
+    assert team_a.Check(pb.CheckRequest(image=reencoded(ours)), timeout=30).matches[0].key == "mine"
+
+    denied = grpc.StatusCode.PERMISSION_DENIED
+    named_b = pb.CheckRequest(image=copy_of_theirs, collections=["team-a", "team-b"])
+    assert status(lambda: team_a.Check(named_b, timeout=30)) == denied
+    as_if_theirs = pb.DismissRequest(key="mine", collection="team-a", query_key="plan", query_collection="team-b")
+    [streamed] = team_a.CheckStream(iter([named_b]), timeout=30)
+    assert streamed.error.startswith("PERMISSION_DENIED") and not streamed.matches
+    [overwrite] = team_a.Enroll(iter([pb.EnrollRequest(key="plan", image=ours, collection="team-b")]), timeout=60)
+    assert overwrite.status == pb.EnrollResult.INVALID and "does not reach collection 'team-b'" in overwrite.error
+    for call in (
+        lambda: team_a.Delete(pb.DeleteRequest(key="plan", collection="team-b"), timeout=10),
+        lambda: team_a.Dismiss(pb.DismissRequest(key="plan", collection="team-b", image=ours), timeout=30),
+        lambda: team_a.Dismiss(as_if_theirs, timeout=30),
+        lambda: team_a.ListDismissals(pb.ListDismissalsRequest(key="plan", collection="team-b"), timeout=10),
+        lambda: team_a.SetCollection(pb.SetCollectionRequest(collection="team-b", threshold=-1.0), timeout=10),
+        lambda: list(team_a.FindDuplicates(pb.FindDuplicatesRequest(collection="team-b"), timeout=30)),
+        lambda: list(team_a.FindDuplicates(pb.FindDuplicatesRequest(), timeout=30)),  # every collection
+    ):
+        assert status(call) == denied
+    assert status(lambda: team_a.RemoveDismissal(pb.RemoveDismissalRequest(id=dismissal.id), timeout=10)) == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    assert dismissal.id not in [entry.id for entry in team_a.ListDismissals(pb.ListDismissalsRequest()).dismissals]
+    assert dismissal.id in [entry.id for entry in owner.ListDismissals(pb.ListDismissalsRequest()).dismissals]
+    assert [c.name for c in team_a.Stats(pb.StatsRequest(), timeout=10).collections] == ["team-a"]
+    assert list(team_a.FindDuplicates(pb.FindDuplicatesRequest(collection="team-a"), timeout=30))
+
+    # team-b's record is as it was: its picture, its metadata, its settings.
+    still = owner.Check(pb.CheckRequest(image=copy_of_theirs, collections=["team-b"]), timeout=30).matches[0]
+    assert (still.key, still.is_duplicate, dict(still.metadata)) == ("plan", True, {"owner": "team-b"})
+    assert not [c for c in owner.Stats(pb.StatsRequest(), timeout=10).collections if c.name == "team-b"][0].own_settings
+
+
+@pytest.mark.parametrize(
+    "collections, problem",
+    [([], "'collections' is empty: the token would reach nothing"), (["team a"], "must be 1-64 letters"),
+     ("team-a", "must be a list of collection names")],
+)  # fmt: skip
+def test_a_token_entrys_collections_are_checked(tmp_path, collections, problem):
+    from service.api.auth import TokenFileError, Tokens
+
+    _, entry = new_token("scoped", ["check"])
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"tokens": [{**entry, "collections": collections}]}))
+    with pytest.raises(TokenFileError, match=problem):
+        Tokens(path)
+    made = subprocess.run([sys.executable, "-m", "service.cli", "token", "new", "ops", "--roles", "check",
+                           "--collection", "team-a", "--collection", ""], capture_output=True, text=True)  # fmt: skip
+    assert json.loads(made.stdout.splitlines()[-1])["collections"] == ["", "team-a"]

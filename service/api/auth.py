@@ -2,7 +2,9 @@
 
 The token file (`--auth-tokens`) holds SHA-256 digests, never tokens:
 
-    {"tokens": [{"name": "search-api", "sha256": "<hex>", "roles": ["check"]}, ...]}
+    {"tokens": [{"name": "search-api", "sha256": "<hex>", "roles": ["check"]},
+                {"name": "team-a-ingest", "sha256": "<hex>", "roles": ["enroll", "check"],
+                 "collections": ["team-a"]}, ...]}
 
 Callers send `authorization: Bearer <token>`. Roles: `check` (Hash, Check, CheckStream, Stats),
 `enroll` (Enroll, Delete, Dismiss, ListDismissals, RemoveDismissal), `admin` (ReloadIndex,
@@ -11,7 +13,8 @@ its roles; health stays open for orchestrator probes. A missing or unknown token
 UNAUTHENTICATED, a known one without the role PERMISSION_DENIED; the method never runs, and the
 request is not read (a refused caller's message costs no memory: `refusal`). The file
 is read again on SIGHUP; a file that does not parse keeps the tokens in use. Logs name the caller
-(the token's name), never a token.
+(the token's name), never a token. An entry's `collections` limits the token to those
+collections (scope.py); without it the token reaches every one.
 """
 
 import contextlib
@@ -27,6 +30,8 @@ from pathlib import Path
 import grpc
 
 from service.api.interceptors import CALLER, around_handler
+from service.api.scope import SCOPE
+from service.core.collections import name_problem
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +66,36 @@ class TokenFileError(ValueError):
 class Caller:
     name: str
     roles: frozenset[str]
+    collections: frozenset[str] | None = None  # None: every collection
+
+
+def collections_problem(collections) -> str | None:
+    """Why an entry's `collections` cannot be used, or None."""
+    if not isinstance(collections, list) or not all(isinstance(name, str) for name in collections):
+        return "'collections' must be a list of collection names (\"\" for the default one)"
+    if not collections:
+        return "'collections' is empty: the token would reach nothing (leave it out to reach every collection)"
+    return next(filter(None, map(name_problem, collections)), None)
 
 
 def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def new_token(name: str, roles: list[str]) -> tuple[str, dict]:
-    """A fresh random token and its entry for the token file."""
+def new_token(name: str, roles: list[str], collections: list[str] | None = None) -> tuple[str, dict]:
+    """A fresh random token and its entry for the token file (limited to `collections` if given)."""
     if not name.strip():
         raise TokenFileError("give the caller a name: it is logged for each of its calls")
     unknown = set(roles) - set(ROLES)
     if unknown or not roles:
         raise TokenFileError(f"roles must be among {', '.join(ROLES)}; got {', '.join(roles) or 'none'}")
+    if collections is not None and (problem := collections_problem(collections)):
+        raise TokenFileError(problem)
     token = secrets.token_urlsafe(32)
-    return token, {"name": name, "sha256": digest(token), "roles": sorted(set(roles))}
+    entry = {"name": name, "sha256": digest(token), "roles": sorted(set(roles))}
+    if collections is not None:
+        entry["collections"] = sorted(set(collections))
+    return token, entry
 
 
 def parse_tokens(raw: bytes, path: Path) -> dict[str, Caller]:
@@ -95,7 +115,10 @@ def parse_tokens(raw: bytes, path: Path) -> dict[str, Caller]:
                 raise TypeError(f"entry {number} ({name}): 'sha256' must be 64 lower-case hex digits")
             if not isinstance(roles, list) or not roles or set(roles) - set(ROLES):
                 raise TypeError(f"entry {number} ({name}): 'roles' must be a list among {', '.join(ROLES)}")
-            callers[sha256] = Caller(name, frozenset(roles))
+            collections = entry.get("collections")
+            if collections is not None and (problem := collections_problem(collections)):
+                raise TypeError(f"entry {number} ({name}): {problem}")
+            callers[sha256] = Caller(name, frozenset(roles), None if collections is None else frozenset(collections))
     except (ValueError, TypeError, KeyError) as error:
         raise TokenFileError(f"{path}: {type(error).__name__}: {error}") from None
     return callers
@@ -170,6 +193,7 @@ class Authentication(grpc.aio.ServerInterceptor):
         @contextlib.asynccontextmanager
         async def authorised(context: grpc.aio.ServicerContext):
             CALLER.set(caller.name)
+            SCOPE.set(caller.collections)
             yield
 
         return around_handler(handler, authorised)

@@ -4,6 +4,7 @@
 import asyncio
 import logging
 
+from service.api import scope
 from service.api.errors import grpc_errors
 from service.core.collections import CollectionStats
 from service.core.dismissing import Dismissal
@@ -35,6 +36,7 @@ class CatalogueMethods:
 
     @grpc_errors
     async def SetCollection(self, request: pb.SetCollectionRequest, context) -> pb.CollectionStats:
+        scope.require(request.collection)
         configure = self.collections.configure
         stats = await asyncio.to_thread(
             configure, request.collection, request.rule, request.threshold, request.reset, request.mirror
@@ -43,6 +45,9 @@ class CatalogueMethods:
 
     @grpc_errors
     async def Dismiss(self, request: pb.DismissRequest, context) -> pb.Dismissal:
+        scope.require(request.collection)
+        if request.query_key:
+            scope.require(request.query_collection)
         entry = await self.dismissing.dismiss(
             request.key,
             request.collection,
@@ -55,15 +60,21 @@ class CatalogueMethods:
 
     @grpc_errors
     async def ListDismissals(self, request: pb.ListDismissalsRequest, context) -> pb.ListDismissalsResponse:
+        if request.key:
+            scope.require(request.collection)
         live = await asyncio.to_thread(self.dismissing.listed, request.key, request.collection)
-        return pb.ListDismissalsResponse(dismissals=[_message(entry) for entry in live])
+        return pb.ListDismissalsResponse(dismissals=[_message(e) for e in live if scope.reaches(e.collection)])
 
     @grpc_errors
     async def RemoveDismissal(self, request: pb.RemoveDismissalRequest, context) -> pb.Dismissal:
-        return _message(await asyncio.to_thread(self.dismissing.remove, request.id))
+        return _message(await asyncio.to_thread(self.dismissing.remove, request.id, scope.reaches))
 
     @grpc_errors
     async def FindDuplicates(self, request: pb.FindDuplicatesRequest, context):
+        if request.collection:
+            scope.require(request.collection)
+        else:
+            scope.whole_catalogue_allowed("FindDuplicates")
         collection = request.collection or None
         found = self.catalogue.groups(collection)
         await asyncio.to_thread(self.checker.up_to_date)

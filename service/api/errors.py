@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import grpc
 
+from service.api.scope import OutOfScope
 from service.core.errors import KeyNotFound, QuotaReached, RequestError
 from service.core.streams import StreamIdle
 from service.media.imaging import ImageError
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 STATUS_OF_ERROR: list[tuple[type[Exception], grpc.StatusCode]] = [
     (ImageError, grpc.StatusCode.INVALID_ARGUMENT),
     (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (OutOfScope, grpc.StatusCode.PERMISSION_DENIED),
     (KeyNotFound, grpc.StatusCode.NOT_FOUND),
     (ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (SnapshotError, grpc.StatusCode.FAILED_PRECONDITION),
@@ -36,8 +38,9 @@ STATUS_OF_ERROR: list[tuple[type[Exception], grpc.StatusCode]] = [
     (TritonRejected, grpc.StatusCode.INTERNAL),
 ]
 HANDLED = tuple(error for error, _ in STATUS_OF_ERROR)
-# What the caller got wrong about one request (a bad image or field): a streamed item's error.
-CALLER_MISTAKES = (ImageError, RequestError)
+# What the caller got wrong about one request (a bad image or field, a collection beyond its
+# token): a streamed item's error.
+CALLER_MISTAKES = (ImageError, RequestError, OutOfScope)
 
 
 def status_of(error: Exception) -> grpc.StatusCode:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 
 from service import metrics
+from service.api import scope
 from service.api.catalogue import CatalogueMethods, collection_message
 from service.api.errors import CALLER_MISTAKES, RequestError, grpc_errors, status_of
 from service.api.health import Readiness
@@ -108,7 +109,7 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
         for name in request.collections:
             if problem := name_problem(name):
                 raise RequestError(problem)
-        collections = frozenset(request.collections) or None
+        collections = scope.searched(frozenset(request.collections) or None)
         result = await self.checker.check(request.image, top_k, lambda: self._triton_timeout(context), collections)
         decision = "identical" if result.identical else "duplicate" if result.is_duplicate else "new"
         metrics.DECISIONS.labels(decision).inc()
@@ -160,6 +161,9 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
             async for request in requests:
                 if isinstance(request, Malformed):
                     yield EnrollItem("", b"", problem=request.reason)
+                elif not scope.reaches(request.collection):
+                    problem = f"PERMISSION_DENIED: this token does not reach collection {request.collection!r}"
+                    yield EnrollItem(request.key, b"", problem=problem)
                 else:
                     yield EnrollItem(request.key, request.image, dict(request.metadata), collection=request.collection)
 
@@ -200,6 +204,7 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
 
     @grpc_errors
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        scope.require(request.collection)
         await asyncio.to_thread(self.catalogue.delete, request.key, request.collection)
         return pb.DeleteResponse()
 
@@ -222,7 +227,7 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
             input_size=triton.input_size,
             views_per_check=triton.check_views,
             views_per_enroll=triton.enroll_views,
-            collections=[collection_message(collection) for collection in stats.collections],
+            collections=[collection_message(c) for c in stats.collections if scope.reaches(c.name)],
             stages=[stage_stats(totals) for totals in metrics.stage_totals()],
         )
 

@@ -96,8 +96,9 @@ class Dismissing:
                 self.dismissals.remove(entry.id)
         return live
 
-    def remove(self, id_: int) -> Dismissal:
-        if (entry := self.dismissals.remove(id_)) is None:
+    def remove(self, id_: int, reachable: Callable[[str], bool]) -> Dismissal:
+        """Removes entry `id_` if the caller reaches its collection (else: as if it were absent)."""
+        if (entry := self.dismissals.remove(id_, reachable)) is None:
             raise KeyNotFound(f"no dismissal has id {id_}")
         return entry
 

@@ -13,6 +13,7 @@ and index rebuilds (which never touch them), and are kept by `neardup backup`:
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,12 +81,16 @@ class Dismissals:
         with self.store.read() as view:
             return [Dismissal.decode(from_u64(id_), data) for id_, data in view.txn.cursor(db=self.entries)]
 
-    def remove(self, id_: int) -> Dismissal | None:
+    def remove(self, id_: int, reachable: Callable[[str], bool] | None = None) -> Dismissal | None:
+        """Removes entry `id_` and returns it; None if there is none (or `reachable` refuses its collection)."""
+
         def work(txn) -> Dismissal | None:
             data = txn.get(u64(id_), db=self.entries)
             if data is None:
                 return None
             entry = Dismissal.decode(id_, data)
+            if reachable is not None and not reachable(entry.collection):
+                return None
             txn.delete(u64(id_), db=self.entries)
             txn.delete(stored_name(entry.collection, entry.key), u64(id_), db=self.by_key)
             return entry
