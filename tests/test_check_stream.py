@@ -78,3 +78,32 @@ def _slowly(request: pb.CheckRequest):
     for _ in range(5):
         yield request
         time.sleep(1)
+
+
+@pytest.mark.parametrize("method", ["CheckStream", "Enroll"])
+def test_each_answer_comes_without_waiting_for_the_next_request(scratch_service, pictures, method):
+    """A caller that sends one request, reads its answer, then sends the next (the answer used to
+    wait for a next request that never came: the caller hung until its deadline)."""
+    import queue
+
+    outbox: queue.Queue = queue.Queue()
+
+    def requests():
+        while (request := outbox.get()) is not None:
+            yield request
+
+    make = {
+        "CheckStream": lambda n: pb.CheckRequest(image=reencoded(pictures[n])),
+        "Enroll": lambda n: pb.EnrollRequest(key=f"ping-pong/{n}", image=mosaic(6300 + n)),
+    }[method]
+    answers = getattr(scratch_service.stub, method)(requests(), timeout=60)
+    try:
+        for n in range(3):
+            outbox.put(make(n))
+            answer = next(answers)
+            if method == "CheckStream":
+                assert answer.matches[0].key == f"checkstream/{n}"
+            else:
+                assert (answer.key, answer.status) == (f"ping-pong/{n}", pb.EnrollResult.ENROLLED)
+    finally:
+        outbox.put(None)

@@ -19,6 +19,7 @@ from service.triton.client import Hasher
 
 SHOWN_KEY_CHARS = 40  # of a bad key, in messages and logs
 INVALID = "INVALID"  # besides the store's ENROLLED, UPDATED and UNCHANGED
+BATCHES_IN_FLIGHT = 2  # of one stream: the next is decoded and hashed while the one before is in Triton
 
 
 @dataclass(frozen=True)
@@ -139,12 +140,23 @@ class Enroller:
         for `window.idle_s` ends with StreamIdle."""
         queue, reader = read_ahead(requests, window)
         # Two batches in flight: the next one is decoded and hashed while the one before is
-        # still in Triton. Each commits after the one before it, and answers keep stream order.
+        # still in Triton. Each commits after the one before it, and answers keep stream order;
+        # a batch's answers go as soon as it commits, without waiting for the next request.
         in_flight: collections.deque[tuple[asyncio.Task, frozenset[tuple[str, str]]]] = collections.deque()
+        getting: asyncio.Task | None = None
+        ended = False
         try:
-            ended = False
-            while not ended:
-                batch = [await queue.get()]
+            while not ended or in_flight:
+                if getting is None and not ended and len(in_flight) < BATCHES_IN_FLIGHT:
+                    getting = asyncio.create_task(queue.get())
+                head = in_flight[0][0] if in_flight else None
+                await asyncio.wait([task for task in (getting, head) if task], return_when=asyncio.FIRST_COMPLETED)
+                if head is not None and head.done():
+                    in_flight.popleft()
+                    for result in head.result():
+                        yield result
+                    continue
+                batch, getting = [getting.result()], None
                 while len(batch) < batch_size and batch[-1] is not None and queue.ready():
                     batch.append(await queue.get())
                 if batch[-1] is None:
@@ -154,13 +166,11 @@ class Enroller:
                     after, uncommitted = in_flight[-1] if in_flight else (None, frozenset())
                     task = asyncio.create_task(self.enroll(batch, timeout_s(), after, uncommitted))
                     in_flight.append((task, frozenset(request.name for request in batch)))
-                while in_flight and (len(in_flight) > 1 or ended):
-                    task, _ = in_flight.popleft()
-                    for result in await task:
-                        yield result
             await reader  # raises what broke the request stream, if anything did
         finally:
             reader.cancel()
+            if getting is not None:
+                getting.cancel()
             queue.drop()
             for task, _ in in_flight:  # a later batch fails with the earlier one's error: already raised
                 task.cancel()

@@ -99,20 +99,32 @@ async def answered_in_order(
     requests: AsyncIterator[Sized], window: Window, parallel: int, answer: Callable[[Sized], Awaitable]
 ) -> AsyncIterator:
     """Answers a request stream in order, up to `parallel` requests at once, reading at most
-    `window` ahead; what breaks the stream (StreamIdle included) is raised after the answers
-    already made."""
+    `window` ahead; each answer goes as soon as it and those before it are made, without waiting
+    for the next request (a caller may send one, read its answer, then send the next). What breaks
+    the stream (StreamIdle included) is raised after the answers already made."""
     queue, reader = read_ahead(requests, window)
     in_flight: collections.deque[asyncio.Task] = collections.deque()
+    getting: asyncio.Task | None = None
+    ended = False
     try:
-        while (request := await queue.get()) is not None:
-            in_flight.append(asyncio.create_task(answer(request)))
-            while in_flight and (len(in_flight) >= parallel or in_flight[0].done()):
-                yield await in_flight.popleft()
-        while in_flight:
-            yield await in_flight.popleft()
+        while not ended or in_flight:
+            if getting is None and not ended and len(in_flight) < parallel:
+                getting = asyncio.create_task(queue.get())
+            head = in_flight[0] if in_flight else None
+            await asyncio.wait([task for task in (getting, head) if task], return_when=asyncio.FIRST_COMPLETED)
+            if head is not None and head.done():
+                yield in_flight.popleft().result()
+            elif getting is not None and getting.done():
+                request, getting = getting.result(), None
+                if request is None:
+                    ended = True
+                else:
+                    in_flight.append(asyncio.create_task(answer(request)))
         await reader
     finally:
         reader.cancel()
+        if getting is not None:
+            getting.cancel()
         queue.drop()
         for task in in_flight:
             task.cancel()
