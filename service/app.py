@@ -16,7 +16,7 @@ import lmdb
 import numpy as np
 from grpc_health.v1 import health
 
-from service import memory, metrics, workers
+from service import memory, metrics, scheduling, workers
 from service.api.health import Readiness
 from service.api.security import Security, SecurityError
 from service.api.server import PortInUse, add_services, grpc_server
@@ -177,6 +177,7 @@ async def serve(settings: Settings) -> None:
     Raises StartupError, before starting anything that would outlive it, when the data
     directory is in use, the store is damaged or the port is taken."""
     memory.return_freed_memory()
+    scheduling.use_lanes()
     try:
         security = Security.load(settings)
     except SecurityError as error:

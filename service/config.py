@@ -72,6 +72,11 @@ class LimitSettings:
     max_concurrent_calls: int = setting(
         64, "calls of the NearDup service in progress at once; more are answered RESOURCE_EXHAUSTED at once"
     )
+    max_calls_per_caller: int = setting(
+        16,
+        "NearDup calls one caller (a token, or a connection with auth off) may have in progress; "
+        "more are answered RESOURCE_EXHAUSTED at once",
+    )
     max_triton_queue: int = setting(
         256,
         "views queued for or in Triton at once; a Check or Hash past it is answered RESOURCE_EXHAUSTED, "

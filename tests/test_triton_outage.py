@@ -111,14 +111,15 @@ def test_bundled_triton_is_restarted_after_it_dies_and_stopped_with_the_service(
 
 
 def test_a_model_process_killed_inside_triton_is_noticed_and_triton_restarted(tmp_path):
-    """Triton goes on calling a model ready after its python stub died, and fails every call to it: the
-    service answers UNAVAILABLE, readiness goes NOT_SERVING, and the bundled Triton is restarted."""
+    """Triton goes on calling a model ready after its python stubs died, and fails every call to them:
+    the service answers UNAVAILABLE, readiness goes NOT_SERVING, and the bundled Triton is restarted."""
     service = RunningService(tmp_path / "data", "--triton-restart-delay-s", "1")
     service.wait_serving()
     try:
         [triton_pid] = [pid for pid in children_of(service.process.pid) if process_name(pid) == "tritonserver"]
-        [stub_pid] = [pid for pid in process_group(triton_pid) if process_name(pid).startswith("triton_python")]
-        subprocess.run(["kill", "-9", str(stub_pid)], check=True)
+        stub_pids = [pid for pid in process_group(triton_pid) if process_name(pid).startswith("triton_python")]
+        assert len(stub_pids) == 2  # the model's two instances (model_repository/sscd/config.pbtxt)
+        subprocess.run(["kill", "-9", *map(str, stub_pids)], check=True)
         details = assert_unavailable_within_deadline(service.stub, 30.0)
         assert "retry shortly" in details
         wait_for(lambda: health_status(service.channel) == NOT_SERVING, 10, "health to go NOT_SERVING")

@@ -65,11 +65,11 @@ class Readiness:
             await asyncio.sleep(self.poll_s)
 
     async def poll(self) -> None:
+        if self.restart_triton:
+            for url, why in self.hasher.take_model_failures().items():
+                self.restart_triton(f"model {self.hasher.model!r} in Triton at {url} cannot run: {why}")
         tritons = await self.hasher.ready()
         down = {url: why for url, (ready, why) in tritons.items() if not ready}
-        if self.restart_triton:
-            for url in self.hasher.dead_models():
-                self.restart_triton(down[url])
         # Ready while any Triton is (requests go to those that are up); with several, each has a name.
         each = {f"triton:{url}": down.get(url) for url in tritons} if len(tritons) > 1 else {}
         components = {

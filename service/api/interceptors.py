@@ -8,12 +8,17 @@
    method as a `Malformed` item, so one bad item does not end the stream.
 2. RequestIds: a request id per call (the caller's `x-request-id` metadata, or a new one), kept
    in a context variable so that every log line written for the call carries it.
-3. Admission: at most `max_calls` calls of the NearDup service in progress; the next one is
-   answered RESOURCE_EXHAUSTED at once instead of queueing until its deadline. Health checks and
-   reflection are not counted, so probes still answer under load; health's Watch streams, open to
-   anyone and open for as long as their caller likes, have an allowance of their own (WATCHERS).
+3. Lanes: the call's lane (interactive or bulk: BULK_METHODS) and its caller (the token's name,
+   or the connection when auth is off), kept in service/scheduling.py's context variables: they
+   decide where its CPU work and model requests queue.
+4. Admission: at most `max_calls` calls of the NearDup service in progress, and at most
+   `max_per_caller` of one caller's; the next one is answered RESOURCE_EXHAUSTED at once instead
+   of queueing until its deadline. Health checks and reflection are not counted, so probes still
+   answer under load; health's Watch streams, open to anyone and open for as long as their caller
+   likes, have an allowance of their own (WATCHERS).
 """
 
+import collections
 import contextlib
 import contextvars
 import inspect
@@ -25,12 +30,15 @@ from dataclasses import dataclass
 
 import grpc
 
-from service import metrics
+from service import metrics, scheduling
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 WATCHERS = 64  # health Watch streams open at once (each is held until its caller leaves)
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")  # the token's name (auth on)
+# Calls whose work is bulk work (scheduling.py); a Hash of more views than a Check's is made bulk
+# by the servicer.
+BULK_METHODS = {"Enroll", "CheckStream", "FindDuplicates"}
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID_CHARS = 64
 
@@ -177,12 +185,35 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         return around_handler(handler, measured)
 
 
+class Lanes(grpc.aio.ServerInterceptor):
+    """Runs each call of the service in its lane, as its caller (scheduling.in_lane)."""
+
+    def __init__(self, service: str):
+        self.prefix = f"/{service}/"
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(self.prefix):
+            return handler
+        lane = scheduling.BULK if details.method.rpartition("/")[2] in BULK_METHODS else scheduling.INTERACTIVE
+
+        @contextlib.asynccontextmanager
+        async def in_lane(context: grpc.aio.ServicerContext):
+            with scheduling.in_lane(lane, CALLER.get() or context.peer()):
+                yield
+
+        return around_handler(handler, in_lane)
+
+
 class Admission(grpc.aio.ServerInterceptor):
-    def __init__(self, prefix: str, max_calls: int):
-        """Counts the calls whose method starts with `prefix` ("/service/" or "/service/Method")."""
+    def __init__(self, prefix: str, max_calls: int, max_per_caller: int | None = None):
+        """Counts the calls whose method starts with `prefix` ("/service/" or "/service/Method"),
+        in all and per caller (scheduling.WHO)."""
         self.prefix = prefix
         self.max_calls = max_calls
+        self.max_per_caller = max_per_caller or max_calls
         self.in_progress = 0
+        self.per_caller: collections.Counter[str] = collections.Counter()
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
@@ -192,24 +223,37 @@ class Admission(grpc.aio.ServerInterceptor):
 
     @contextlib.asynccontextmanager
     async def admitted(self, context: grpc.aio.ServicerContext):
+        caller = scheduling.WHO.get()
         if self.in_progress >= self.max_calls:
             log.warning("overloaded: %d calls in progress; one refused", self.in_progress)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the service is at its limit of {self.max_calls} calls in progress; retry with backoff",
             )
+        if self.per_caller[caller] >= self.max_per_caller:
+            log.warning("caller at its limit: %d calls in progress; one refused", self.per_caller[caller])
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this caller has {self.max_per_caller} calls in progress, the most one caller may have "
+                "(--max-calls-per-caller); finish or cancel some, then retry with backoff",
+            )
         self.in_progress += 1
+        self.per_caller[caller] += 1
         try:
             yield
         finally:
             self.in_progress -= 1
+            self.per_caller[caller] -= 1
+            if not self.per_caller[caller]:
+                del self.per_caller[caller]
 
 
 def interceptor_chain(
-    service: str, max_calls: int, authentication: grpc.aio.ServerInterceptor | None = None
+    service: str, max_calls: int, max_per_caller: int, authentication: grpc.aio.ServerInterceptor | None = None
 ) -> list[grpc.aio.ServerInterceptor]:
     """Metrics outermost (every call is counted, refused ones too), then authentication (when
     on), so a caller without a valid token learns nothing more."""
     first = [RpcMetrics(), authentication] if authentication else [RpcMetrics()]
+    calls = Admission(f"/{service}/", max_calls, max_per_caller)
     watchers = Admission(f"/{HEALTH_SERVICE}/Watch", WATCHERS)
-    return [*first, ParseRequests(), RequestIds(), Admission(f"/{service}/", max_calls), watchers]
+    return [*first, ParseRequests(), RequestIds(), Lanes(service), calls, watchers]

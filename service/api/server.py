@@ -24,7 +24,9 @@ def grpc_server(settings: Settings, security: Security) -> tuple[grpc.aio.Server
     """The server, already bound to its port (so a port in use fails before anything starts)."""
     limits = settings.limits
     server = grpc.aio.server(
-        interceptors=interceptor_chain(SERVICE_NAME, limits.max_concurrent_calls, security.interceptor()),
+        interceptors=interceptor_chain(
+            SERVICE_NAME, limits.max_concurrent_calls, limits.max_calls_per_caller, security.interceptor()
+        ),
         options=[
             ("grpc.max_receive_message_length", limits.max_request_bytes),
             ("grpc.max_send_message_length", limits.max_request_bytes),

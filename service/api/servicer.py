@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from service import metrics
+from service import metrics, scheduling
 from service.api import scope
 from service.api.catalogue import CatalogueMethods, collection_message
 from service.api.errors import CALLER_MISTAKES, RequestError, grpc_errors, status_of
@@ -89,6 +89,8 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
             raise RequestError(problem)
         if views > self.settings.limits.max_views:
             raise RequestError(f"views must be at most {self.settings.limits.max_views}, got {views}")
+        if views > self.settings.triton.check_views:
+            scheduling.become_bulk()  # more model work than a Check: not ahead of bulk work
         descriptor = await self.checker.embed(request.image, views, self._triton_timeout(context))
         return pb.HashResponse(
             feature=descriptor.feature.tolist(),

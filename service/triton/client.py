@@ -10,7 +10,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
-from service import metrics
+from service import metrics, scheduling
 from service.overload import DeadlinePassed, Overloaded
 from service.triton import contract
 
@@ -77,8 +77,7 @@ class Endpoint:
             url, channel_args=CHANNEL_ARGS, **(tls.client_options() if tls else {})
         )
         self.up = True  # until a poll or a call says otherwise
-        self.model_failure = ""  # why a call found the model's process dead, until a probe runs again
-        self.dead_model = False  # the last poll found Triton live and the model still unable to run
+        self.model_failure = ""  # why a call found a model process dead, until a probe or a restart
 
     async def infer(self, canvases: np.ndarray, views: list[int], timeout_s: float, windows: bool = False):
         image = triton.InferInput(contract.IMAGE, list(canvases.shape), "UINT8")
@@ -122,14 +121,12 @@ class Endpoint:
         """Whether the model can serve here now, and if not, why. Triton goes on calling a model ready
         after its process died (the python backend's stub killed): once a call has found it so, each
         poll sends it a blank canvas until it answers again."""
-        self.dead_model = False
         try:
             if not await self.client.is_server_live(headers=self.headers, client_timeout=2):
                 why = f"Triton at {self.url} is not live"
             elif not await self.client.is_model_ready(self.model, headers=self.headers, client_timeout=2):
                 why = f"model {self.model!r} is not loaded in Triton at {self.url}"
             elif self.model_failure and not await self._answers():
-                self.dead_model = True
                 why = f"model {self.model!r} in Triton at {self.url} cannot run: {self.model_failure}"
             else:
                 why = ""
@@ -167,6 +164,7 @@ class Hasher:
         self.queued = 0
         self._room = asyncio.Condition()
         self._turn = itertools.count()
+        self._bulk_turns = scheduling.BulkTurns()
 
     async def hash(
         self, canvases: np.ndarray, views: list[int], timeout_s: float, wait: bool = False, windows: bool = False
@@ -211,14 +209,17 @@ class Hasher:
     async def _infer(self, canvases: np.ndarray, views: list[int], timeout_s: float, windows: bool) -> list[Descriptor]:
         metrics.TRITON_BATCH.observe(len(canvases))
         deadline = time.monotonic() + timeout_s
-        rotation = self._rotation()
-        for attempt, endpoint in enumerate(rotation, 1):
-            try:
-                result = await endpoint.infer(canvases, views, deadline - time.monotonic(), windows)
-                break
-            except TritonUnavailable:
-                if attempt == len(rotation) or time.monotonic() >= deadline:
-                    raise
+        async with self._bulk_turns.turn():  # a bulk request (each of its batches) waits for its turn
+            if time.monotonic() >= deadline:
+                raise DeadlinePassed("the call's deadline passed while it waited for its turn at the model")
+            rotation = self._rotation()
+            for attempt, endpoint in enumerate(rotation, 1):
+                try:
+                    result = await endpoint.infer(canvases, views, deadline - time.monotonic(), windows)
+                    break
+                except TritonUnavailable:
+                    if attempt == len(rotation) or time.monotonic() >= deadline:
+                        raise
         features = result.as_numpy(contract.FEATURE)
         thresholds = result.as_numpy(contract.THRESHOLD).reshape(-1)
         runtimes = [bytes(r).decode() for r in result.as_numpy(contract.RUNTIME).reshape(-1)]
@@ -236,9 +237,14 @@ class Hasher:
         answers = await asyncio.gather(*(endpoint.ready() for endpoint in self.endpoints))
         return {endpoint.url: answer for endpoint, answer in zip(self.endpoints, answers, strict=True)}
 
-    def dead_models(self) -> list[str]:
-        """The Tritons whose model the last poll found live but unable to run (restart them)."""
-        return [endpoint.url for endpoint in self.endpoints if endpoint.dead_model]
+    def take_model_failures(self) -> dict[str, str]:
+        """url -> why, for the Tritons where a call found a model process dead since the last time
+        asked (forgotten here: the caller restarts them). A probe cannot tell: with several
+        instances of the model, it may reach one that is alive."""
+        failed = {endpoint.url: endpoint.model_failure for endpoint in self.endpoints if endpoint.model_failure}
+        for endpoint in self.endpoints:
+            endpoint.model_failure = ""
+        return failed
 
     async def close(self) -> None:
         for endpoint in self.endpoints:
