@@ -2,16 +2,16 @@
 
 Every call runs in a lane, set for it by the interceptor chain (api/interceptors.py: Lanes):
 INTERACTIVE (Check, a Hash of no more views than a Check's, the catalogue's small calls) or BULK
-(Enroll, CheckStream, FindDuplicates, a Hash of more views). Bulk work does not start while an
-interactive call is in progress (for at most BULK_PATIENCE_S, so that it is never starved): on a
-small host two threads of work share one core's caches and units whatever their OS priority, so
-a Check is only fast if the bulk work beside it pauses. Each bulk piece is short, so a Check
-waits for the pieces already under way and no more:
+(Enroll, CheckStream, FindDuplicates, a Hash of more views). A piece of bulk work starts once no
+interactive call has run for QUIET_S, or after BULK_PATIENCE_S at most, so that it is never
+starved: on a small host two threads of work slow each other down whatever their OS priority, so
+a Check is only fast if the bulk work beside it pauses. A Check shares the machine with the bulk
+pieces already under way and no more:
 
 - **CPU work.** Every stage hands its CPU work to threads through `asyncio.to_thread`, that is to
   the event loop's default executor, a LaneExecutor: interactive work runs at once; bulk work on
-  BULK_THREADS threads (at a lower OS priority), each taking the waiting work caller by caller
-  in turn, so that one caller's 48 streams do not hold back another caller's one.
+  BULK_THREADS threads, each taking the waiting work caller by caller in turn, so that one
+  caller's 48 streams do not hold back another caller's one.
 - **Model requests** (triton/client.py): one bulk request in flight at a time, callers in turn
   (BulkTurns), and the model has a second instance, so an interactive request never waits
   behind a bulk batch (model_repository: count 2).
@@ -23,8 +23,8 @@ import asyncio
 import collections
 import contextlib
 import contextvars
-import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -33,38 +33,45 @@ LANE: contextvars.ContextVar[str] = contextvars.ContextVar("lane", default=INTER
 WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="")  # the caller: token name or peer
 
 BULK_THREADS = 2  # bulk CPU work in progress at once
-BULK_NICE = 10  # their OS priority
 BULK_PATIENCE_S = 1.0  # the longest a piece of bulk work waits for the interactive calls to end
 INTERACTIVE_THREADS = 8
-POLL_S = 0.005  # how often a waiting bulk model request looks again
+QUIET_S = 0.05  # bulk work starts once no interactive call has run for this long
 
 
 class InteractiveCalls:
-    """How many interactive calls are in progress; bulk work waits for none (or its patience)."""
+    """How many interactive calls are in progress. Bulk work waits until none has run for QUIET_S
+    (a caller sending Checks one after another leaves gaps of a millisecond between them), or for
+    at most BULK_PATIENCE_S."""
 
     def __init__(self):
         self.count = 0
-        self._none = threading.Condition()
+        self.last_ended = 0.0  # time.monotonic() when the last one ended
+        self._changed = threading.Condition()
 
     def enter(self) -> None:
-        with self._none:
+        with self._changed:
             self.count += 1
 
     def leave(self) -> None:
-        with self._none:
+        with self._changed:
             self.count -= 1
-            if not self.count:
-                self._none.notify_all()
+            self.last_ended = time.monotonic()
+            self._changed.notify_all()
+
+    def _quiet_in(self) -> float:
+        """Seconds until it has been quiet for QUIET_S (0: it has; QUIET_S: a call is in progress)."""
+        return QUIET_S if self.count else max(0.0, self.last_ended + QUIET_S - time.monotonic())
 
     def wait_in_thread(self) -> None:
-        with self._none:
-            self._none.wait_for(lambda: not self.count, BULK_PATIENCE_S)
+        give_up = time.monotonic() + BULK_PATIENCE_S
+        with self._changed:
+            while (wait := min(self._quiet_in(), give_up - time.monotonic())) > 0:
+                self._changed.wait(wait)
 
     async def wait(self) -> None:
-        waited = 0.0
-        while self.count and waited < BULK_PATIENCE_S:
-            await asyncio.sleep(POLL_S)
-            waited += POLL_S
+        give_up = time.monotonic() + BULK_PATIENCE_S
+        while (wait := min(self._quiet_in(), give_up - time.monotonic())) > 0:
+            await asyncio.sleep(wait)
 
 
 INTERACTIVE_CALLS = InteractiveCalls()
@@ -115,8 +122,8 @@ class CallerQueues:
 
 class LaneExecutor(ThreadPoolExecutor):
     """The event loop's default executor (asyncio.to_thread): interactive work on the pool's own
-    threads, bulk work on BULK_THREADS niced threads, callers in turn, none while an interactive
-    call is in progress."""
+    threads, bulk work on BULK_THREADS threads, callers in turn, each piece once the interactive
+    calls leave it room (InteractiveCalls)."""
 
     def __init__(self):
         super().__init__(INTERACTIVE_THREADS, thread_name_prefix="interactive")
@@ -141,8 +148,6 @@ class LaneExecutor(ThreadPoolExecutor):
         return future
 
     def _run_bulk(self) -> None:
-        with contextlib.suppress(OSError):  # a system that refuses: bulk work runs at normal priority
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BULK_NICE)
         while True:
             with self._bulk_ready:
                 self._bulk_ready.wait_for(lambda: self._bulk or self._closing)
