@@ -44,6 +44,13 @@ TRITON_BATCH = Histogram(
 )
 TRITON_ERRORS = Counter("neardup_triton_errors", "failed inference requests, by kind", ["kind"], registry=REGISTRY)
 TRITON_QUEUED = Gauge("neardup_triton_queued_views", "views queued for or in Triton", registry=REGISTRY)
+BULK_WAITING = Gauge(
+    "neardup_bulk_work_waiting",
+    "pieces of bulk work (Enroll, CheckStream, FindDuplicates) waiting for interactive calls to leave room, "
+    "by kind: cpu (a thread's work) or model (a Triton request)",
+    ["kind"],
+    registry=REGISTRY,
+)
 READY = Gauge(
     "neardup_ready", "1 while readiness is SERVING: Triton and the model answer, the store can write", registry=REGISTRY
 )

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from service import metrics
+
 INTERACTIVE, BULK = "interactive", "bulk"
 LANE: contextvars.ContextVar[str] = contextvars.ContextVar("lane", default=INTERACTIVE)
 WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="")  # the caller: token name or peer
@@ -99,16 +101,19 @@ def become_bulk() -> None:
 
 
 class CallerQueues:
-    """Waiting items per caller, taken caller by caller in turn (not thread-safe: hold a lock)."""
+    """Waiting items per caller, taken caller by caller in turn (not thread-safe: hold a lock);
+    counted in neardup_bulk_work_waiting{kind}."""
 
-    def __init__(self):
+    def __init__(self, kind: str):
         self.waiting: dict[str, collections.deque] = {}
+        self.gauge = metrics.BULK_WAITING.labels(kind)
 
     def __len__(self) -> int:
         return sum(map(len, self.waiting.values()))
 
     def add(self, caller: str, item) -> None:
         self.waiting.setdefault(caller, collections.deque()).append(item)
+        self.gauge.inc()
 
     def take(self):
         """The oldest item of the caller that has waited longest since it was last served."""
@@ -117,6 +122,7 @@ class CallerQueues:
         del self.waiting[caller]  # to the back of the turn, with what it still has waiting
         if items:
             self.waiting[caller] = items
+        self.gauge.dec()
         return item
 
 
@@ -127,7 +133,7 @@ class LaneExecutor(ThreadPoolExecutor):
 
     def __init__(self):
         super().__init__(INTERACTIVE_THREADS, thread_name_prefix="interactive")
-        self._bulk = CallerQueues()
+        self._bulk = CallerQueues("cpu")
         self._bulk_ready = threading.Condition()
         self._bulk_threads: list[threading.Thread] = []
         self._closing = False
@@ -185,7 +191,7 @@ class BulkTurns:
     interactive call is in progress; interactive requests never wait."""
 
     def __init__(self):
-        self._waiting = CallerQueues()
+        self._waiting = CallerQueues("model")
         self._busy = False
 
     @contextlib.asynccontextmanager

@@ -77,7 +77,7 @@ def test_one_callers_calls_leave_room_for_the_others(start_service):
 
 
 def test_bulk_work_is_taken_caller_by_caller():
-    queues = scheduling.CallerQueues()
+    queues = scheduling.CallerQueues("cpu")
     for number in range(4):
         queues.add("greedy", f"greedy {number}")
     queues.add("modest", "modest 0")

@@ -120,7 +120,8 @@ class Endpoint:
     async def ready(self) -> tuple[bool, str]:
         """Whether the model can serve here now, and if not, why. Triton goes on calling a model ready
         after its process died (the python backend's stub killed): once a call has found it so, each
-        poll sends it a blank canvas until it answers again."""
+        poll sends it a blank canvas until it answers again (the bundled Triton is restarted
+        instead: Readiness takes the failures first, take_model_failures)."""
         try:
             if not await self.client.is_server_live(headers=self.headers, client_timeout=2):
                 why = f"Triton at {self.url} is not live"

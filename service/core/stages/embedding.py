@@ -21,7 +21,8 @@ class Embedding:
         return True
 
     async def run(self, query: Query, state: CheckState) -> None:
-        canvas = await asyncio.to_thread(lambda: query.canvas)
+        # The canvas, and whether it is near-blank (a later stage asks), worked out off the event loop.
+        canvas, _ = await asyncio.to_thread(lambda: (query.canvas, query.low_information))
         [descriptor] = await self.hasher.hash(canvas[None], [self.views], state.timeout_s())
         state.feature = descriptor.feature
         state.background_similarity = self.background.similarity(descriptor.feature)
