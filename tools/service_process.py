@@ -1,5 +1,6 @@
 """`neardup serve` as a child process on 127.0.0.1, for the tests and the benchmark tools."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -27,6 +28,20 @@ def resident_mb(pid: int) -> float:
     path = Path(f"/proc/{pid}/status")
     lines = path.read_text().splitlines() if path.exists() else []
     return next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmRSS:")), 0.0)
+
+
+def resident_parts_mb(pid: int) -> dict[str, float]:
+    """A process's resident memory in MB by kind, from /proc: "anon" (its heaps: what it allocated),
+    "file" (mapped files' pages: the store, the index snapshot, libraries), "shmem" (shared memory)."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    kinds = {"RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+    return {kinds[line.split()[0]]: int(line.split()[1]) / 1024 for line in lines if line.split()[0] in kinds}
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_resident_mb(pid: int) -> float:
