@@ -176,7 +176,7 @@ async def serve(settings: Settings) -> None:
 
     Raises StartupError, before starting anything that would outlive it, when the data
     directory is in use, the store is damaged or the port is taken."""
-    memory.return_freed_memory()
+    memory.return_freed_memory(scheduling.idle_since)
     scheduling.use_lanes()
     try:
         security = Security.load(settings)

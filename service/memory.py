@@ -4,8 +4,9 @@ glibc serves an allocation of 128 KiB or more by mmap, but raises that threshold
 each time such a block is freed; past that, a decoded picture's blocks come from the heap, and a
 burst of large images leaves the process that much larger for good. A fixed threshold keeps large
 blocks mmapped, so that each goes back when it is freed; the smaller blocks a burst leaves free in
-each thread's heap are handed back by a trim TRIM_DELAY_S after a large decode (a trim walks every
-heap, up to a few tenths of a second on a large one, so it is not run when nothing large came).
+each thread's heap are handed back by a trim: TRIM_DELAY_S after a large decode, and once the
+service has had no call in progress for IDLE_TRIM_S (a trim walks every heap and holds its lock,
+up to a few tenths of a second on a large one, so it is not run on a timer while calls come).
 The threads share ARENAS heaps instead of glibc's eight per core: each heap keeps what was freed
 in it, so ten busy threads held ten heaps' worth of free memory after a soak.
 With the query's pictures no longer kept (core/query.py), six callers sending 30 Mpx PNGs for 40 s
@@ -17,6 +18,7 @@ import ctypes
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ MMAP_THRESHOLD_BYTES = 4 * 2**20
 ARENAS = 2  # heaps the threads share (glibc's default: 8 per core, each keeping what it freed)
 LARGE_DECODE_BYTES = 32 * 2**20  # a decode holding this much is followed by a trim
 TRIM_DELAY_S = 5.0
+IDLE_TRIM_S = 2.0  # the service idle this long: a trim, once per idle spell
 
 _large_decoded = threading.Event()
 
@@ -35,9 +38,10 @@ def large_decode_done() -> None:
     _large_decoded.set()
 
 
-def return_freed_memory() -> None:
+def return_freed_memory(idle_since: Callable[[], float | None]) -> None:
     """Fixes glibc's mmap threshold at MMAP_THRESHOLD_BYTES and its heaps at ARENAS, and starts the
-    trims after large decodes; nothing where the C library is not glibc."""
+    trims after large decodes and when idle (`idle_since()`: time.monotonic() since when no call
+    has been in progress, None while one is); nothing where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
@@ -49,11 +53,17 @@ def return_freed_memory() -> None:
     if not libc.mallopt(M_ARENA_MAX, ARENAS):
         log.warning("mallopt(M_ARENA_MAX) refused: each thread may keep a heap of its own")
 
-    def trim_after_large_decodes() -> None:
+    def trim_when_due() -> None:
+        trimmed_idle_spell = None
         while True:
-            _large_decoded.wait()
-            time.sleep(TRIM_DELAY_S)  # the Checks that decoded have ended, or the next ones have begun
-            _large_decoded.clear()
-            libc.malloc_trim(0)
+            if _large_decoded.wait(IDLE_TRIM_S / 2):
+                time.sleep(TRIM_DELAY_S)  # the Checks that decoded have ended, or the next ones have begun
+                _large_decoded.clear()
+                libc.malloc_trim(0)
+                continue
+            idle = idle_since()
+            if idle is not None and idle != trimmed_idle_spell and time.monotonic() - idle >= IDLE_TRIM_S:
+                trimmed_idle_spell = idle
+                libc.malloc_trim(0)
 
-    threading.Thread(target=trim_after_large_decodes, name="malloc-trim", daemon=True).start()
+    threading.Thread(target=trim_when_due, name="malloc-trim", daemon=True).start()

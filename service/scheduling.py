@@ -40,10 +40,10 @@ INTERACTIVE_THREADS = 8
 QUIET_S = 0.05  # bulk work starts once no interactive call has run for this long
 
 
-class InteractiveCalls:
-    """How many interactive calls are in progress. Bulk work waits until none has run for QUIET_S
-    (a caller sending Checks one after another leaves gaps of a millisecond between them), or for
-    at most BULK_PATIENCE_S."""
+class CallsInProgress:
+    """How many calls are in progress, and when the last one ended. Bulk work waits until no
+    interactive call has run for QUIET_S (a caller sending Checks one after another leaves gaps of
+    a millisecond between them), or for at most BULK_PATIENCE_S."""
 
     def __init__(self):
         self.count = 0
@@ -76,7 +76,13 @@ class InteractiveCalls:
             await asyncio.sleep(wait)
 
 
-INTERACTIVE_CALLS = InteractiveCalls()
+INTERACTIVE_CALLS = CallsInProgress()
+ALL_CALLS = CallsInProgress()  # both lanes: the service is idle when none is in progress (memory.py)
+
+
+def idle_since() -> float | None:
+    """time.monotonic() since when no call has been in progress; None while one is."""
+    return None if ALL_CALLS.count else ALL_CALLS.last_ended
 
 
 @contextlib.contextmanager
@@ -84,6 +90,7 @@ def in_lane(lane: str, caller: str):
     """Runs a call in its lane, as `caller`, counted while it is interactive."""
     LANE.set(lane)
     WHO.set(caller)
+    ALL_CALLS.enter()
     if lane == INTERACTIVE:
         INTERACTIVE_CALLS.enter()
     try:
@@ -91,6 +98,7 @@ def in_lane(lane: str, caller: str):
     finally:
         if LANE.get() == INTERACTIVE:
             INTERACTIVE_CALLS.leave()
+        ALL_CALLS.leave()
 
 
 def become_bulk() -> None:
@@ -129,7 +137,7 @@ class CallerQueues:
 class LaneExecutor(ThreadPoolExecutor):
     """The event loop's default executor (asyncio.to_thread): interactive work on the pool's own
     threads, bulk work on BULK_THREADS threads, callers in turn, each piece once the interactive
-    calls leave it room (InteractiveCalls)."""
+    calls leave it room (CallsInProgress)."""
 
     def __init__(self):
         super().__init__(INTERACTIVE_THREADS, thread_name_prefix="interactive")
