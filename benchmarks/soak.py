@@ -14,19 +14,24 @@ for --minutes beside:
 Then it stops the load, waits 10 s, restarts the service and counts its records. Prints the
 interactive Check's p50 and p99, idle and under load, and their ratio; the acknowledged enrolments
 (less those deleted) and how many the restarted service lacks; the front service's resident memory
-before the load, at its peak and after (the bundled Triton's processes are not counted); and each
-load's calls by outcome (a gRPC status, or the exception a rebuild raised).
+before the load, at its peak and after (the bundled Triton's processes are not counted), before and
+after by kind (its heaps; pages of mapped files: the store, the index, libraries); the CPU each
+process used during the load; and each load's calls by outcome (a gRPC status, or the exception a
+rebuild raised).
 """
 
 import argparse
 import io
 import json
+import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -38,8 +43,8 @@ from service.api.auth import new_token
 from service.api.channels import Credentials, channel
 from service.proto.neardup.v1 import neardup_pb2 as pb
 from service.proto.neardup.v1 import neardup_pb2_grpc as pb_grpc
-from tests.conftest import mosaic, reencoded
-from tools.service_process import RunningService, resident_mb
+from tests.conftest import children_of, mosaic, reencoded
+from tools.service_process import RunningService, cpu_seconds, resident_mb, resident_parts_mb
 
 UNAUTHENTICATED_CALLERS = 4
 
@@ -99,6 +104,32 @@ def oversized_jpeg(side: int = 6000) -> bytes:
     return out.getvalue()
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process under `pid`, from /proc."""
+    children = children_of(pid)
+    return children + [grandchild for child in children for grandchild in descendants(child)]
+
+
+def cpu_by_process(service_pid: int) -> dict[str, float]:
+    """CPU seconds used so far: the front service, its Triton, this benchmark's own threads (the load
+    and the timed Checks: on this host, not the callers' hosts as in production), and the rebuilds
+    it ran (its children that ended)."""
+    ended_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "front service": cpu_seconds(service_pid),
+        "Triton": sum(cpu_seconds(pid) for pid in descendants(service_pid)),
+        "this benchmark": time.process_time(),
+        "index rebuilds": ended_children.ru_utime + ended_children.ru_stime,
+    }
+
+
+def metric(port: int, name: str) -> float:
+    """One unlabelled metric's value, from the service's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        lines = reply.read().decode().splitlines()
+    return next(float(line.split()[1]) for line in lines if line.startswith(name + " "))
+
+
 def soak(images: Path, minutes: float, idle_seconds: float, folder: Path) -> dict:
     pictures = {path.name: path.read_bytes() for path in sorted(images.glob("*.jpg"))}
     copies = [reencoded(data) for data in pictures.values()]
@@ -113,7 +144,7 @@ def soak(images: Path, minutes: float, idle_seconds: float, folder: Path) -> dic
 
     started = time.monotonic()
     idle = timed_checks(stub, copies, lambda: time.monotonic() - started > idle_seconds)
-    rss_before = resident_mb(service.process.pid)
+    rss_before, parts_before = resident_mb(service.process.pid), resident_parts_mb(service.process.pid)
 
     load, acknowledged, deleted, keys = Load(), set(), set(), threading.Lock()
     numbers = iter(range(10**9))
@@ -177,12 +208,15 @@ def soak(images: Path, minutes: float, idle_seconds: float, folder: Path) -> dic
     watcher = threading.Thread(target=watch_memory, daemon=True)
     watcher.start()
     started = time.monotonic()
+    cpu_before = cpu_by_process(service.process.pid)
     busy = timed_checks(stub, copies, lambda: time.monotonic() - started > minutes * 60)
+    cpu_during_load = {name: spent - cpu_before[name] for name, spent in cpu_by_process(service.process.pid).items()}
     load.join()
     time.sleep(10)
     watching.set()
     watcher.join()
-    rss_after = resident_mb(service.process.pid)
+    rss_after, parts_after = resident_mb(service.process.pid), resident_parts_mb(service.process.pid)
+    kept_mb = metric(service.metrics_port, "neardup_verification_kept_bytes") / 2**20
     service.stop()
 
     restarted = RunningService(folder / "data", *flags, credentials=Credentials(token=token)).wait_serving()
@@ -203,6 +237,9 @@ def soak(images: Path, minutes: float, idle_seconds: float, folder: Path) -> dic
         "records_lost_after_restart": max(0, expected - records),
         "rss_mb": {"before": rss_before, "peak": peak, "after": rss_after},
         "rss_after_ratio": rss_after / rss_before,
+        "rss_parts_mb": {"before": parts_before, "after": parts_after},
+        "verification_kept_mb_after": kept_mb,
+        "cpu_s_during_load": cpu_during_load,
         "calls": {name: dict(codes) for name, codes in load.codes.items()},
     }
 
@@ -225,6 +262,12 @@ def main() -> None:
     rss = report["rss_mb"]
     print(f"front service RSS, MB: before {rss['before']:.0f}, peak {rss['peak']:.0f}, after {rss['after']:.0f} "
           f"({report['rss_after_ratio']:.2f}x before)")  # fmt: skip
+    parts = report["rss_parts_mb"]
+    print("  by kind, before -> after: " + ", ".join(
+        f"{kind} {parts['before'][kind]:.0f} -> {parts['after'][kind]:.0f}" for kind in parts["before"]))  # fmt: skip
+    print(f"  of which verification's kept candidates after: {report['verification_kept_mb_after']:.0f} MB")
+    print(f"CPU seconds during the {report['minutes'] * 60:.0f} s of load ({os.cpu_count()} cores): " + ", ".join(
+        f"{name} {spent:.0f}" for name, spent in report["cpu_s_during_load"].items()))  # fmt: skip
     for name, codes in report["calls"].items():
         print(f"  {name}: " + ", ".join(f"{code} {count}" for code, count in sorted(codes.items())))
     if arguments.out:

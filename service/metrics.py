@@ -51,6 +51,11 @@ BULK_WAITING = Gauge(
     ["kind"],
     registry=REGISTRY,
 )
+VERIFICATION_KEPT_BYTES = Gauge(
+    "neardup_verification_kept_bytes",
+    "bytes of the enrolled pictures verification keeps prepared (least recently compared out first)",
+    registry=REGISTRY,
+)
 READY = Gauge(
     "neardup_ready", "1 while readiness is SERVING: Triton and the model answer, the store can write", registry=REGISTRY
 )

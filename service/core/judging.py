@@ -17,6 +17,7 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
+from service import metrics
 from service.core.decision import Policy, threshold_of, with_rule
 from service.core.searches import Search, decided
 from service.media import verification
@@ -77,6 +78,7 @@ class Judge:
         self.dismissals = dismissals
         self._pairs = Kept(PAIR_CACHE, size=lambda _: 1)
         self._candidates = Kept(CANDIDATE_CACHE_BYTES, size=_bytes)
+        metrics.VERIFICATION_KEPT_BYTES.set_function(lambda: self._candidates.used)
 
     def policies(self) -> Callable[[str], Policy]:
         """Each collection's policy: its own settings (SetCollection), or the service's; each
