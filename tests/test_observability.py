@@ -95,6 +95,14 @@ def test_metrics_count_what_happened(observed):
                 assert name in exported, f"{panel['title']}: {name}"
 
 
+def test_every_metric_the_service_exports_is_in_the_operators_guide(observed):
+    documented = (ROOT / "docs" / "operations.md").read_text()
+    exported = {re.sub(r"_(bucket|count|sum|created)$", "", name) for name, _ in scrape(observed.metrics_port)}
+    ours = {name for name in exported if name.startswith("neardup_")}
+    assert len(ours) > 20 and "neardup_verification_kept_bytes" in ours
+    assert not [name for name in ours if name not in documented]
+
+
 def test_health_per_component_with_its_reason(observed):
     # More than --index-stale-records (4) enrolled since the (absent) snapshot: the index is stale.
     list(observed.stub.Enroll(iter(pb.EnrollRequest(key=f"stale/{i}", image=mosaic(950 + i)) for i in range(5))))
