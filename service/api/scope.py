@@ -32,12 +32,17 @@ def reaches(collection: str) -> bool:
     return scope is None or collection in scope
 
 
+def problem(collection: str) -> str | None:
+    """Why the caller's token cannot reach `collection` (None: it can)."""
+    if reaches(collection):
+        return None
+    return f"this token does not reach collection {collection!r}; it is limited to {_listed(SCOPE.get())}"
+
+
 def require(collection: str) -> None:
     """OutOfScope unless the caller's token reaches `collection`."""
-    if not reaches(collection):
-        raise OutOfScope(
-            f"this token does not reach collection {collection!r}; it is limited to {_listed(SCOPE.get())}"
-        )
+    if refused := problem(collection):
+        raise OutOfScope(refused)
 
 
 def searched(requested: frozenset[str] | None) -> frozenset[str] | None:

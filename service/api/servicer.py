@@ -163,9 +163,8 @@ class NearDupServicer(CatalogueMethods, pb_grpc.NearDupServicer):
             async for request in requests:
                 if isinstance(request, Malformed):
                     yield EnrollItem("", b"", problem=request.reason)
-                elif not scope.reaches(request.collection):
-                    problem = f"PERMISSION_DENIED: this token does not reach collection {request.collection!r}"
-                    yield EnrollItem(request.key, b"", problem=problem)
+                elif refused := scope.problem(request.collection):
+                    yield EnrollItem(request.key, b"", problem=f"PERMISSION_DENIED: {refused}")
                 else:
                     yield EnrollItem(request.key, request.image, dict(request.metadata), collection=request.collection)
 
