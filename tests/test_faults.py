@@ -86,18 +86,18 @@ def test_a_store_cut_short_is_refused_at_start_not_a_crash(tmp_path, start_servi
         )
 
 
-FILE_SIZE_LIMIT = 4 << 20
+FILE_SIZE_LIMIT = 8 << 20
 
 
 def test_a_full_disk_mid_enroll_is_resource_exhausted_and_loses_nothing_acknowledged(tmp_path, start_service):
-    """The service may write files of at most 4 MB: a record takes about 110 kB (its reference, its
-    verification points, 7.5 kB of metadata), so some 35 fit. One record per transaction, so the
-    write that fails finds the file full of committed pages and the readiness probe fails too (an
-    aborted batch of 16 leaves more room than the probe needs). The limit is set once it serves,
-    on its own process: its Triton, started already, grows its shared memory past the limit under
-    load, and that is not the disk this test fills."""
+    """The service may write files of at most 8 MB: a record takes about 110 kB (its reference, its
+    verification points, 7.5 kB of metadata), so some 70 fit, in Enroll batches of 16. The batch
+    that fails leaves unused pages at the file's end, more than the readiness probe's 1 MiB: the
+    probe must write past them to learn anything. The limit is set once it serves, on its own
+    process: its Triton, started already, grows its shared memory past the limit under load, and
+    that is not the disk this test fills."""
     data_dir = tmp_path / "data"
-    service = start_service(*FAST, "--enroll-batch", "1", data_dir=data_dir)
+    service = start_service(*FAST, data_dir=data_dir)
     resource.prlimit(service.process.pid, resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, resource.RLIM_INFINITY))
     image = mosaic(7)
     requests = [pb.EnrollRequest(key=f"full/{i}", image=image, metadata={"pad": f"{i:>5}" * 1_500}) for i in range(400)]

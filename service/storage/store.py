@@ -182,9 +182,14 @@ class Store:
         raise StoreUnwritable(f"{self.write_failure}; is its disk full? Nothing of this write was kept")
 
     def probe_write(self) -> None:
-        """A write of PROBE_BYTES, to learn whether the store can write again after a failure (a
-        tiny one could fit in pages LMDB already has and say nothing about the disk)."""
-        self.write(lambda txn: txn.put(b"write_probe", bytes(PROBE_BYTES), db=self.meta))
+        """A write reaching PROBE_BYTES past the end of the data file, to learn whether the store
+        can write again after a failure: one that fit in the file's unused pages (a failed write
+        leaves as many as it got written before the disk filled) would say nothing about the disk.
+        Then removed, so that its pages are free for records."""
+        used = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+        unused = max(0, (self.path / "data.mdb").stat().st_size - used)
+        self.write(lambda txn: txn.put(b"write_probe", bytes(unused + PROBE_BYTES), db=self.meta), notify=False)
+        self.write(lambda txn: txn.delete(b"write_probe", db=self.meta), notify=False)
 
     def set_meta(self, name: bytes, value: bytes, overwrite: bool = True) -> None:
         """Bookkeeping of the index's (its writer id, how far it has pushed the log): no records
