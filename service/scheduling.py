@@ -87,7 +87,8 @@ def idle_since() -> float | None:
 
 @contextlib.contextmanager
 def in_lane(lane: str, caller: str):
-    """Runs a call in its lane, as `caller`, counted while it is interactive."""
+    """Runs a call in its lane, as `caller`: counted among the calls in progress, and among the
+    interactive ones while it is interactive."""
     LANE.set(lane)
     WHO.set(caller)
     ALL_CALLS.enter()
