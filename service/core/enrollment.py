@@ -1,7 +1,7 @@
 """Enrolment: a stream of (key, image, metadata) to durable records, in batches."""
 
 import asyncio
-import collections
+import contextlib
 import hashlib
 import unicodedata
 from collections.abc import AsyncIterator, Callable
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.core.streams import Window, read_ahead
+from service.core.streams import Window, answered_in_batches
 from service.media.imaging import ImageError
 from service.media.preprocess import Described
 from service.storage.collections import name_problem
@@ -138,43 +138,24 @@ class Enroller:
         are read ahead of the answers, so a client sending faster than the service hashes is
         held back by gRPC flow control instead of filling memory; a stream that sends nothing
         for `window.idle_s` ends with StreamIdle."""
-        queue, reader = read_ahead(requests, window)
-        # Two batches in flight: the next one is decoded and hashed while the one before is
-        # still in Triton. Each commits after the one before it, and answers keep stream order;
-        # a batch's answers go as soon as it commits, without waiting for the next request.
-        in_flight: collections.deque[tuple[asyncio.Task, frozenset[tuple[str, str]]]] = collections.deque()
-        getting: asyncio.Task | None = None
-        ended = False
-        try:
-            while not ended or in_flight:
-                if getting is None and not ended and len(in_flight) < BATCHES_IN_FLIGHT:
-                    getting = asyncio.create_task(queue.get())
-                head = in_flight[0][0] if in_flight else None
-                await asyncio.wait([task for task in (getting, head) if task], return_when=asyncio.FIRST_COMPLETED)
-                if head is not None and head.done():
-                    in_flight.popleft()
-                    for result in head.result():
-                        yield result
-                    continue
-                batch, getting = [getting.result()], None
-                while len(batch) < batch_size and batch[-1] is not None and queue.ready():
-                    batch.append(await queue.get())
-                if batch[-1] is None:
-                    batch.pop()
-                    ended = True
-                if batch:
-                    after, uncommitted = in_flight[-1] if in_flight else (None, frozenset())
-                    task = asyncio.create_task(self.enroll(batch, timeout_s(), after, uncommitted))
-                    in_flight.append((task, frozenset(request.name for request in batch)))
-            await reader  # raises what broke the request stream, if anything did
-        finally:
-            reader.cancel()
-            if getting is not None:
-                getting.cancel()
-            queue.drop()
-            for task, _ in in_flight:  # a later batch fails with the earlier one's error: already raised
-                task.cancel()
-                task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        # Two batches in flight: the next one is decoded and hashed while the one before is still
+        # in Triton. Each commits after the one before it (whose keys are uncommitted until it is
+        # done); answers keep stream order.
+        before: tuple[asyncio.Future | None, frozenset[tuple[str, str]]] = (None, frozenset())
+
+        def enrolled_after_the_one_before(batch: list[EnrollItem]) -> asyncio.Future:
+            nonlocal before
+            after, its_keys = before
+            uncommitted = its_keys if after is not None and not after.done() else frozenset()
+            task = asyncio.ensure_future(self.enroll(batch, timeout_s(), after, uncommitted))
+            before = task, frozenset(request.name for request in batch)
+            return task
+
+        answering = answered_in_batches(requests, window, BATCHES_IN_FLIGHT, batch_size, enrolled_after_the_one_before)
+        async with contextlib.aclosing(answering) as batches:
+            async for results in batches:
+                for result in results:
+                    yield result
 
     async def enroll(
         self,

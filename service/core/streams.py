@@ -2,6 +2,7 @@
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -98,33 +99,60 @@ def read_ahead(requests: AsyncIterator[Sized], window: Window) -> tuple[ReadAhea
 async def answered_in_order(
     requests: AsyncIterator[Sized], window: Window, parallel: int, answer: Callable[[Sized], Awaitable]
 ) -> AsyncIterator:
-    """Answers a request stream in order, up to `parallel` requests at once, reading at most
-    `window` ahead; each answer goes as soon as it and those before it are made, without waiting
-    for the next request (a caller may send one, read its answer, then send the next). What breaks
-    the stream (StreamIdle included) is raised after the answers already made."""
+    """Answers a request stream in order, up to `parallel` requests at once (answered_in_batches,
+    one request a batch)."""
+    async with contextlib.aclosing(
+        answered_in_batches(requests, window, parallel, 1, lambda batch: answer(batch[0]))
+    ) as answers:
+        async for answered in answers:
+            yield answered
+
+
+async def answered_in_batches(
+    requests: AsyncIterator[Sized],
+    window: Window,
+    parallel: int,
+    batch_size: int,
+    answer: Callable[[list[Sized]], Awaitable],
+) -> AsyncIterator:
+    """Answers a request stream in order, batch by batch: a batch is up to `batch_size` of the
+    requests that have arrived, up to `parallel` batches are answered at once, and at most `window`
+    requests are read ahead. Each batch's answer goes as soon as it and those before it are made,
+    without waiting for the next request (a caller may send one, read its answer, then send the
+    next). What breaks the stream (StreamIdle included) is raised after the answers already made."""
     queue, reader = read_ahead(requests, window)
-    in_flight: collections.deque[asyncio.Task] = collections.deque()
-    getting: asyncio.Task | None = None
     ended = False
+
+    async def next_batch() -> list[Sized]:
+        nonlocal ended
+        batch = [await queue.get()]
+        while len(batch) < batch_size and batch[-1] is not None and queue.ready():
+            batch.append(await queue.get())
+        if batch[-1] is None:
+            batch.pop()
+            ended = True
+        return batch
+
+    in_flight: collections.deque[asyncio.Future] = collections.deque()
+    getting: asyncio.Task | None = None
     try:
-        while not ended or in_flight:
+        while not ended or in_flight or getting:
             if getting is None and not ended and len(in_flight) < parallel:
-                getting = asyncio.create_task(queue.get())
+                getting = asyncio.create_task(next_batch())
             head = in_flight[0] if in_flight else None
             await asyncio.wait([task for task in (getting, head) if task], return_when=asyncio.FIRST_COMPLETED)
             if head is not None and head.done():
                 yield in_flight.popleft().result()
             elif getting is not None and getting.done():
-                request, getting = getting.result(), None
-                if request is None:
-                    ended = True
-                else:
-                    in_flight.append(asyncio.create_task(answer(request)))
+                batch, getting = getting.result(), None
+                if batch:
+                    in_flight.append(asyncio.ensure_future(answer(batch)))
         await reader
     finally:
         reader.cancel()
         if getting is not None:
             getting.cancel()
         queue.drop()
-        for task in in_flight:
+        for task in in_flight:  # a later answer may fail with an earlier one's error: already raised
             task.cancel()
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
